@@ -1,0 +1,32 @@
+"""The embedded default: scikit-learn's 8x8 digits with seven-segment attributes.
+
+Small networks and few iterations so that all three seeds train and evaluate
+in a few minutes on two CPU cores; the method and its switches are GMN's.
+"""
+
+from gmn_jax import config as gmn_config
+
+
+def get_config():
+  c = gmn_config.get_base_config()
+  c.dataset = "digits"
+  c.data_dir = "builtin:digits"
+  c.generator.noise_dim = 16
+  c.generator.hidden_dims = (128,)
+  c.critic.hidden_dims = (128,)
+  c.train.num_iterations = 2000
+  c.train.batch_size = 64
+  c.train.iterations_per_call = 250
+  c.train.log_every = 250
+  c.train.checkpoint_every = 1000
+  c.gm.weight = 10.0
+  c.gm.num_classes = 3
+  c.gm.real_per_class = 32
+  c.gm.fake_repeat = 2
+  c.eval.epochs = 50
+  c.eval.batch_size = 64
+  c.eval.lr = 0.01
+  c.eval.weight_decay = 1e-3
+  c.eval.n_synth_unseen = 150
+  c.eval.num_classifier_seeds = 3
+  return c
