@@ -1,0 +1,430 @@
+"""Generators, critics and classifiers as pure functions over plain pytrees.
+
+Every network is a pair `init_*(key, ...) -> params` / `apply_*(params, ...)`.
+Parameters are nested dicts of arrays; a dense layer is
+`{"kernel": (in, out), "bias": (out,)}` (the Flax layout). A layer whose input
+is a concatenation, e.g. `[z, a]`, stores one kernel per part
+(`"kernel_noise"`, `"kernel_embedding"`, ...): `concat(parts) @ kernel` equals
+the sum of the per-part products, and keeping the parts apart lets the apply
+functions read every size from the shapes, so they need no config.
+
+Layouts:
+  generator, kind "latent_noise": {"mu": dense K->Z, "logvar": dense K->Z,
+    "layers": {"layer_0": dense Z->H1, ..., "layer_n": dense Hn->D}}
+  generator, kind "attribute_concat": {"layers": {"layer_0": {"kernel_noise":
+    (Z, H1), "kernel_embedding": (K, H1), "bias": (H1,)}, ..., "layer_n"}}
+  critic: {"layers": {"layer_0": conditional {"kernel_features": (D, H1),
+    "kernel_embedding": (K, H1), "bias"} or unconditional {"kernel", "bias"},
+    ..., "layer_n": dense Hn->1}}
+  bilinear classifier: {"kernel": (D, K), "bias": (K,) or ()}
+  softmax classifier: {"kernel": (D, C), "bias": (C,)}
+"""
+
+import math
+import numbers
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+
+from gmn_jax.errors import ConfigError
+
+Params = Mapping[str, Any]
+
+LEAKY_RELU_SLOPE = 0.2
+# The reference initialises G and D with Xavier-normal of gain sqrt(2) and the
+# classifiers with N(0, 0.02^2).
+XAVIER_GAIN = math.sqrt(2.0)
+CLASSIFIER_INIT_STD = 0.02
+
+GENERATOR_KINDS = ("latent_noise", "attribute_concat")
+CLASSIFIER_KINDS = ("bilinear", "softmax")
+BILINEAR_BIAS_KINDS = ("vector", "scalar")
+
+
+# --------------------------------------------------------------------------
+# Layers.
+
+
+def _xavier_normal(key, fan_in, fan_out, shape):
+  std = XAVIER_GAIN * math.sqrt(2.0 / (fan_in + fan_out))
+  return std * jax.random.normal(key, shape, jnp.float32)
+
+
+def _init_dense(key, in_dim, out_dim):
+  return {
+      "kernel": _xavier_normal(key, in_dim, out_dim, (in_dim, out_dim)),
+      "bias": jnp.zeros((out_dim,), jnp.float32),
+  }
+
+
+def _init_concat_dense(key, part_dims, out_dim):
+  """A dense layer on concat(parts), one kernel per part, joint Xavier init."""
+  fan_in = sum(part_dims.values())
+  layer = {"bias": jnp.zeros((out_dim,), jnp.float32)}
+  keys = jax.random.split(key, len(part_dims))
+  for part_key, (name, dim) in zip(keys, part_dims.items()):
+    layer[f"kernel_{name}"] = _xavier_normal(part_key, fan_in, out_dim, (dim, out_dim))
+  return layer
+
+
+def _apply_dense(layer, x):
+  return x @ layer["kernel"] + layer["bias"]
+
+
+def _apply_concat_dense(layer, parts):
+  out = layer["bias"]
+  for name, x in parts.items():
+    out = out + x @ layer[f"kernel_{name}"]
+  return out
+
+
+def _check_widths(name, widths):
+  widths = tuple(widths)
+  if any(not isinstance(w, numbers.Integral) or isinstance(w, bool) or w <= 0
+         for w in widths):
+    raise ConfigError(f"{name}: expected a sequence of positive ints, found {widths!r}")
+  return tuple(int(w) for w in widths)
+
+
+def _check_positive(name, value, allow_zero=False):
+  low = 0 if allow_zero else 1
+  if (not isinstance(value, numbers.Integral) or isinstance(value, bool)
+      or value < low):
+    kind = "a non-negative int" if allow_zero else "a positive int"
+    raise ConfigError(f"{name}: expected {kind}, found {value!r}")
+
+
+def _init_mlp(key, first_layer_init, hidden_dims, out_dim):
+  """An MLP's layers; the first one is built by `first_layer_init(key, out)`."""
+  widths = list(hidden_dims) + [out_dim]
+  keys = jax.random.split(key, len(widths))
+  layers = {"layer_0": first_layer_init(keys[0], widths[0])}
+  for i in range(1, len(widths)):
+    layers[f"layer_{i}"] = _init_dense(keys[i], widths[i - 1], widths[i])
+  return layers
+
+
+def _apply_mlp_tail(layers, h):
+  """Applies layers 1..n to the first layer's pre-activation `h`.
+
+  Hidden layers use LeakyReLU(0.2); the caller chooses the output activation.
+  """
+  for i in range(1, len(layers)):
+    h = jax.nn.leaky_relu(h, LEAKY_RELU_SLOPE)
+    h = _apply_dense(layers[f"layer_{i}"], h)
+  return h
+
+
+# --------------------------------------------------------------------------
+# Generators.
+
+
+def init_generator(key, *, kind, embedding_dim, feature_dim, noise_dim, hidden_dims):
+  """Initialises a conditional feature generator G(z, a).
+
+  Args:
+    key: PRNG key.
+    kind: "latent_noise" (z = mu(a) + exp(logvar(a)/2) * eps, then an MLP on
+      z; the reference's CUB/AWA1 model) or "attribute_concat" (an MLP on
+      concat[z, a] with z ~ N(0, I); f-CLSWGAN's and the reference's SUN model).
+    embedding_dim: K, the class-embedding size.
+    feature_dim: D, the generated feature size.
+    noise_dim: Z, the noise size.
+    hidden_dims: widths of the hidden layers (may be empty).
+
+  Returns:
+    The parameter pytree (see the module docstring for its layout). Weights
+    are Xavier-normal with gain sqrt(2), biases zero.
+
+  Raises:
+    ConfigError: for an unknown kind or non-positive sizes.
+  """
+  if kind not in GENERATOR_KINDS:
+    raise ConfigError(f"generator kind: expected one of {GENERATOR_KINDS}, found {kind!r}")
+  _check_positive("embedding_dim", embedding_dim)
+  _check_positive("feature_dim", feature_dim)
+  _check_positive("noise_dim", noise_dim)
+  hidden_dims = _check_widths("hidden_dims", hidden_dims)
+  head_key, mlp_key = jax.random.split(key)
+  if kind == "latent_noise":
+    mu_key, logvar_key = jax.random.split(head_key)
+    return {
+        "mu": _init_dense(mu_key, embedding_dim, noise_dim),
+        "logvar": _init_dense(logvar_key, embedding_dim, noise_dim),
+        "layers": _init_mlp(
+            mlp_key, lambda k, out: _init_dense(k, noise_dim, out), hidden_dims, feature_dim),
+    }
+  first = lambda k, out: _init_concat_dense(
+      k, {"noise": noise_dim, "embedding": embedding_dim}, out)
+  return {"layers": _init_mlp(mlp_key, first, hidden_dims, feature_dim)}
+
+
+def generator_kind(params):
+  """Returns "latent_noise" or "attribute_concat", read from the keys.
+
+  Args:
+    params: generator parameters from `init_generator`.
+
+  Returns:
+    The generator kind.
+  """
+  return "latent_noise" if "mu" in params else "attribute_concat"
+
+
+def generator_noise_dim(params):
+  """Returns the noise size Z of a generator.
+
+  Args:
+    params: generator parameters from `init_generator`.
+
+  Returns:
+    Z as a Python int.
+  """
+  if generator_kind(params) == "latent_noise":
+    return int(params["mu"]["kernel"].shape[1])
+  return int(params["layers"]["layer_0"]["kernel_noise"].shape[0])
+
+
+def apply_generator_with_noise(params, embeddings, noise):
+  """Generates features from given standard-normal noise (deterministic).
+
+  Args:
+    params: generator parameters from `init_generator`.
+    embeddings: (B, K) class embeddings.
+    noise: (B, Z) draws of N(0, I).
+
+  Returns:
+    (B, D) non-negative features.
+  """
+  layers = params["layers"]
+  if generator_kind(params) == "latent_noise":
+    mu = _apply_dense(params["mu"], embeddings)
+    logvar = _apply_dense(params["logvar"], embeddings)
+    z = mu + jnp.exp(0.5 * logvar) * noise
+    h = _apply_dense(layers["layer_0"], z)
+  else:
+    h = _apply_concat_dense(layers["layer_0"], {"noise": noise, "embedding": embeddings})
+  return jax.nn.relu(_apply_mlp_tail(layers, h))
+
+
+def apply_generator(params, embeddings, key):
+  """Generates one feature vector per class embedding, with fresh noise.
+
+  Args:
+    params: generator parameters from `init_generator`.
+    embeddings: (B, K) class embeddings.
+    key: PRNG key for the noise.
+
+  Returns:
+    (B, D) non-negative features.
+  """
+  noise_shape = (embeddings.shape[0], generator_noise_dim(params))
+  noise = jax.random.normal(key, noise_shape, embeddings.dtype)
+  return apply_generator_with_noise(params, embeddings, noise)
+
+
+# --------------------------------------------------------------------------
+# Critic.
+
+
+def init_critic(key, *, feature_dim, embedding_dim, hidden_dims):
+  """Initialises a WGAN critic D(x, a) (or D(x) when embedding_dim is 0).
+
+  Args:
+    key: PRNG key.
+    feature_dim: D.
+    embedding_dim: K; 0 makes the critic unconditional.
+    hidden_dims: widths of the hidden layers (may be empty).
+
+  Returns:
+    The parameter pytree; Xavier-normal weights with gain sqrt(2), zero biases.
+
+  Raises:
+    ConfigError: for non-positive sizes.
+  """
+  _check_positive("feature_dim", feature_dim)
+  _check_positive("embedding_dim", embedding_dim, allow_zero=True)
+  hidden_dims = _check_widths("hidden_dims", hidden_dims)
+  if embedding_dim:
+    first = lambda k, out: _init_concat_dense(
+        k, {"features": feature_dim, "embedding": embedding_dim}, out)
+  else:
+    first = lambda k, out: _init_dense(k, feature_dim, out)
+  return {"layers": _init_mlp(key, first, hidden_dims, 1)}
+
+
+def critic_is_conditional(params):
+  """Whether the critic takes class embeddings.
+
+  Args:
+    params: critic parameters from `init_critic`.
+
+  Returns:
+    True for D(x, a), False for D(x).
+  """
+  return "kernel_embedding" in params["layers"]["layer_0"]
+
+
+def apply_critic(params, features, embeddings=None):
+  """Scores features (higher means "more real").
+
+  Args:
+    params: critic parameters from `init_critic`.
+    features: (B, D).
+    embeddings: (B, K) class embeddings for a conditional critic; must be None
+      for an unconditional one.
+
+  Returns:
+    (B,) scores.
+
+  Raises:
+    ConfigError: when embeddings are missing for a conditional critic or given
+      to an unconditional one.
+  """
+  layers = params["layers"]
+  if critic_is_conditional(params):
+    if embeddings is None:
+      raise ConfigError("critic embeddings: expected (B, K) class embeddings for a "
+                        "conditional critic, found None")
+    h = _apply_concat_dense(layers["layer_0"], {"features": features, "embedding": embeddings})
+  else:
+    if embeddings is not None:
+      raise ConfigError("critic embeddings: expected None for an unconditional critic, "
+                        f"found an array of shape {jnp.shape(embeddings)}")
+    h = _apply_dense(layers["layer_0"], features)
+  return _apply_mlp_tail(layers, h)[:, 0]
+
+
+# --------------------------------------------------------------------------
+# Classifiers.
+
+
+def _classifier_normal(key, shape):
+  return CLASSIFIER_INIT_STD * jax.random.normal(key, shape, jnp.float32)
+
+
+def init_bilinear_classifier(key, *, feature_dim, embedding_dim, bias="vector"):
+  """Initialises a bilinear compatibility classifier.
+
+  Args:
+    key: PRNG key.
+    feature_dim: D.
+    embedding_dim: K.
+    bias: "vector" for scores (x W + b) . a_c with b in R^K (the reference),
+      "scalar" for x W a_c + b with one scalar b.
+
+  Returns:
+    {"kernel": (D, K) ~ N(0, 0.02^2), "bias": zeros of shape (K,) or ()}.
+
+  Raises:
+    ConfigError: for an unknown bias kind or non-positive sizes.
+  """
+  if bias not in BILINEAR_BIAS_KINDS:
+    raise ConfigError(f"bilinear bias: expected one of {BILINEAR_BIAS_KINDS}, found {bias!r}")
+  _check_positive("feature_dim", feature_dim)
+  _check_positive("embedding_dim", embedding_dim)
+  bias_shape = (embedding_dim,) if bias == "vector" else ()
+  return {
+      "kernel": _classifier_normal(key, (feature_dim, embedding_dim)),
+      "bias": jnp.zeros(bias_shape, jnp.float32),
+  }
+
+
+def apply_bilinear_classifier(params, features, class_embeddings):
+  """Bilinear compatibility logits.
+
+  Args:
+    params: from `init_bilinear_classifier`; the bias shape selects the form.
+    features: (B, D).
+    class_embeddings: (C, K), the classes to score.
+
+  Returns:
+    (B, C) logits.
+  """
+  projected = features @ params["kernel"]
+  if params["bias"].ndim == 0:
+    return projected @ class_embeddings.T + params["bias"]
+  return (projected + params["bias"]) @ class_embeddings.T
+
+
+def init_softmax_classifier(key, *, feature_dim, num_classes):
+  """Initialises a linear softmax classifier.
+
+  Args:
+    key: PRNG key.
+    feature_dim: D.
+    num_classes: C.
+
+  Returns:
+    {"kernel": (D, C) ~ N(0, 0.02^2), "bias": zeros (C,)}.
+
+  Raises:
+    ConfigError: for non-positive sizes.
+  """
+  _check_positive("feature_dim", feature_dim)
+  _check_positive("num_classes", num_classes)
+  return {
+      "kernel": _classifier_normal(key, (feature_dim, num_classes)),
+      "bias": jnp.zeros((num_classes,), jnp.float32),
+  }
+
+
+def apply_softmax_classifier(params, features, class_embeddings=None):
+  """Linear softmax logits.
+
+  Args:
+    params: from `init_softmax_classifier`.
+    features: (B, D).
+    class_embeddings: ignored except that, when given, its number of rows must
+      equal the classifier's number of classes (the uniform classifier API).
+
+  Returns:
+    (B, C) logits.
+
+  Raises:
+    ConfigError: when class_embeddings has the wrong number of rows.
+  """
+  num_classes = params["kernel"].shape[1]
+  if class_embeddings is not None and class_embeddings.shape[0] != num_classes:
+    raise ConfigError(f"softmax classifier class_embeddings: expected {num_classes} rows "
+                      f"(one per class), found {class_embeddings.shape[0]}")
+  return _apply_dense(params, features)
+
+
+def get_classifier(kind, *, bilinear_bias="vector") -> tuple[Callable, Callable]:
+  """Returns a classifier's (init_fn, apply_fn) with uniform signatures.
+
+  `init_fn(key, *, feature_dim, embedding_dim, num_classes) -> params` (sizes
+  the kind does not use are ignored) and `apply_fn(params, features,
+  class_embeddings) -> (B, C)` logits with C = class_embeddings.shape[0].
+
+  Args:
+    kind: "bilinear" or "softmax".
+    bilinear_bias: "vector" or "scalar", the bilinear bias form.
+
+  Returns:
+    (init_fn, apply_fn).
+
+  Raises:
+    ConfigError: for an unknown kind or bias form.
+  """
+  if kind == "bilinear":
+    if bilinear_bias not in BILINEAR_BIAS_KINDS:
+      raise ConfigError(
+          f"bilinear bias: expected one of {BILINEAR_BIAS_KINDS}, found {bilinear_bias!r}")
+
+    def init_bilinear(key, *, feature_dim, embedding_dim, num_classes=None):
+      del num_classes  # The class matrix is an input, not a parameter.
+      return init_bilinear_classifier(
+          key, feature_dim=feature_dim, embedding_dim=embedding_dim, bias=bilinear_bias)
+
+    return init_bilinear, apply_bilinear_classifier
+  if kind == "softmax":
+
+    def init_softmax(key, *, feature_dim, num_classes, embedding_dim=None):
+      del embedding_dim  # A softmax classifier does not read embeddings.
+      return init_softmax_classifier(key, feature_dim=feature_dim, num_classes=num_classes)
+
+    return init_softmax, apply_softmax_classifier
+  raise ConfigError(f"classifier kind: expected one of {CLASSIFIER_KINDS}, found {kind!r}")
