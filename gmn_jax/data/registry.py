@@ -4,6 +4,7 @@
 download); any other string is an xlsa17 directory.
 """
 
+import importlib
 import pathlib
 from typing import Callable, Dict
 
@@ -17,7 +18,7 @@ BUILTIN_PREFIX = "builtin:"
 def _load_digits(split: str, feature_norm: str) -> ZSLDataset:
   # Imported lazily: scikit-learn is slow to import and xlsa17 users never need it.
   try:
-    from gmn_jax.data import digits  # pylint: disable=g-import-not-at-top
+    digits = importlib.import_module("gmn_jax.data.digits")
   except ModuleNotFoundError as error:
     if error.name != "gmn_jax.data.digits":
       raise

@@ -162,10 +162,10 @@ class _MatFile:
   def vector(self, key: str) -> np.ndarray:
     """The variable `key` as a non-empty 1-D numeric array (row or column)."""
     value = self.numeric(key, "a numeric vector")
-    if value.ndim > 2 or (value.ndim == 2 and 1 not in value.shape):
-      raise self.error(key, "a row or column vector", f"shape {value.shape}")
     if value.size == 0:
       raise self.error(key, "a non-empty array", "0 entries (an empty split)")
+    if value.ndim > 2 or (value.ndim == 2 and 1 not in value.shape):
+      raise self.error(key, "a row or column vector", f"shape {value.shape}")
     return value.ravel()
 
   def integers(self, key: str) -> np.ndarray:
