@@ -57,7 +57,8 @@ def test_valid_directory_exits_0(tmp_path):
 
 @pytest.mark.parametrize("breakage, expected", [
     ("zero_based_loc", "att_splits.mat [trainval_loc]: expected 1-based (MATLAB) indices"),
-    ("bad_embedding_name", "[embedding]: expected one of att, sent, binary, att+sent, found 'glove'"),
+    ("bad_embedding_name",
+     "[embedding]: expected one of att, sent, binary, att+sent, found 'glove'"),
 ], ids=["zero_based_loc", "bad_embedding_name"])
 def test_broken_input_exits_2_with_one_line(tmp_path, breakage, expected):
   directory = _write_dataset(tmp_path / "toy")

@@ -48,7 +48,8 @@ def write_v73(path, variables, userblock=True):
         dataset = handle.create_dataset(name, data=np.asarray(value).T)
         dataset.attrs["MATLAB_class"] = np.bytes_(_MATLAB_CLASSES[value.dtype])
   if userblock:
-    text = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Jan  1 00:00:00 2018 HDF5 schema 1.00 ."
+    text = (b"MATLAB 7.3 MAT-file, Platform: GLNXA64, "
+            b"Created on: Mon Jan  1 00:00:00 2018 HDF5 schema 1.00 .")
     with open(path, "r+b") as handle:
       handle.write(text.ljust(116, b" ") + b"\0" * 8 + b"\x00\x02" + b"IM")
 

@@ -90,8 +90,9 @@ def test_test_mode_contents(good_dir, arrays):
     np.testing.assert_array_equal(getattr(ds, f"{part}_labels"), labels[expected_ids])
     assert getattr(ds, f"{part}_features").dtype == np.float32
     assert getattr(ds, f"{part}_labels").dtype == np.int32
+  fourth_example = splits["trainval_loc"][3, 0] - 1
   np.testing.assert_array_equal(ds.train_features[3],
-                                res["features"][:, splits["trainval_loc"][3, 0] - 1].astype(np.float32))
+                                res["features"][:, fourth_example].astype(np.float32))
   np.testing.assert_array_equal(ds.seen_classes, np.arange(6))
   np.testing.assert_array_equal(ds.unseen_classes, UNSEEN)
   assert ds.class_names[0] == "001.class_0" and len(ds.class_names) == C
@@ -108,8 +109,8 @@ def test_embeddings_are_per_class_l2_normalised(good_dir, arrays):
 
 def _equal_datasets(first, second):
   for name in ("train", "test_seen", "test_unseen"):
-    np.testing.assert_array_equal(getattr(first, f"{name}_features"), getattr(second, f"{name}_features"))
-    np.testing.assert_array_equal(getattr(first, f"{name}_labels"), getattr(second, f"{name}_labels"))
+    for field in (f"{name}_features", f"{name}_labels"):
+      np.testing.assert_array_equal(getattr(first, field), getattr(second, field))
   np.testing.assert_array_equal(first.class_embeddings, second.class_embeddings)
 
 
@@ -142,8 +143,9 @@ def test_accepted_variants_give_the_same_dataset(tmp_path, arrays, variant):
   if variant == "v73_res101":
     # MATLAB -v7.3 layout: axes reversed in the HDF5 file, 512-byte userblock.
     with h5py.File(directory / "res101.mat", "w", userblock_size=512) as handle:
-      handle.create_dataset("features", data=res["features"].T).attrs["MATLAB_class"] = np.bytes_("double")
-      handle.create_dataset("labels", data=res["labels"].T).attrs["MATLAB_class"] = np.bytes_("double")
+      for key in ("features", "labels"):
+        dataset = handle.create_dataset(key, data=res[key].T)
+        dataset.attrs["MATLAB_class"] = np.bytes_("double")
   variant_ds = load_xlsa17(directory)
   if variant == "att_float32":
     np.testing.assert_allclose(variant_ds.class_embeddings, reference.class_embeddings, rtol=1e-6)
@@ -176,11 +178,11 @@ def test_sent_and_binary_sources(tmp_path, arrays):
   write_dir(directory, None, {**splits, "att": binary}, "binaryAtt_splits.mat")
   sent = load_xlsa17(directory, embedding="sent")
   assert sent.embedding_source == "sent"
-  np.testing.assert_allclose(sent.class_embeddings, (sentences / np.linalg.norm(sentences, axis=0)).T,
-                             rtol=1e-5)
+  np.testing.assert_allclose(sent.class_embeddings,
+                             (sentences / np.linalg.norm(sentences, axis=0)).T, rtol=1e-5)
   binary_ds = load_xlsa17(directory, embedding="binary")
-  np.testing.assert_allclose(binary_ds.class_embeddings, (binary / np.linalg.norm(binary, axis=0)).T,
-                             rtol=1e-6)
+  np.testing.assert_allclose(binary_ds.class_embeddings,
+                             (binary / np.linalg.norm(binary, axis=0)).T, rtol=1e-6)
 
 
 def test_att_plus_sent_follows_the_reference_scaling(tmp_path, arrays):
@@ -210,7 +212,8 @@ def test_validation_mode_with_train_and_val_loc(good_dir, arrays):
   train_ids, held_ids = _example_ids(ds.train_features), _example_ids(ds.test_seen_features)
   assert not set(train_ids) & set(held_ids)
   assert sorted(np.concatenate([train_ids, held_ids])) == sorted(splits["train_loc"].ravel() - 1)
-  np.testing.assert_array_equal(_example_ids(ds.test_unseen_features), splits["val_loc"].ravel() - 1)
+  np.testing.assert_array_equal(_example_ids(ds.test_unseen_features),
+                                splits["val_loc"].ravel() - 1)
   # 80/20 per class: 10 examples -> 8 train, 2 held out.
   np.testing.assert_array_equal(np.bincount(labels[held_ids], minlength=C)[:4], [2, 2, 2, 2])
   np.testing.assert_array_equal(ds.train_labels, labels[train_ids])
@@ -367,7 +370,8 @@ def test_error_loc_out_of_range(tmp_path, arrays):
 
 
 def test_error_zero_based_loc(tmp_path, arrays):
-  expect_error(_broken(tmp_path, arrays, split_changes={"trainval_loc": arrays[1]["trainval_loc"] - 1}),
+  zero_based = arrays[1]["trainval_loc"] - 1
+  expect_error(_broken(tmp_path, arrays, split_changes={"trainval_loc": zero_based}),
                "att_splits.mat", "trainval_loc", "zero-based")
 
 
@@ -543,7 +547,8 @@ def fake_res101_for(split_files, seen, unseen, validation_unseen, directory, dim
   splits = max((scipy.io.loadmat(path) for path in split_files), key=len)
   rng = np.random.default_rng(seed)
   num_classes = splits["att"].shape[1]
-  locs = {key: value.ravel().astype(np.int64) - 1 for key, value in splits.items() if key.endswith("_loc")}
+  locs = {key: value.ravel().astype(np.int64) - 1
+          for key, value in splits.items() if key.endswith("_loc")}
   num_examples = 1 + max(int(loc.max()) for loc in locs.values())
   classes = rng.permutation(num_classes)
   assert len(classes) == seen + unseen
@@ -576,7 +581,8 @@ def test_real_split_files_with_fake_features(xlsa17_dir, tmp_path, folder, embed
             "binary": ["binaryAtt_splits.mat"], "att+sent": ["att_splits.mat", "sent_splits.mat"]}
   for name in needed[embedding]:
     shutil.copy(source / name, directory / name)
-  label_files = [source / name for name in ("att_splits.mat", "sent_splits.mat") if (source / name).exists()]
+  label_files = [source / name for name in ("att_splits.mat", "sent_splits.mat")
+                 if (source / name).exists()]
   num_examples = fake_res101_for(label_files, seen, unseen, validation[1], directory)
   assert num_examples == sum(sizes)  # the loc arrays cover every image
 
@@ -593,4 +599,6 @@ def test_real_split_files_with_fake_features(xlsa17_dir, tmp_path, folder, embed
   assert (val.seen_classes.size, val.unseen_classes.size) == validation
   assert not set(val.seen_classes) & set(val.unseen_classes)
   assert set(val.seen_classes) | set(val.unseen_classes) <= set(ds.seen_classes)
-  assert val.train_labels.size + val.test_seen_labels.size + val.test_unseen_labels.size == sizes[0] + sizes[1]
+  validation_total = (val.train_labels.size + val.test_seen_labels.size
+                      + val.test_unseen_labels.size)
+  assert validation_total == sizes[0] + sizes[1]

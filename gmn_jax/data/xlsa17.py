@@ -174,7 +174,8 @@ class _MatFile:
     if value.dtype.kind == "f":
       bad = ~np.isfinite(value) | (value != np.round(value))
       if bad.any():
-        raise self.error(key, "whole numbers", f"{value[bad][0]!r} at position {int(np.argmax(bad)) + 1}")
+        position = int(np.argmax(bad)) + 1
+        raise self.error(key, "whole numbers", f"{float(value[bad][0])!r} at position {position}")
     return value.astype(np.int64)
 
 
@@ -186,9 +187,9 @@ def _embedding_matrix(mat: _MatFile, key: str = "att") -> np.ndarray:
   att = att.astype(np.float64)
   finite = np.isfinite(att)
   if not finite.all():
-    row, column = np.argwhere(~finite)[0]
+    row, column = np.argwhere(~finite)[0] + 1
     raise mat.error(key, "finite values",
-                    f"{int((~finite).sum())} NaN/Inf (first at row {row + 1}, class column {column + 1})")
+                    f"{int((~finite).sum())} NaN/Inf (first at row {row}, class column {column})")
   zero_columns = np.flatnonzero(~att.any(axis=0))
   if zero_columns.size:
     raise mat.error(key, "a non-zero embedding for every class",
@@ -236,9 +237,8 @@ def _labels(mat: _MatFile, num_classes: int, embedding_path: pathlib.Path) -> np
   if labels.min() < 1:
     raise mat.error("labels", "1-based class ids (>= 1)", f"{labels.min()}")
   if labels.max() > num_classes:
-    raise mat.error("labels",
-                    f"class ids in 1..{num_classes} (the class columns of {embedding_path.name} [att])",
-                    f"{labels.max()}")
+    columns = f"the class columns of {embedding_path.name} [att]"
+    raise mat.error("labels", f"class ids in 1..{num_classes} ({columns})", f"{labels.max()}")
   return labels - 1
 
 
@@ -273,7 +273,8 @@ def _locations(mat: _MatFile, key: str, num_examples: int) -> np.ndarray:
                     f"{int(out_of_range.sum())} outside, e.g. {loc[out_of_range][0]}")
   unique, counts = np.unique(loc, return_counts=True)
   if (counts > 1).any():
-    raise mat.error(key, "distinct indices", f"{int((counts > 1).sum())} repeated, e.g. {unique[counts > 1][0]}")
+    repeated = unique[counts > 1]
+    raise mat.error(key, "distinct indices", f"{repeated.size} repeated, e.g. {repeated[0]}")
   return loc - 1
 
 
