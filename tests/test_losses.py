@@ -1,0 +1,200 @@
+"""Classification and WGAN-GP losses against closed forms and finite differences."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gmn_jax import losses
+from gmn_jax import models
+
+B, C, D, K = 6, 4, 9, 5
+
+
+def _x64():
+  """Context manager enabling float64 (restored on exit, so nothing leaks)."""
+  if hasattr(jax, "enable_x64"):
+    return jax.enable_x64(True)
+  from jax.experimental import enable_x64  # pylint: disable=g-import-not-at-top
+  return enable_x64()
+
+
+def _np_softmax(logits):
+  shifted = logits - logits.max(axis=1, keepdims=True)
+  e = np.exp(shifted)
+  return e / e.sum(axis=1, keepdims=True)
+
+
+def _data(seed=0):
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(B, D)).astype(np.float32)
+  a = rng.normal(size=(C, K)).astype(np.float32)
+  y = rng.integers(0, C, size=B).astype(np.int32)
+  return x, a, y
+
+
+def test_cross_entropy_matches_numpy_and_flags_bad_labels():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(B, C)).astype(np.float32) * 3
+  labels = rng.integers(0, C, size=B)
+  want = -np.mean(np.log(_np_softmax(logits.astype(np.float64))[np.arange(B), labels]))
+  np.testing.assert_allclose(losses.cross_entropy(logits, labels), want, rtol=1e-5)
+  # Large logits must not overflow.
+  big = np.array([[1000.0, 0.0]], np.float32)
+  np.testing.assert_allclose(losses.cross_entropy(big, np.array([1])), 1000.0, rtol=1e-6)
+  assert np.isnan(losses.cross_entropy(logits, np.full(B, C)))
+
+
+@pytest.mark.parametrize("bias", ["vector", "scalar"])
+def test_bilinear_cross_entropy_gradient_matches_closed_form(bias):
+  x, a, y = _data(1)
+  rng = np.random.default_rng(2)
+  w = rng.normal(size=(D, K)).astype(np.float32)
+  b = rng.normal(size=(K,) if bias == "vector" else ()).astype(np.float32)
+  params = {"kernel": jnp.asarray(w), "bias": jnp.asarray(b)}
+  grads = jax.grad(losses.classifier_loss, argnums=1)(
+      models.apply_bilinear_classifier, params, x, y, a)
+  # d CE / d logits = (P - Y) / B, and logits = (x W + b) A^T (vector bias) or
+  # x W A^T + b (scalar bias).
+  logits = (x @ w + b) @ a.T if bias == "vector" else x @ w @ a.T + b
+  residual = (_np_softmax(logits) - np.eye(C)[y]) / B
+  np.testing.assert_allclose(grads["kernel"], x.T @ residual @ a, rtol=1e-4, atol=1e-6)
+  if bias == "vector":
+    np.testing.assert_allclose(grads["bias"], residual.sum(axis=0) @ a, rtol=1e-4, atol=1e-6)
+  else:
+    # Softmax rows sum to one, so a bias shared by all classes has no gradient.
+    np.testing.assert_allclose(grads["bias"], 0.0, atol=1e-6)
+
+
+def test_softmax_cross_entropy_gradient_matches_closed_form():
+  x, a, y = _data(3)
+  rng = np.random.default_rng(4)
+  params = {"kernel": jnp.asarray(rng.normal(size=(D, C)), jnp.float32),
+            "bias": jnp.asarray(rng.normal(size=(C,)), jnp.float32)}
+  grads = jax.grad(losses.classifier_loss, argnums=1)(
+      models.apply_softmax_classifier, params, x, y, a)
+  residual = (_np_softmax(x @ np.asarray(params["kernel"]) + np.asarray(params["bias"]))
+              - np.eye(C)[y]) / B
+  np.testing.assert_allclose(grads["kernel"], x.T @ residual, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(grads["bias"], residual.sum(axis=0), rtol=1e-4, atol=1e-6)
+
+
+def test_frozen_classifier_loss_trains_only_the_features():
+  x, a, y = _data(5)
+  init_fn, apply_fn = models.get_classifier("bilinear")
+  params = init_fn(jax.random.key(0), feature_dim=D, embedding_dim=K, num_classes=C)
+  value, (g_params, g_x, g_a) = jax.value_and_grad(
+      lambda p, f, e: losses.frozen_classifier_loss(apply_fn, p, f, y, e), argnums=(0, 1, 2))(
+          params, x, a)
+  np.testing.assert_allclose(value, losses.classifier_loss(apply_fn, params, x, y, a))
+  for leaf in jax.tree_util.tree_leaves((g_params, g_a)):
+    np.testing.assert_array_equal(leaf, 0.0)
+  want_g_x = jax.grad(lambda f: losses.classifier_loss(apply_fn, params, f, y, a))(x)
+  np.testing.assert_allclose(g_x, want_g_x, rtol=1e-6)
+  assert np.abs(g_x).max() > 0
+
+
+def _critic64(conditional, seed=0):
+  params = models.init_critic(jax.random.key(seed), feature_dim=D,
+                              embedding_dim=K if conditional else 0, hidden_dims=(8, 6))
+  return jax.tree_util.tree_map(lambda p: jnp.asarray(p, jnp.float64), params)
+
+
+@pytest.mark.parametrize("conditional", [True, False])
+def test_gradient_penalty_matches_finite_differences(conditional):
+  with _x64():
+    params = _critic64(conditional)
+    rng = np.random.default_rng(6)
+    real = rng.normal(size=(B, D))
+    fake = rng.normal(size=(B, D))
+    emb = rng.normal(size=(B, K)) if conditional else None
+    key = jax.random.key(7)
+    penalty = jax.jit(losses.gradient_penalty)
+    got = penalty(params, real, fake, emb, key)
+    # Same interpolation weights as the function under test draws.
+    weights = np.asarray(jax.random.uniform(key, (B, 1), jnp.float64))
+    interp = weights * real + (1 - weights) * fake
+
+    # Central differences of D in every input coordinate of every example, all
+    # evaluated in one batch: rows (i, j, +h) and (i, j, -h).
+    h = 1e-6
+    steps = h * np.eye(D)
+    plus = (interp[:, None, :] + steps[None]).reshape(B * D, D)
+    minus = (interp[:, None, :] - steps[None]).reshape(B * D, D)
+    emb_rows = None if emb is None else np.repeat(emb, D, axis=0)
+    critic = jax.jit(models.apply_critic)
+    diff = (np.asarray(critic(params, plus, emb_rows))
+            - np.asarray(critic(params, minus, emb_rows))) / (2 * h)
+    norms = np.linalg.norm(diff.reshape(B, D), axis=1)
+    want = np.mean((np.asarray(norms) - 1.0) ** 2)
+    np.testing.assert_allclose(got, want, rtol=1e-7)
+
+    # The penalty's own gradient w.r.t. the critic (a double backward) along
+    # a random direction, against a central difference.
+    direction = jax.tree_util.tree_map(
+        lambda p: jnp.asarray(rng.normal(size=p.shape)), params)
+    along = lambda t: penalty(
+        jax.tree_util.tree_map(lambda p, d: p + t * d, params, direction), real, fake, emb, key)
+    grads = jax.jit(jax.grad(losses.gradient_penalty))(params, real, fake, emb, key)
+    analytic = sum(jnp.vdot(g, d) for g, d in zip(jax.tree_util.tree_leaves(grads),
+                                                  jax.tree_util.tree_leaves(direction)))
+    numeric = (along(1e-6) - along(-1e-6)) / 2e-6
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-6)
+
+
+def test_gradient_penalty_is_finite_for_a_flat_critic():
+  params = models.init_critic(jax.random.key(0), feature_dim=D, embedding_dim=K,
+                              hidden_dims=(8,))
+  flat = jax.tree_util.tree_map(jnp.zeros_like, params)
+  x = np.ones((B, D), np.float32)
+  e = np.ones((B, K), np.float32)
+  value, grads = jax.jit(jax.value_and_grad(losses.gradient_penalty))(
+      flat, x, 2 * x, e, jax.random.key(0))
+  np.testing.assert_allclose(value, 1.0)  # Zero input gradient: (0 - 1)^2.
+  assert all(np.all(np.isfinite(g)) for g in jax.tree_util.tree_leaves(grads))
+
+
+@pytest.mark.parametrize("conditional", [True, False])
+def test_critic_and_generator_losses(conditional):
+  params = models.init_critic(jax.random.key(1), feature_dim=D,
+                              embedding_dim=K if conditional else 0, hidden_dims=(8,))
+  rng = np.random.default_rng(8)
+  real = rng.normal(size=(B, D)).astype(np.float32)
+  fake = rng.normal(size=(B, D)).astype(np.float32)
+  emb = rng.normal(size=(B, K)).astype(np.float32) if conditional else None
+  key = jax.random.key(2)
+  loss, aux = jax.jit(functools.partial(losses.critic_loss, gp_weight=3.0))(
+      params, real, fake, emb, key)
+  critic = jax.jit(models.apply_critic)
+  d_real = np.asarray(critic(params, real, emb))
+  d_fake = np.asarray(critic(params, fake, emb))
+  np.testing.assert_allclose(aux["wasserstein"], d_real.mean() - d_fake.mean(), rtol=1e-5)
+  np.testing.assert_allclose(aux["gradient_penalty"],
+                             jax.jit(losses.gradient_penalty)(params, real, fake, emb, key),
+                             rtol=1e-6)
+  np.testing.assert_allclose(loss, d_fake.mean() - d_real.mean() + 3.0 * aux["gradient_penalty"],
+                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(jax.jit(losses.generator_adversarial_loss)(params, fake, emb),
+                             -d_fake.mean(), rtol=1e-5)
+
+
+def test_jitted_critic_step_does_not_retrace():
+  params = models.init_critic(jax.random.key(0), feature_dim=D, embedding_dim=K,
+                              hidden_dims=(8,))
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def step(params, real, fake, emb, key):
+    grads, aux = jax.grad(losses.critic_loss, has_aux=True)(params, real, fake, emb, key)
+    return jax.tree_util.tree_map(lambda p, g: p - 1e-3 * g, params, grads), aux
+
+  chex.clear_trace_counter()
+  key = jax.random.key(3)
+  for _ in range(3):
+    key, k_real, k_fake, k_emb, k_gp = jax.random.split(key, 5)
+    params, aux = step(params, jax.random.normal(k_real, (B, D)),
+                       jax.random.normal(k_fake, (B, D)), jax.random.normal(k_emb, (B, K)), k_gp)
+    assert np.isfinite(aux["wasserstein"])
