@@ -1,5 +1,7 @@
 """Tests of gmn_jax.checkpoint: round trips, shardings, keys, atomicity."""
 
+import dataclasses
+import functools
 import os
 import shutil
 import signal
@@ -97,6 +99,29 @@ def test_restore_from_a_fresh_process_object_and_abstract_template(tmp_path):
     restored, extra = reopened.restore(abstract)
   assert extra == {}
   assert_states_equal(restored, state)
+
+
+@functools.partial(jax.tree_util.register_dataclass,
+                   data_fields=["params", "keys"], meta_fields=["label"])
+@dataclasses.dataclass
+class DataclassState:
+  params: dict
+  keys: jax.Array
+  label: str = "run"
+
+
+def test_registered_dataclass_state_round_trips(tmp_path):
+  state = DataclassState({"w": jnp.arange(3.0)},
+                         jax.random.split(jax.random.key(2), 4))
+  with Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, state)
+    restored, _ = ckpt.restore(
+        DataclassState({"w": jnp.zeros(3)},
+                       jax.random.split(jax.random.key(0), 4)))
+  assert isinstance(restored, DataclassState)
+  np.testing.assert_array_equal(restored.params["w"], [0.0, 1.0, 2.0])
+  np.testing.assert_array_equal(jax.random.key_data(restored.keys),
+                                jax.random.key_data(state.keys))
 
 
 def test_restore_places_arrays_on_the_template_sharding(tmp_path):
