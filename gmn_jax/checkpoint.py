@@ -73,7 +73,7 @@ def _restore_target(leaf):
 
 
 def _path_str(path) -> str:
-  """'params/w' for a jax key path; the same for dicts, lists and NamedTuples."""
+  """'params/w' for a jax key path (dicts, lists and NamedTuples alike)."""
   parts = []
   for entry in path:
     for attr in ("key", "name", "idx"):
