@@ -58,11 +58,14 @@ def parse_datasets(value: str) -> List[str]:
   Raises:
     ConfigError: an empty or unknown name.
   """
-  names = [name.strip().upper() for name in (value or "").split(",")]
+  if not value:
+    raise ConfigError("--dataset: expected all or names from "
+                      f"{', '.join(download.DATASETS)}, found nothing")
+  names = [name.strip().upper() for name in value.split(",")]
   if names == ["ALL"]:
     return list(download.DATASETS)
   unknown = [name for name in names if name not in download.DATASETS]
-  if not names or unknown:
+  if unknown:
     raise ConfigError(
         f"--dataset: expected all or names from {', '.join(download.DATASETS)}"
         f", found {value!r}")

@@ -75,7 +75,8 @@ def tiny_files(tmp_path_factory):
 @pytest.fixture(scope="module")
 def xlsa17_zip(tiny_files) -> bytes:
   members = {"xlsa17/README.txt": b"readme",
-             "xlsa17/data/CUB/allclasses.txt": b"1 a\n"}
+             "xlsa17/data/CUB/allclasses.txt": b"1 a\n",
+             "__MACOSX/xlsa17/data/CUB/res101.mat": b"resource fork"}
   for name in ("CUB", "APY"):
     for f, data in tiny_files[name].items():
       members[f"xlsa17/data/{name}/{f}"] = data
@@ -436,9 +437,15 @@ def test_binary_downloads_and_validates(server, tmp_path):
   assert (tmp_path / "APY" / "res101.mat").exists()
 
 
-def test_binary_rejects_bad_flags(tmp_path):
-  result = _run_binary("--dataset=MNIST", f"--out={tmp_path}")
+@pytest.mark.parametrize("flags, message", [
+    (["--dataset=MNIST"], "--dataset: expected all or names from CUB, SUN, "
+     "AWA1, AWA2, APY, FLO, found 'MNIST'"),
+    (["--dataset=FLO", "--url=http://127.0.0.1:9/x.zip"],
+     "--url: sets the xlsa17 archive (CUB, SUN, AWA1, AWA2, APY); use "
+     "--flo_url for FLO"),
+])
+def test_binary_rejects_bad_flags(tmp_path, flags, message):
+  result = _run_binary(*flags, f"--out={tmp_path}")
   assert result.returncode == 2
-  assert result.stderr.strip().splitlines() == [
-      "--dataset: expected all or names from CUB, SUN, AWA1, AWA2, APY, FLO, "
-      "found 'MNIST'"]
+  assert result.stderr.strip().splitlines() == [message]
+  assert _files_under(tmp_path) == []

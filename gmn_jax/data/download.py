@@ -333,7 +333,8 @@ def _plan_extraction(
   plan = {name: {} for name in datasets}
   for info in members:
     parts = info.filename.replace("\\", "/").rstrip("/").split("/")
-    if info.is_dir() or len(parts) < 2:
+    # macOS archivers add __MACOSX/ shadow copies; they are never the data.
+    if info.is_dir() or len(parts) < 2 or parts[0] == "__MACOSX":
       continue
     name, filename = parts[-2], parts[-1]
     if name not in plan or filename not in wanted:
