@@ -86,7 +86,8 @@ def run(datasets: Sequence[str]) -> None:
   report = download.fetch(
       datasets, _OUT.value, sources=sources, archive=_ARCHIVE.value,
       overwrite=_OVERWRITE.value, keep_archive=_KEEP_ARCHIVE.value,
-      timeout=_TIMEOUT.value, retries=_RETRIES.value)
+      timeout=_TIMEOUT.value, retries=_RETRIES.value,
+      progress_stream=sys.stderr)
   for name, outcome in report.items():
     print(f"{name}: {outcome}")
 

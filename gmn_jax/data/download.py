@@ -32,7 +32,6 @@ import pathlib
 import posixpath
 import re
 import stat
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -238,7 +237,7 @@ def _transfer(url: str, part: pathlib.Path, timeout: float,
 
 def download(source: ArchiveSource, destination, *, timeout: float = 60.0,
              retries: int = 5, retry_wait_s: float = 2.0,
-             progress_stream: Optional[IO[str]] = sys.stderr) -> pathlib.Path:
+             progress_stream: Optional[IO[str]] = None) -> pathlib.Path:
   """Downloads `source` to `destination`, resuming and verifying it.
 
   An existing `destination` is trusted (only verified downloads are renamed
@@ -253,8 +252,8 @@ def download(source: ArchiveSource, destination, *, timeout: float = 60.0,
       giving up; the .part file stays, so a rerun resumes.
     retry_wait_s: pause before the first retry (doubled each time, at most
       30 s).
-    progress_stream: where the progress bar goes when it is a TTY; None
-      for no bar (log lines are written either way when it is not a TTY).
+    progress_stream: where the progress bar goes if it is a TTY (e.g.
+      sys.stderr); otherwise, or with None, progress goes to log lines.
 
   Returns:
     The destination path.
@@ -479,7 +478,7 @@ def fetch(datasets: Sequence[str], out_dir, *,
           archive=None, overwrite: bool = False, keep_archive: bool = False,
           validate: Validator = validate_with_loader,
           timeout: float = 60.0, retries: int = 5, retry_wait_s: float = 2.0,
-          progress_stream: Optional[IO[str]] = sys.stderr) -> Dict[str, str]:
+          progress_stream: Optional[IO[str]] = None) -> Dict[str, str]:
   """Downloads, extracts and validates datasets into out_dir/<DS>/.
 
   Args:
@@ -496,7 +495,8 @@ def fetch(datasets: Sequence[str], out_dir, *,
     timeout: seconds a connect or a read may block.
     retries: retries (each resuming) after a failed attempt, per archive.
     retry_wait_s: first pause between attempts.
-    progress_stream: where the progress bar goes (when it is a TTY).
+    progress_stream: where the progress bar goes if it is a TTY (e.g.
+      sys.stderr); otherwise, or with None, progress goes to log lines.
 
   Returns:
     What happened to each dataset: "skipped (already present)" or
