@@ -46,26 +46,56 @@ BILINEAR_BIAS_KINDS = ("vector", "scalar")
 # Layers.
 
 
-def _xavier_normal(key, fan_in, fan_out, shape):
-  std = XAVIER_GAIN * math.sqrt(2.0 / (fan_in + fan_out))
-  return std * jax.random.normal(key, shape, jnp.float32)
+def _standard_normals(key, shapes):
+  """Independent N(0, 1) float32 arrays of the given shapes, from one draw.
+
+  The draw's length is rounded up to a power of two, so that networks of
+  different sizes share a few compiled random-number programs: on CPU,
+  compiling the generator for each new shape dominates the cost of an init.
+  """
+  sizes = [math.prod(shape) for shape in shapes]
+  padded = 1 << max(sum(sizes) - 1, 0).bit_length()
+  flat = jax.random.normal(key, (padded,), jnp.float32)
+  arrays, offset = [], 0
+  for shape, size in zip(shapes, sizes):
+    arrays.append(flat[offset:offset + size].reshape(shape))
+    offset += size
+  return arrays
 
 
-def _init_dense(key, in_dim, out_dim):
-  return {
-      "kernel": _xavier_normal(key, in_dim, out_dim, (in_dim, out_dim)),
-      "bias": jnp.zeros((out_dim,), jnp.float32),
-  }
+def _init_layers(key, layer_specs):
+  """Dense layers with Xavier-normal (gain sqrt(2)) kernels and zero biases.
+
+  Args:
+    key: PRNG key.
+    layer_specs: a sequence of (kernel_inputs, out_dim), kernel_inputs a dict
+      from kernel name to its input size. A layer with several kernels is a
+      dense layer on their concatenated inputs, so its fan-in is their sum.
+
+  Returns:
+    One dict per spec: the kernels (in, out_dim) and "bias" (out_dim,).
+  """
+  shapes = [(in_dim, out_dim) for inputs, out_dim in layer_specs for in_dim in inputs.values()]
+  normals = iter(_standard_normals(key, shapes))
+  layers = []
+  for inputs, out_dim in layer_specs:
+    std = XAVIER_GAIN * math.sqrt(2.0 / (sum(inputs.values()) + out_dim))
+    layer = {name: std * next(normals) for name in inputs}
+    layer["bias"] = jnp.zeros((out_dim,), jnp.float32)
+    layers.append(layer)
+  return layers
 
 
-def _init_concat_dense(key, part_dims, out_dim):
-  """A dense layer on concat(parts), one kernel per part, joint Xavier init."""
-  fan_in = sum(part_dims.values())
-  layer = {"bias": jnp.zeros((out_dim,), jnp.float32)}
-  keys = jax.random.split(key, len(part_dims))
-  for part_key, (name, dim) in zip(keys, part_dims.items()):
-    layer[f"kernel_{name}"] = _xavier_normal(part_key, fan_in, out_dim, (dim, out_dim))
-  return layer
+def _mlp_specs(first_inputs, hidden_dims, out_dim):
+  """Layer specs of an MLP whose first layer reads `first_inputs`."""
+  widths = list(hidden_dims) + [out_dim]
+  specs = [(first_inputs, widths[0])]
+  specs += [({"kernel": widths[i - 1]}, widths[i]) for i in range(1, len(widths))]
+  return specs
+
+
+def _as_mlp(layers):
+  return {f"layer_{i}": layer for i, layer in enumerate(layers)}
 
 
 def _apply_dense(layer, x):
@@ -93,16 +123,6 @@ def _check_positive(name, value, allow_zero=False):
       or value < low):
     kind = "a non-negative int" if allow_zero else "a positive int"
     raise ConfigError(f"{name}: expected {kind}, found {value!r}")
-
-
-def _init_mlp(key, first_layer_init, hidden_dims, out_dim):
-  """An MLP's layers; the first one is built by `first_layer_init(key, out)`."""
-  widths = list(hidden_dims) + [out_dim]
-  keys = jax.random.split(key, len(widths))
-  layers = {"layer_0": first_layer_init(keys[0], widths[0])}
-  for i in range(1, len(widths)):
-    layers[f"layer_{i}"] = _init_dense(keys[i], widths[i - 1], widths[i])
-  return layers
 
 
 def _apply_mlp_tail(layers, h):
@@ -146,18 +166,13 @@ def init_generator(key, *, kind, embedding_dim, feature_dim, noise_dim, hidden_d
   _check_positive("feature_dim", feature_dim)
   _check_positive("noise_dim", noise_dim)
   hidden_dims = _check_widths("hidden_dims", hidden_dims)
-  head_key, mlp_key = jax.random.split(key)
   if kind == "latent_noise":
-    mu_key, logvar_key = jax.random.split(head_key)
-    return {
-        "mu": _init_dense(mu_key, embedding_dim, noise_dim),
-        "logvar": _init_dense(logvar_key, embedding_dim, noise_dim),
-        "layers": _init_mlp(
-            mlp_key, lambda k, out: _init_dense(k, noise_dim, out), hidden_dims, feature_dim),
-    }
-  first = lambda k, out: _init_concat_dense(
-      k, {"noise": noise_dim, "embedding": embedding_dim}, out)
-  return {"layers": _init_mlp(mlp_key, first, hidden_dims, feature_dim)}
+    heads = [({"kernel": embedding_dim}, noise_dim)] * 2
+    layers = _init_layers(key, heads + _mlp_specs({"kernel": noise_dim}, hidden_dims, feature_dim))
+    return {"mu": layers[0], "logvar": layers[1], "layers": _as_mlp(layers[2:])}
+  first_inputs = {"kernel_noise": noise_dim, "kernel_embedding": embedding_dim}
+  return {"layers": _as_mlp(_init_layers(key, _mlp_specs(first_inputs, hidden_dims,
+                                                         feature_dim)))}
 
 
 def generator_kind(params):
@@ -247,11 +262,10 @@ def init_critic(key, *, feature_dim, embedding_dim, hidden_dims):
   _check_positive("embedding_dim", embedding_dim, allow_zero=True)
   hidden_dims = _check_widths("hidden_dims", hidden_dims)
   if embedding_dim:
-    first = lambda k, out: _init_concat_dense(
-        k, {"features": feature_dim, "embedding": embedding_dim}, out)
+    first_inputs = {"kernel_features": feature_dim, "kernel_embedding": embedding_dim}
   else:
-    first = lambda k, out: _init_dense(k, feature_dim, out)
-  return {"layers": _init_mlp(key, first, hidden_dims, 1)}
+    first_inputs = {"kernel": feature_dim}
+  return {"layers": _as_mlp(_init_layers(key, _mlp_specs(first_inputs, hidden_dims, 1)))}
 
 
 def critic_is_conditional(params):
@@ -301,7 +315,7 @@ def apply_critic(params, features, embeddings=None):
 
 
 def _classifier_normal(key, shape):
-  return CLASSIFIER_INIT_STD * jax.random.normal(key, shape, jnp.float32)
+  return CLASSIFIER_INIT_STD * _standard_normals(key, [shape])[0]
 
 
 def init_bilinear_classifier(key, *, feature_dim, embedding_dim, bias="vector"):
