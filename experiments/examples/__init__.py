@@ -1,0 +1,1 @@
+"""Uses of gmn_jax's parts outside GMN (dataset condensation by gradient matching)."""
