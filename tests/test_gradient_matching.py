@@ -1,6 +1,8 @@
 """gradient_matching against hand-written references, finite differences and sharding."""
 
 import doctest
+import pathlib
+import re
 
 import chex
 import jax
@@ -407,3 +409,15 @@ def test_docstring_example_runs():
   runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
   result = runner.run(test)
   assert result.failed == 0, f"{result.failed} docstring example lines failed"
+
+
+def test_docs_show_the_docstring_example():
+  """docs/gradient_matching.md carries the same (tested) example."""
+  doc = pathlib.Path(__file__).resolve().parents[1] / "docs" / "gradient_matching.md"
+  if not doc.is_file():
+    pytest.skip("docs/ not present (installed package)")
+  example_lines = lambda text: [line.strip() for line in text.splitlines()
+                                if re.match(r"\s*(>>>|\.\.\.)", line)]
+  docstring_example = example_lines(losses.gradient_matching.__doc__)
+  doc_example = example_lines(doc.read_text())
+  assert docstring_example and docstring_example == doc_example
