@@ -15,8 +15,9 @@ after compilation:
 and prints the median milliseconds of each, their ratio, and XLA's
 cost-analysis FLOP counts: of the program before optimisation ("HLO", the
 same on every backend) and after ("compiled"; on GPU it leaves out the matrix
-products XLA hands to cuBLAS, so it undercounts there). The data are random (timing does not depend on
-the values). Exits 2 with a one-line message on bad flags.
+products XLA hands to cuBLAS, so it undercounts there). The data are random
+(timing does not depend on the values). Exits 2 with a one-line message on
+bad flags.
 """
 
 import statistics

@@ -22,14 +22,12 @@ Layouts:
 
 import math
 import numbers
-from typing import Any, Callable, Mapping
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
 from gmn_jax.errors import ConfigError
-
-Params = Mapping[str, Any]
 
 LEAKY_RELU_SLOPE = 0.2
 # The reference initialises G and D with Xavier-normal of gain sqrt(2) and the
@@ -51,7 +49,8 @@ def _standard_normals(key, shapes):
 
   The draw's length is rounded up to a power of two, so that networks of
   different sizes share a few compiled random-number programs: on CPU,
-  compiling the generator for each new shape dominates the cost of an init.
+  compiling the random-number generator for each new shape dominates the
+  cost of an init.
   """
   sizes = [math.prod(shape) for shape in shapes]
   padded = 1 << max(sum(sizes) - 1, 0).bit_length()
@@ -110,6 +109,8 @@ def _apply_concat_dense(layer, parts):
 
 
 def _check_widths(name, widths):
+  if isinstance(widths, (str, bytes)) or not hasattr(widths, "__iter__"):
+    raise ConfigError(f"{name}: expected a sequence of positive ints, found {widths!r}")
   widths = tuple(widths)
   if any(not isinstance(w, numbers.Integral) or isinstance(w, bool) or w <= 0
          for w in widths):
