@@ -226,6 +226,8 @@ def test_networks_jit_and_vmap_over_initialisation():
                                    feature_dim=D, noise_dim=0, hidden_dims=()), "noise_dim"),
     (lambda: models.init_critic(jax.random.key(0), feature_dim=D, embedding_dim=K,
                                 hidden_dims=(8, -1)), "hidden_dims"),
+    (lambda: models.init_critic(jax.random.key(0), feature_dim=D, embedding_dim=K,
+                                hidden_dims=2048), "hidden_dims"),
     (lambda: models.init_bilinear_classifier(jax.random.key(0), feature_dim=D,
                                              embedding_dim=K, bias="matrix"), "bilinear bias"),
     (lambda: models.get_classifier("svm"), "classifier kind"),
