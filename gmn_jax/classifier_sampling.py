@@ -21,6 +21,7 @@ each stepped on its own real batch.
 """
 
 import dataclasses
+import numbers
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -102,7 +103,7 @@ class ThetaSampler:
     embedding_dim: K.
     num_classes: the classes the classifier scores (the seen classes).
     reset_every: R, trajectory length in iterations (trajectory only).
-    lr: trajectory SGD learning rate.
+    lr: trajectory SGD learning rate (a float or a traced scalar).
     momentum: trajectory SGD momentum.
     weight_decay: trajectory SGD weight decay.
   """
@@ -115,9 +116,9 @@ class ThetaSampler:
   embedding_dim: int
   num_classes: int
   reset_every: int = 1
-  lr: float = 0.01
-  momentum: float = 0.9
-  weight_decay: float = 0.0
+  lr: Any = 0.01
+  momentum: Any = 0.9
+  weight_decay: Any = 0.0
 
   @property
   def needs_real_batches(self) -> bool:
@@ -204,9 +205,9 @@ def make_theta_sampler(kind, *, init_fn, apply_fn, num_samples, feature_dim, emb
     embedding_dim: K.
     num_classes: number of classes the classifier scores.
     reset_every: R ≥ 1 (trajectory only; R = 1 is a fresh θ every iteration).
-    lr: trajectory SGD learning rate (≥ 0).
-    momentum: trajectory SGD momentum in [0, 1).
-    weight_decay: trajectory weight decay (≥ 0).
+    lr: trajectory SGD learning rate (≥ 0; a float or a traced scalar).
+    momentum: trajectory SGD momentum in [0, 1) (float or traced scalar).
+    weight_decay: trajectory weight decay (≥ 0; float or traced scalar).
 
   Returns:
     The sampler.
@@ -224,15 +225,15 @@ def make_theta_sampler(kind, *, init_fn, apply_fn, num_samples, feature_dim, emb
     if not isinstance(reset_every, int) or reset_every < 1:
       raise ConfigError("config.gm.trajectory_reset_every: expected an int >= 1, found "
                         f"{reset_every!r}")
-    if not lr >= 0:
-      raise ConfigError(f"config.gm.trajectory_lr: expected >= 0, found {lr!r}")
-    if not 0 <= momentum < 1:
-      raise ConfigError(f"config.gm.trajectory_momentum: expected a value in [0, 1), found "
-                        f"{momentum!r}")
-    if not weight_decay >= 0:
-      raise ConfigError("config.gm.trajectory_weight_decay: expected >= 0, found "
-                        f"{weight_decay!r}")
+    # The SGD settings may be traced scalars (hyperparameters passed to a
+    # jitted step); only Python numbers can be checked here.
+    checks = (("trajectory_lr", lr, lambda v: v >= 0, ">= 0"),
+              ("trajectory_momentum", momentum, lambda v: 0 <= v < 1, "a value in [0, 1)"),
+              ("trajectory_weight_decay", weight_decay, lambda v: v >= 0, ">= 0"))
+    for name, value, valid, expected in checks:
+      if isinstance(value, numbers.Real) and not valid(value):
+        raise ConfigError(f"config.gm.{name}: expected {expected}, found {value!r}")
   return ThetaSampler(kind=kind, init_fn=init_fn, apply_fn=apply_fn, num_samples=num_samples,
                       feature_dim=feature_dim, embedding_dim=embedding_dim,
-                      num_classes=num_classes, reset_every=reset_every, lr=float(lr),
-                      momentum=float(momentum), weight_decay=float(weight_decay))
+                      num_classes=num_classes, reset_every=reset_every, lr=lr,
+                      momentum=momentum, weight_decay=weight_decay)

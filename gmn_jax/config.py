@@ -7,10 +7,12 @@ code's CUB configuration (see docs/configuration.md for each field's meaning).
 """
 
 import dataclasses
+from typing import List
 
 import ml_collections
 from ml_collections import config_dict
 
+from gmn_jax import config_utils
 from gmn_jax import errors
 
 
@@ -159,3 +161,111 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   c.precision = "float32"  # float32 | bfloat16 (matrix products only)
   return c
+
+
+def _is_real(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _distinct_ints(values) -> bool:
+  return (len(values) > 0 and all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+          and len(set(values)) == len(values))
+
+
+def config_rules() -> List[config_utils.Rule]:
+  """The value constraints of every field (types are checked separately).
+
+  Returns:
+    `config_utils.Rule`s; the choices of data options come from the data
+    modules, imported here so that importing this module stays cheap.
+  """
+  # pylint: disable=g-import-not-at-top
+  from gmn_jax import classifier_sampling
+  from gmn_jax import evaluate
+  from gmn_jax import losses
+  from gmn_jax import models
+  from gmn_jax.data import preprocessing
+  from gmn_jax.data import registry
+  from gmn_jax.data import xlsa17
+  # pylint: enable=g-import-not-at-top
+  u = config_utils
+  unit_interval_open = lambda path: u.Rule(
+      path, lambda v: _is_real(v) and 0 <= v < 1, "a number in [0, 1)")
+  return [
+      u.existing_dir("data_dir", special_prefixes=(registry.BUILTIN_PREFIX,)),
+      u.one_of("embedding", xlsa17.EMBEDDINGS),
+      u.one_of("feature_norm", preprocessing.FEATURE_NORMALIZATIONS),
+      u.one_of("split", xlsa17.SPLITS),
+      u.one_of("method", tuple(VARIANTS)),
+      u.Rule("seeds", _distinct_ints, "a non-empty sequence of distinct ints"),
+      u.positive_int("num_parallel_seeds"),
+      u.one_of("generator.kind", models.GENERATOR_KINDS),
+      u.non_negative_int("generator.noise_dim"),
+      u.each_positive_int("generator.hidden_dims"),
+      u.each_positive_int("critic.hidden_dims"),
+      u.positive_int("train.num_iterations"),
+      u.positive_int("train.batch_size"),
+      u.positive_int("train.n_critic"),
+      u.non_negative("train.gp_weight"),
+      u.positive("train.lr_generator"),
+      u.positive("train.lr_critic"),
+      unit_interval_open("train.adam_b1"),
+      unit_interval_open("train.adam_b2"),
+      u.positive_int("train.iterations_per_call"),
+      u.positive_int("train.log_every"),
+      u.positive_int("train.checkpoint_every"),
+      u.non_negative("gm.weight"),
+      u.one_of("gm.classifier", models.CLASSIFIER_KINDS),
+      u.positive_int("gm.num_classes"),
+      u.positive_int("gm.real_per_class"),
+      u.positive_int("gm.fake_repeat"),
+      u.one_of("gm.granularity", losses.GRANULARITIES),
+      u.positive_int("gm.num_theta_samples"),
+      u.one_of("gm.theta_sampling", classifier_sampling.SAMPLER_KINDS),
+      u.positive_int("gm.trajectory_reset_every"),
+      u.non_negative("gm.trajectory_lr"),
+      unit_interval_open("gm.trajectory_momentum"),
+      u.non_negative("gm.trajectory_weight_decay"),
+      u.non_negative("cls.weight"),
+      u.one_of("cls.classifier", models.CLASSIFIER_KINDS),
+      u.positive_int("cls.pretrain_epochs"),
+      u.positive("cls.pretrain_lr"),
+      u.one_of("eval.classifier", models.CLASSIFIER_KINDS),
+      u.positive_int("eval.epochs"),
+      u.positive_int("eval.batch_size"),
+      u.positive("eval.lr"),
+      u.Rule("eval.lr_decay", lambda v: _is_real(v) and 0 < v <= 1, "a number in (0, 1]"),
+      u.non_negative("eval.weight_decay"),
+      unit_interval_open("eval.momentum"),
+      u.non_negative_int("eval.n_synth_unseen"),
+      u.non_negative_int("eval.n_synth_seen"),
+      u.positive_int("eval.num_classifier_seeds"),
+      u.one_of("eval.selection", evaluate.SELECTIONS),
+      u.one_of("precision", ("float32", "bfloat16")),
+  ]
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks every field name, type and value before anything is compiled.
+
+  Args:
+    config: a full configuration (e.g. a preset with command-line overrides).
+
+  Raises:
+    ConfigError: one line naming every unknown, missing, mistyped or
+      out-of-range field.
+  """
+  config_utils.validate_config(config, get_base_config(), config_rules())
+
+
+def validate_fields(config: ml_collections.ConfigDict) -> None:
+  """`validate` without the data_dir check (for runs given an in-memory dataset).
+
+  Args:
+    config: a full configuration.
+
+  Raises:
+    ConfigError: as `validate`.
+  """
+  rules = [rule for rule in config_rules() if rule.paths != ("data_dir",)]
+  config_utils.validate_config(config, get_base_config(), rules)

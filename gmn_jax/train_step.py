@@ -1,0 +1,363 @@
+"""Stage 1's fused step: many generator iterations in one jitted `lax.scan`.
+
+One generator iteration t (all randomness from `fold_in(base_key, t)`, so a
+resumed run repeats an uninterrupted one bit for bit):
+
+1. `n_critic` critic steps: a real batch (class-balanced or uniform; in the
+   transductive variant seen and unlabelled unseen features in the
+   proportion S:U), fakes from the generator on the real batch's class
+   embeddings, WGAN-GP loss, Adam.
+2. One generator step on
+   `-mean D(G(a_y)) + β·L_GM + c·L_CLS`, labels y uniform over the generated
+   classes (seen, or seen ∪ unseen when transductive); L_GM over
+   `gm_num_classes` distinct seen classes, each with a real batch of that
+   class and `gm_fake_repeat`× as many fakes, summed over classes, θ from the
+   θ sampler, logits over all seen classes; L_CLS from the frozen seen-class
+   classifier on the adversarial fakes. Adam.
+3. The θ sampler advances (the trajectory takes its SGD step).
+
+Everything is a pure function of (state, data, hyper, key), where `hyper`
+holds the numeric settings as traced scalars (changing a learning rate or a
+loss weight does not recompile); no host callbacks, so the step can later be
+vmapped over seeds and sharded over a data mesh.
+"""
+
+import functools
+from typing import Any, Callable, Dict, NamedTuple, Tuple
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+import optax
+
+from gmn_jax import losses
+from gmn_jax import models
+from gmn_jax.data import samplers
+from gmn_jax.train_state import Hyperparameters, TrainData, TrainSpec, TrainState
+
+Metrics = Dict[str, jax.Array]
+
+
+def _global_norm(tree) -> jax.Array:
+  """The L2 norm of all leaves together."""
+  return jnp.sqrt(sum(jnp.sum(jnp.square(leaf)) for leaf in jax.tree_util.tree_leaves(tree)))
+
+
+def generated_class_embeddings(spec: TrainSpec, data: TrainData) -> jax.Array:
+  """Embeddings of the classes the generator is trained on (local order).
+
+  Args:
+    spec: the run's settings.
+    data: the training data.
+
+  Returns:
+    (S, K), or (S + U, K) in the transductive variant (seen rows first).
+  """
+  if spec.variant.transductive:
+    return jnp.concatenate([data.seen_embeddings, data.unseen_embeddings], axis=0)
+  return data.seen_embeddings
+
+
+def _real_seen_indices(spec: TrainSpec, data: TrainData, key, count: int) -> jax.Array:
+  if spec.class_balanced:
+    return samplers.class_balanced_indices(key, data.class_index, count)
+  return samplers.uniform_indices(key, data.features.shape[0], count)
+
+
+def critic_batch(spec: TrainSpec, data: TrainData, key) -> Tuple[jax.Array, jax.Array]:
+  """Draws one critic step's real features and the embeddings for its fakes.
+
+  Args:
+    spec: the run's settings.
+    data: the training data.
+    key: PRNG key.
+
+  Returns:
+    (real (B, D), embeddings (B, K)). The fakes are generated on
+    `embeddings`; for a conditional critic they are also the condition of both
+    batches. In the transductive variant the first `transductive_seen_count`
+    rows are labelled seen examples (and their classes), the rest unlabelled
+    unseen examples (and unseen classes drawn uniformly).
+  """
+  seen_key, unseen_key, class_key = jax.random.split(key, 3)
+  if not spec.variant.transductive:
+    indices = _real_seen_indices(spec, data, seen_key, spec.batch_size)
+    return data.features[indices], data.seen_embeddings[data.labels[indices]]
+  n_seen = spec.transductive_seen_count
+  n_unseen = spec.batch_size - n_seen
+  seen_indices = _real_seen_indices(spec, data, seen_key, n_seen)
+  unseen_indices = samplers.uniform_indices(unseen_key, data.unlabelled_features.shape[0],
+                                            n_unseen)
+  unseen_classes = jax.random.randint(class_key, (n_unseen,), 0, spec.num_unseen)
+  real = jnp.concatenate([data.features[seen_indices],
+                          data.unlabelled_features[unseen_indices]], axis=0)
+  embeddings = jnp.concatenate([data.seen_embeddings[data.labels[seen_indices]],
+                                data.unseen_embeddings[unseen_classes]], axis=0)
+  return real, embeddings
+
+
+def critic_step(spec: TrainSpec, hyper: Hyperparameters, critic, critic_opt, generator,
+                data: TrainData, key):
+  """One WGAN-GP critic update.
+
+  Args:
+    spec: the run's settings.
+    hyper: the numeric settings.
+    critic: critic params.
+    critic_opt: the critic's Adam state.
+    generator: generator params (held fixed).
+    data: the training data.
+    key: PRNG key.
+
+  Returns:
+    (critic, critic_opt, metrics) with metrics "critic_loss", "wasserstein",
+    "gradient_penalty", "critic_grad_norm".
+  """
+  batch_key, noise_key, penalty_key = jax.random.split(key, 3)
+  real, embeddings = critic_batch(spec, data, batch_key)
+  fake = lax.stop_gradient(models.apply_generator(generator, embeddings, noise_key))
+  condition = embeddings if spec.variant.conditional_critic else None
+  (loss, aux), grads = jax.value_and_grad(losses.critic_loss, has_aux=True)(
+      critic, real, fake, condition, penalty_key, gp_weight=hyper.gp_weight)
+  updates, critic_opt = hyper.critic_optimizer().update(grads, critic_opt, critic)
+  metrics = {"critic_loss": loss, "wasserstein": aux["wasserstein"],
+             "gradient_penalty": aux["gradient_penalty"],
+             "critic_grad_norm": _global_norm(grads)}
+  return optax.apply_updates(critic, updates), critic_opt, metrics
+
+
+class GeneratorBatch(NamedTuple):
+  """The random draws of one generator step (fixed before differentiating).
+
+  Attributes:
+    labels: (B,) local classes of the adversarial fakes (indices into
+      `generated_class_embeddings`).
+    noise_key: PRNG key of the adversarial fakes' noise.
+    gm_classes: (n,) distinct local seen classes of gradient matching.
+    gm_real_features: (n, r, D) real features, row j of class gm_classes[j].
+    gm_noise_key: PRNG key of the GM fakes' noise: the fakes are
+      `apply_generator(params, repeat(seen_embeddings[gm_classes], f·r),
+      gm_noise_key)` reshaped to (n, f·r, D) (see `gm_fake_features`).
+    thetas: the sampled classifier parameters, leading axis M.
+  """
+
+  labels: jax.Array
+  noise_key: jax.Array
+  gm_classes: jax.Array
+  gm_real_features: jax.Array
+  gm_noise_key: jax.Array
+  thetas: Any
+
+
+def draw_generator_batch(spec: TrainSpec, data: TrainData, key, thetas) -> GeneratorBatch:
+  """Draws everything random in one generator step.
+
+  Args:
+    spec: the run's settings.
+    data: the training data.
+    key: PRNG key.
+    thetas: the θ samples of this iteration (ignored without GM; pass {}).
+
+  Returns:
+    A `GeneratorBatch` (its GM fields are empty arrays without GM).
+  """
+  label_key, noise_key, class_key, real_key, gm_noise_key = jax.random.split(key, 5)
+  labels = jax.random.randint(label_key, (spec.batch_size,), 0, spec.num_generated_classes)
+  if spec.variant.gradient_matching:
+    classes = samplers.distinct_classes(class_key, jnp.arange(spec.num_seen),
+                                        spec.gm_num_classes)
+    indices = samplers.per_class_batch(real_key, data.class_index, classes,
+                                       spec.gm_real_per_class)
+    real = data.features[indices]
+  else:
+    classes = jnp.zeros((0,), jnp.int32)
+    real = jnp.zeros((0, 0, spec.feature_dim), jnp.float32)
+  return GeneratorBatch(labels, noise_key, classes, real, gm_noise_key, thetas)
+
+
+def gm_fake_features(spec: TrainSpec, generator, data: TrainData, classes, key) -> jax.Array:
+  """The fake batches of gradient matching: f·r features per class.
+
+  Args:
+    spec: the run's settings.
+    generator: generator params.
+    data: the training data.
+    classes: (n,) local seen classes.
+    key: PRNG key of the noise.
+
+  Returns:
+    (n, f·r, D) generated features, row j of class classes[j].
+  """
+  per_class = spec.gm_fake_repeat * spec.gm_real_per_class
+  embeddings = jnp.repeat(data.seen_embeddings[classes], per_class, axis=0)
+  fake = models.apply_generator(generator, embeddings, key)
+  return fake.reshape(classes.shape[0], per_class, spec.feature_dim)
+
+
+def gm_classifier_loss_fn(spec: TrainSpec, data: TrainData) -> Callable:
+  """`loss_fn(theta, (features, labels))` of GM: CE with logits over all seen classes.
+
+  Args:
+    spec: the run's settings.
+    data: the training data.
+
+  Returns:
+    The loss function `losses.gradient_matching` differentiates.
+  """
+  _, apply_fn = models.get_classifier(spec.gm_classifier)
+
+  def loss_fn(theta, batch):
+    features, labels = batch
+    return losses.classifier_loss(apply_fn, theta, features, labels, data.seen_embeddings)
+
+  return loss_fn
+
+
+def gradient_matching_loss(spec: TrainSpec, generator, data: TrainData,
+                           batch: GeneratorBatch) -> jax.Array:
+  """L_GM: `losses.per_class_gradient_matching` over this step's classes.
+
+  Args:
+    spec: the run's settings.
+    generator: generator params (the loss is differentiated w.r.t. these).
+    data: the training data.
+    batch: this step's draws.
+
+  Returns:
+    The scalar GM loss summed over classes (not yet multiplied by β).
+  """
+  fake = gm_fake_features(spec, generator, data, batch.gm_classes, batch.gm_noise_key)
+  n, real_count = batch.gm_real_features.shape[:2]
+  real_labels = jnp.broadcast_to(batch.gm_classes[:, None], (n, real_count))
+  fake_labels = jnp.broadcast_to(batch.gm_classes[:, None], (n, fake.shape[1]))
+  return losses.per_class_gradient_matching(
+      gm_classifier_loss_fn(spec, data), batch.thetas,
+      (batch.gm_real_features, real_labels), (fake, fake_labels),
+      granularity=spec.gm_granularity)
+
+
+def generator_loss(generator, spec: TrainSpec, hyper: Hyperparameters, critic, cls_classifier,
+                   data: TrainData, batch: GeneratorBatch) -> Tuple[jax.Array, Metrics]:
+  """The generator's objective -mean D(G(a_y)) + β·L_GM + c·L_CLS.
+
+  Args:
+    generator: generator params (differentiated).
+    spec: the run's settings.
+    hyper: the numeric settings (β and c).
+    critic: critic params (fixed).
+    cls_classifier: the frozen L_CLS classifier ({} without L_CLS).
+    data: the training data.
+    batch: this step's draws.
+
+  Returns:
+    (loss, metrics) with "adversarial_loss" and, where the variant has them,
+    "gm_loss" (unweighted) and "cls_loss" (unweighted).
+  """
+  embeddings = generated_class_embeddings(spec, data)[batch.labels]
+  fake = models.apply_generator(generator, embeddings, batch.noise_key)
+  condition = embeddings if spec.variant.conditional_critic else None
+  adversarial = losses.generator_adversarial_loss(critic, fake, condition)
+  loss, metrics = adversarial, {"adversarial_loss": adversarial}
+  if spec.variant.gradient_matching:
+    gm = gradient_matching_loss(spec, generator, data, batch)
+    loss, metrics["gm_loss"] = loss + hyper.gm_weight * gm, gm
+  if spec.variant.classification_loss:
+    _, apply_fn = models.get_classifier(spec.cls_classifier)
+    # Labels are seen classes here: L_CLS variants are never transductive.
+    cls = losses.frozen_classifier_loss(apply_fn, cls_classifier, fake, batch.labels,
+                                        data.seen_embeddings)
+    loss, metrics["cls_loss"] = loss + hyper.cls_weight * cls, cls
+  return loss, metrics
+
+
+def train_iteration(spec: TrainSpec, state: TrainState, data: TrainData, hyper: Hyperparameters,
+                    base_key) -> Tuple[TrainState, Metrics]:
+  """One generator iteration (n_critic critic steps, one generator step).
+
+  Args:
+    spec: the run's settings.
+    state: the state before the iteration.
+    data: the training data.
+    hyper: the numeric settings.
+    base_key: the run's PRNG key; this iteration uses
+      `fold_in(base_key, state.iteration)`.
+
+  Returns:
+    (new state, metrics of the iteration: the critic's averaged over its
+    steps, plus "generator_loss" and "generator_grad_norm").
+  """
+  key = jax.random.fold_in(base_key, state.iteration)
+  critic_key, generator_key, theta_key, trajectory_key = jax.random.split(key, 4)
+
+  def one_critic_step(carry, step_key):
+    critic, critic_opt = carry
+    critic, critic_opt, metrics = critic_step(spec, hyper, critic, critic_opt, state.generator,
+                                              data, step_key)
+    return (critic, critic_opt), metrics
+
+  (critic, critic_opt), critic_metrics = lax.scan(
+      one_critic_step, (state.critic, state.critic_opt),
+      jax.random.split(critic_key, spec.n_critic))
+  metrics = {name: jnp.mean(values) for name, values in critic_metrics.items()}
+
+  theta_state, thetas = state.theta_sampler, {}
+  if spec.variant.gradient_matching:
+    sampler = spec.theta_sampler(hyper)
+    thetas, theta_state = sampler.sample(theta_state, theta_key, state.iteration)
+  batch = draw_generator_batch(spec, data, generator_key, thetas)
+  (loss, generator_metrics), grads = jax.value_and_grad(generator_loss, has_aux=True)(
+      state.generator, spec, hyper, critic, state.cls_classifier, data, batch)
+  optimizer = hyper.generator_optimizer()
+  updates, generator_opt = optimizer.update(grads, state.generator_opt, state.generator)
+  generator = optax.apply_updates(state.generator, updates)
+  metrics.update(generator_metrics)
+  metrics["generator_loss"] = loss
+  metrics["generator_grad_norm"] = _global_norm(grads)
+
+  if spec.variant.gradient_matching and sampler.needs_real_batches:
+    m, b = spec.num_theta_samples, spec.batch_size
+    indices = samplers.class_balanced_indices(trajectory_key, data.class_index, m * b)
+    indices = indices.reshape(m, b)
+    theta_state = sampler.step(theta_state, data.features[indices], data.labels[indices],
+                               data.seen_embeddings)
+
+  new_state = state._replace(iteration=state.iteration + 1, generator=generator,
+                             critic=critic, generator_opt=generator_opt,
+                             critic_opt=critic_opt, theta_sampler=theta_state)
+  return new_state, metrics
+
+
+def make_chunk_fn(spec: TrainSpec, num_iterations: int) -> Callable:
+  """The (unjitted) function running `num_iterations` generator iterations.
+
+  Args:
+    spec: the run's settings.
+    num_iterations: iterations per call (static: the scan length).
+
+  Returns:
+    `chunk(state, data, hyper, base_key) -> (state, metrics)` where every
+    metric has a leading axis of num_iterations. Wrap it in `jax.jit`.
+  """
+
+  def chunk(state: TrainState, data: TrainData, hyper: Hyperparameters, base_key):
+    def body(carry, _):
+      return train_iteration(spec, carry, data, hyper, base_key)
+
+    return lax.scan(body, state, None, length=num_iterations)
+
+  return chunk
+
+
+@functools.lru_cache(maxsize=16)
+def jitted_chunk_fn(spec: TrainSpec, num_iterations: int) -> Callable:
+  """`jax.jit(make_chunk_fn(spec, num_iterations))`, cached per (spec, length).
+
+  Args:
+    spec: the run's settings (hashable).
+    num_iterations: iterations per call.
+
+  Returns:
+    The jitted chunk function; repeated calls with states of the same
+    structure reuse one compilation.
+  """
+  return jax.jit(make_chunk_fn(spec, num_iterations))
