@@ -23,8 +23,10 @@ from gmn_jax.data import synthetic
 from gmn_jax.errors import ConfigError
 from gmn_jax.errors import GMNError
 
-_ATT_SPLITS = flags.DEFINE_string("att_splits", None, "A real att_splits.mat to build a semi-real dataset for.")
-_PRESET = flags.DEFINE_string("preset", None, f"One of {', '.join(synthetic.PRESETS)}: no input file needed.")
+_ATT_SPLITS = flags.DEFINE_string(
+    "att_splits", None, "A real att_splits.mat to build a semi-real dataset for.")
+_PRESET = flags.DEFINE_string(
+    "preset", None, f"One of {', '.join(synthetic.PRESETS)}: no input file needed.")
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Directory to write (created if missing).")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
 _FEATURE_DIM = flags.DEFINE_integer("feature_dim", 2048, "Feature dimension D.")

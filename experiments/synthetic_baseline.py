@@ -30,7 +30,8 @@ from gmn_jax.errors import GMNError
 
 _PRESET = flags.DEFINE_string("preset", None, "A preset name, 'all', or 'digits'.")
 _ATT_SPLITS = flags.DEFINE_string("att_splits", None, "A real att_splits.mat (semi-real).")
-_REAL_DIR = flags.DEFINE_string("real_dir", None, "Folder of <DS>/att_splits.mat (semi-real, all six).")
+_REAL_DIR = flags.DEFINE_string(
+    "real_dir", None, "Folder of <DS>/att_splits.mat (semi-real, all six).")
 _FEATURE_DIM = flags.DEFINE_integer("feature_dim", 2048, "Feature dimension D.")
 _SEED = flags.DEFINE_integer("seed", 0, "Generator seed.")
 _DIFFICULTY = flags.DEFINE_string("difficulty", "calibrated", "calibrated | naive")
@@ -49,7 +50,8 @@ def _jobs(preset, att_splits, real_dir):
         yield f"{name} semi-real", (lambda p=path, n=name: _semi_real(p, n))
     return
   if att_splits is not None:
-    yield f"{preset or 'file'} semi-real", lambda: _semi_real(pathlib.Path(att_splits), preset or "file")
+    name = preset or "file"
+    yield f"{name} semi-real", lambda: _semi_real(pathlib.Path(att_splits), name)
     return
   if preset == "digits":
     from gmn_jax.data import digits  # pylint: disable=g-import-not-at-top
@@ -78,7 +80,8 @@ def _semi_real(path: pathlib.Path, name: str):
   try:
     att_splits = scipy.io.loadmat(path)
   except Exception as error:  # scipy raises many types on garbage input.
-    raise DataError(path, None, "a MATLAB .mat file", f"unreadable ({type(error).__name__})") from error
+    raise DataError(path, None, "a MATLAB .mat file",
+                    f"unreadable ({type(error).__name__})") from error
   return synthetic.synthetic_dataset(
       att_splits, name=name, seed=_SEED.value, feature_dim=_FEATURE_DIM.value,
       difficulty=_difficulty(),
@@ -95,7 +98,8 @@ def main(argv: Sequence[str]) -> None:
       start = time.time()
       result = baseline.run_baseline(build())
       print(f"{label:<16}{result.zsl_t1:6.1f}{result.gzsl_unseen:6.1f}{result.gzsl_seen:6.1f}"
-            f"{result.gzsl_h:6.1f}{result.train_accuracy:7.1f}{time.time() - start:9.1f}", flush=True)
+            f"{result.gzsl_h:6.1f}{result.train_accuracy:7.1f}{time.time() - start:9.1f}",
+            flush=True)
   except GMNError as error:
     print(error, file=sys.stderr)
     sys.exit(2)

@@ -84,7 +84,8 @@ def test_test_split_layout():
   np.testing.assert_array_equal(ds.unseen_classes, [3, 4, 7])
   total = ds.train_labels.size + ds.test_seen_labels.size + ds.test_unseen_labels.size
   assert total == 1797 and ds.feature_dim == 64 and ds.embedding_dim == 9
-  assert set(np.unique(ds.train_labels)) == set(np.unique(ds.test_seen_labels)) == {0, 1, 2, 5, 6, 8, 9}
+  seen = {0, 1, 2, 5, 6, 8, 9}
+  assert set(np.unique(ds.train_labels)) == set(np.unique(ds.test_seen_labels)) == seen
   assert set(np.unique(ds.test_unseen_labels)) == {3, 4, 7}
   for digit in ds.seen_classes:
     n_train = np.sum(ds.train_labels == digit)
@@ -117,7 +118,8 @@ def test_deterministic_and_feature_norm_fitted_on_train():
   train = first.train_features
   spread = np.maximum(train.std(axis=0, dtype=np.float64), 1e-4)
   np.testing.assert_allclose(standardized.test_unseen_features,
-                             (first.test_unseen_features - train.mean(axis=0, dtype=np.float64)) / spread,
+                             (first.test_unseen_features - train.mean(axis=0, dtype=np.float64))
+                             / spread,
                              rtol=1e-4, atol=1e-4)
   assert standardized.feature_normalization == "standardize"
 

@@ -1,7 +1,7 @@
 """A linear compatibility baseline trained on seen classes only.
 
-It measures how hard a dataset is: the bilinear score f(x, a_c) = (x W + b) a_c (the reference code's
-compatibility classifier) is
+It measures how hard a dataset is: the bilinear score f(x, a_c) = (x W + b) a_c
+(the reference code's compatibility classifier) is
 trained with softmax cross-entropy over the seen classes (full-batch AdamW,
 small decoupled weight decay) and evaluated with the GBU protocol. The
 synthetic generator's difficulty is calibrated against it
@@ -187,11 +187,13 @@ def evaluate_bilinear(params: BilinearParams, dataset: ZSLDataset) -> BaselineRe
                            predict(params, dataset.test_unseen_features, embeddings,
                                    dataset.unseen_classes))
   unseen = per_class_accuracy(dataset.test_unseen_labels,
-                              predict(params, dataset.test_unseen_features, embeddings, all_classes))
+                              predict(params, dataset.test_unseen_features, embeddings,
+                                      all_classes))
   seen = per_class_accuracy(dataset.test_seen_labels,
                             predict(params, dataset.test_seen_features, embeddings, all_classes))
   train = per_class_accuracy(dataset.train_labels,
-                             predict(params, dataset.train_features, embeddings, dataset.seen_classes))
+                             predict(params, dataset.train_features, embeddings,
+                                     dataset.seen_classes))
   return BaselineResult(zsl, unseen, seen, harmonic_mean(unseen, seen), train)
 
 

@@ -195,7 +195,8 @@ def _standardize_columns(matrix: np.ndarray) -> np.ndarray:
 
 def _truncated_relu_mean(threshold: np.ndarray) -> np.ndarray:
   """E[max(0, z + t)] for z ~ N(0, 1), elementwise in t."""
-  return threshold * scipy.special.ndtr(threshold) + np.exp(-0.5 * threshold**2) / np.sqrt(2 * np.pi)
+  density = np.exp(-0.5 * threshold**2) / np.sqrt(2 * np.pi)
+  return threshold * scipy.special.ndtr(threshold) + density
 
 
 class _FeatureMap:
@@ -206,7 +207,8 @@ class _FeatureMap:
     latent = difficulty.latent_dim
     self.embedding_projection = rng.standard_normal((embedding_dim, latent))
     self.embedding_bias = rng.standard_normal(latent)
-    self.mode_maps = rng.standard_normal((difficulty.modes_per_class, latent, latent)) / np.sqrt(latent)
+    self.mode_maps = (rng.standard_normal((difficulty.modes_per_class, latent, latent))
+                      / np.sqrt(latent))
     self.nuisance = rng.standard_normal((difficulty.nuisance_rank, latent)) * (
         difficulty.nuisance_scale / np.sqrt(max(difficulty.nuisance_rank, 1)))
     # Unit-norm rows make w . l unit-variance for a unit-variance latent.
@@ -340,16 +342,18 @@ def make_class_embeddings(num_classes: int,
 
   def embeddings_for(weight):
     pre = signal + weight * prevalence
-    cut = np.quantile(pre, zero_fraction) if zero_fraction > 0 else pre.min() - 1e-3
-    att = np.maximum(pre - cut, 0)
+    if zero_fraction > 0:
+      att = np.maximum(pre - np.quantile(pre, zero_fraction), 0)
+    else:  # A smooth ReLU: small but positive values instead of zeros.
+      att = np.logaddexp(0, 4 * (pre - np.median(pre))) / 4
     # A class left all-zero would be invalid; give it its largest attribute.
     empty = ~att.any(axis=1)
     att[empty, np.argmax(pre[empty], axis=1)] = 1.0
     return att / np.linalg.norm(att, axis=1, keepdims=True)
 
   def mean_cosine_of(att):
-    cos = att @ att.T
-    return (cos.sum() - np.trace(cos)) / (num_classes * (num_classes - 1))
+    # Rows are unit-norm: the sum of all pairwise cosines is |sum_c a_c|^2 - C.
+    return (np.sum(att.sum(axis=0)**2) - num_classes) / (num_classes * (num_classes - 1))
 
   low, high = 0.0, 20.0
   for _ in range(40):
@@ -381,7 +385,8 @@ def _loc(att_splits: Mapping[str, np.ndarray], key: str, source: str, required: 
   if values.min() < 1:
     raise DataError(source, key, "1-based indices (>= 1)", f"minimum {values.min():g}")
   if np.unique(values).size != values.size:
-    raise DataError(source, key, "distinct indices", f"{values.size - np.unique(values).size} duplicates")
+    raise DataError(source, key, "distinct indices",
+                    f"{values.size - np.unique(values).size} duplicates")
   return values.astype(np.int64) - 1
 
 
@@ -411,7 +416,8 @@ def match_preset(att_splits: Mapping[str, np.ndarray]) -> Optional[DatasetShape]
                 for key in ("trainval_loc", "test_seen_loc", "test_unseen_loc"))
   num_classes = np.asarray(att_splits.get("att", np.zeros((0, 0)))).shape[-1]
   for shape in PRESETS.values():
-    if (shape.num_classes, (shape.trainval, shape.test_seen, shape.test_unseen)) == (num_classes, sizes):
+    shape_sizes = (shape.trainval, shape.test_seen, shape.test_unseen)
+    if (shape.num_classes, shape_sizes) == (num_classes, sizes):
       return shape
   return None
 
@@ -469,7 +475,8 @@ def labels_from_splits(att_splits: Mapping[str, np.ndarray],
   if np.unique(all_locs).size != num_images or all_locs.max() != num_images - 1:
     raise DataError(source, "trainval_loc/test_seen_loc/test_unseen_loc",
                     f"disjoint arrays covering 1..{num_images}",
-                    f"{num_images - np.unique(all_locs).size} shared indices, maximum {all_locs.max() + 1}")
+                    f"{num_images - np.unique(all_locs).size} shared indices, "
+                    f"maximum {all_locs.max() + 1}")
   preset = match_preset(att_splits)
 
   rng = _rng(seed, _STREAM_UNSEEN)
@@ -494,7 +501,8 @@ def labels_from_splits(att_splits: Mapping[str, np.ndarray],
   if train is not None and val is not None:
     seen_images = np.union1d(trainval, test_seen)
     if np.intersect1d(train, val).size or not np.array_equal(np.union1d(train, val), seen_images):
-      raise DataError(source, "train_loc/val_loc", "a disjoint split of trainval_loc + test_seen_loc",
+      raise DataError(source, "train_loc/val_loc",
+                      "a disjoint split of trainval_loc + test_seen_loc",
                       "arrays that overlap or cover other images")
     num_val = preset.num_val_classes if preset else int(round(seen_classes.size * val.size
                                                               / seen_images.size))
@@ -576,7 +584,8 @@ def _read_splits(path: pathlib.Path) -> dict:
   try:
     return scipy.io.loadmat(path)
   except Exception as error:  # scipy raises many types on garbage input.
-    raise DataError(path, None, "a MATLAB v5 .mat file", f"unreadable ({type(error).__name__}: {error})") from error
+    raise DataError(path, None, "a MATLAB v5 .mat file",
+                    f"unreadable ({type(error).__name__}: {error})") from error
 
 
 def unseen_from_class_lists(att_splits: Mapping[str, np.ndarray],
@@ -710,10 +719,10 @@ def write_semi_real(att_splits_path: os.PathLike | str,
     if key not in att_splits:
       raise DataError(att_splits_path, key, "a variable of that name", "no such key")
   out_dir = pathlib.Path(out_dir)
-  path = write_features_file(out_dir, _with_companion_validation_locs(att_splits, att_splits_path), seed=seed, feature_dim=feature_dim,
-                             difficulty=difficulty,
-                             unseen_classes=unseen_from_class_lists(att_splits, att_splits_path.parent),
-                             source=str(att_splits_path))
+  unseen_classes = unseen_from_class_lists(att_splits, att_splits_path.parent)
+  path = write_features_file(out_dir, _with_companion_validation_locs(att_splits, att_splits_path),
+                             seed=seed, feature_dim=feature_dim, difficulty=difficulty,
+                             unseen_classes=unseen_classes, source=str(att_splits_path))
   companions = {att_splits_path}
   for pattern in _COMPANION_GLOBS:
     companions.update(att_splits_path.parent.glob(pattern))
