@@ -27,7 +27,7 @@ import dataclasses
 import functools
 import math
 import numbers
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import jax
 from jax import lax
@@ -39,13 +39,13 @@ from gmn_jax import losses
 from gmn_jax import models
 from gmn_jax.data.dataset import ZSLDataset
 from gmn_jax.errors import ConfigError, DataError
-from gmn_jax.metrics import (METRIC_NAMES, gzsl_metrics,  # pylint: disable=unused-import
-                             gzsl_metrics_from_predictions, per_class_accuracy,
-                             predict)
+from gmn_jax.metrics import METRIC_NAMES, gzsl_metrics_from_predictions, predict
+# Part of this module's agreed API (docs/evaluation.md); defined in metrics.
+from gmn_jax.metrics import gzsl_metrics, per_class_accuracy  # pylint: disable=unused-import
 
 SELECTIONS = ("last", "validation")
 CURVE_NAMES = METRIC_NAMES + ("train_loss",)
-_INPUT = "final classifier input"  # the "path" of in-memory arrays in errors
+_INPUT = "evaluation inputs"  # the "path" of in-memory arrays in errors
 
 
 # --------------------------------------------------------------------------
@@ -156,7 +156,7 @@ def step_lr(learning_rate, decay, steps_per_epoch: int) -> Callable:
   """
 
   def schedule(step):
-    epoch = (step // steps_per_epoch).astype(jnp.float32)
+    epoch = (jnp.asarray(step) // steps_per_epoch).astype(jnp.float32)
     return learning_rate * jnp.power(jnp.asarray(decay, jnp.float32), epoch)
 
   return schedule
@@ -236,8 +236,10 @@ class EvalSets:
 
   @classmethod
   def from_dataset(cls, dataset: ZSLDataset) -> "EvalSets":
-    """The test_unseen / test_seen sets of a dataset (its validation parts
-    when the dataset was loaded in split mode "validation").
+    """The test_unseen / test_seen sets of a dataset.
+
+    For a dataset loaded in split mode "validation" these are its held-out
+    seen part and its validation classes.
 
     Args:
       dataset: a `ZSLDataset`.
