@@ -1,0 +1,162 @@
+r"""Runs the six rows of the paper's ablation table on one configuration.
+
+  python -m experiments.ablation --config=experiments/configs/digits.py \
+      --workdir=/tmp/gmn_ablation [--config.train.num_iterations=...] \
+      [--methods=real_only,cwgan_gm] [--overwrite]
+
+Each method trains and evaluates all of config.seeds in W/<method> (a rerun
+resumes every row, see gmn_jax.train), with the method's own critic (any
+config.critic.conditional override is reset). Writes W/ablation.md: one row
+per variant, mean ± std over seeds of ZSL T1 and GZSL u, s, H, and prints it.
+Bad input prints one line to stderr and exits with status 2.
+"""
+
+import os
+import sys
+from typing import Any, Dict, Sequence
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from gmn_jax import config as gmn_config
+from gmn_jax import train
+from gmn_jax.errors import ConfigError
+from gmn_jax.errors import GMNError
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "A config file, e.g. experiments/configs/digits.py; override fields with "
+    "--config.<field>=<value> (config.method is set per row).", lock_config=False)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the rows' runs and ablation.md.")
+_METHODS = flags.DEFINE_list("methods", list(gmn_config.ABLATION_METHODS),
+                             "The methods (rows) to run, in order.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Start every row afresh.")
+
+ABLATION_FILE = "ablation.md"
+
+
+def format_ablation_table(rows: Sequence[Dict[str, Any]], *, title: str = "",
+                          command: str = "") -> str:
+  """The markdown table of ablation.md.
+
+  Args:
+    rows: results.json dicts (of `train.train_and_evaluate`), one per method.
+    title: an optional heading line.
+    command: an optional command line, shown under the table.
+
+  Returns:
+    Markdown text: one row per method, columns ZSL T1, GZSL u, s, H as
+    "mean ± std" over the generator seeds (in %).
+  """
+  labels = train.METRIC_LABELS
+  lines = [f"## {title}", ""] if title else []
+  lines += ["| method | row | seeds | " + " | ".join(labels.values()) + " |",
+            "|---|---|---|" + "---|" * len(labels)]
+  for row in rows:
+    cells = [train.format_mean_std(row["metrics"][name]) for name in labels]
+    lines.append(f"| {row['method']} | {row['paper_row']} | {len(row['seeds'])} | "
+                 + " | ".join(cells) + " |")
+  lines += ["", "Accuracies in %, per-class mean top-1 at the last epoch of the final "
+            "classifier; mean ± std (ddof 0) over generator seeds."]
+  if command:
+    lines += ["", "```", command, "```"]
+  return "\n".join(lines) + "\n"
+
+
+def fail(error: Exception) -> None:
+  """Prints the one-line error to stderr and exits with status 2."""
+  print(f"error: {error}", file=sys.stderr)
+  sys.exit(2)
+
+
+def parse_flags(argv: Sequence[str]) -> Sequence[str]:
+  """absl's flag parsing, with a bad flag or override exiting 2 in one line.
+
+  Args:
+    argv: the command line.
+
+  Returns:
+    The arguments left after the flags.
+  """
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as error:
+    # config_flags reports an unknown or mistyped --config.<field> with these.
+    fail(ConfigError(f"command line: {' '.join(str(error).split())}"))
+
+
+def load_config():
+  """The --config value, with a missing or broken file as a ConfigError.
+
+  Returns:
+    The ConfigDict.
+
+  Raises:
+    ConfigError: when --config is absent or its file cannot be loaded.
+  """
+  try:
+    config = _CONFIG.value
+    if config is None:
+      raise ConfigError("--config: expected a config file such as "
+                        "experiments/configs/digits.py, found nothing")
+    config.keys()  # config_flags reports a failed load lazily, on first use.
+  except OSError as error:
+    raise ConfigError(f"--config: {' '.join(str(error).split())}") from error
+  return config
+
+
+def run_ablation(config, workdir: str, methods: Sequence[str], *, overwrite: bool = False,
+                 dataset=None) -> list:
+  """Trains and evaluates each method on `config` in workdir/<method>.
+
+  Args:
+    config: the base configuration (its method is replaced per row).
+    workdir: the ablation's directory.
+    methods: method names, in table order.
+    overwrite: start every row afresh.
+    dataset: an in-memory `ZSLDataset` to use instead of config.data_dir.
+
+  Returns:
+    The results.json dicts, in `methods` order.
+
+  Raises:
+    ConfigError: for an unknown method (before anything runs) or a bad config.
+  """
+  unknown = [m for m in methods if m not in gmn_config.VARIANTS]
+  if unknown or not methods:
+    raise ConfigError(f"--methods: expected names among {sorted(gmn_config.VARIANTS)}, "
+                      f"found {list(methods)}")
+  results = []
+  for method in methods:
+    row_config = config.copy_and_resolve_references()
+    row_config.method = method
+    row_config.critic.conditional = None  # The row decides the critic type.
+    results.append(train.train_and_evaluate(row_config, os.path.join(workdir, method),
+                                            overwrite=overwrite, dataset=dataset))
+  return results
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    fail(ConfigError(f"command line: expected only flags, found {' '.join(argv[1:])}"))
+  train.quiet_checkpoint_logs()
+  try:
+    config = load_config()
+    if not _WORKDIR.value:
+      raise ConfigError("--workdir: expected a directory for the runs, found nothing")
+    results = run_ablation(config, _WORKDIR.value, _METHODS.value,
+                           overwrite=_OVERWRITE.value)
+  except GMNError as error:
+    fail(error)
+  command = "python -m experiments.ablation " + " ".join(sys.argv[1:])
+  table = format_ablation_table(
+      results, title=f"Ablation on {config.dataset}", command=command)
+  path = os.path.join(_WORKDIR.value, ABLATION_FILE)
+  with open(path, "w", encoding="utf-8") as f:
+    f.write(table)
+  print(table)
+  print(f"written: {path}")
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)

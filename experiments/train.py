@@ -1,0 +1,91 @@
+r"""Trains and evaluates one configuration for all its seeds, then prints the table.
+
+  python -m experiments.train --config=experiments/configs/digits.py \
+      --workdir=/tmp/gmn_digits [--config.gm.weight=50 ...] [--overwrite]
+
+Writes config.json, results.json, metrics.jsonl, TensorBoard files and orbax
+checkpoints under --workdir (see gmn_jax.train). Rerunning the same command
+resumes; a different config in the same workdir is refused unless
+--overwrite. Any bad input (config, data directory, diverged training) prints
+one line to stderr and exits with status 2.
+"""
+
+import sys
+from typing import Sequence
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from gmn_jax import train
+from gmn_jax.errors import ConfigError
+from gmn_jax.errors import GMNError
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "A config file, e.g. experiments/configs/digits.py; override fields with "
+    "--config.<field>=<value>.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the run's outputs.")
+_OVERWRITE = flags.DEFINE_bool(
+    "overwrite", False, "Delete this project's outputs in --workdir and start afresh "
+    "instead of resuming.")
+
+def fail(error: Exception) -> None:
+  """Prints the one-line error to stderr and exits with status 2."""
+  print(f"error: {error}", file=sys.stderr)
+  sys.exit(2)
+
+
+def parse_flags(argv: Sequence[str]) -> Sequence[str]:
+  """absl's flag parsing, with a bad flag or override exiting 2 in one line.
+
+  Args:
+    argv: the command line.
+
+  Returns:
+    The arguments left after the flags.
+  """
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as error:
+    # config_flags reports an unknown or mistyped --config.<field> with these.
+    fail(ConfigError(f"command line: {' '.join(str(error).split())}"))
+
+
+def load_config():
+  """The --config value, with a missing or broken file as a ConfigError.
+
+  Returns:
+    The ConfigDict.
+
+  Raises:
+    ConfigError: when --config is absent or its file cannot be loaded.
+  """
+  try:
+    config = _CONFIG.value
+    if config is None:
+      raise ConfigError("--config: expected a config file such as "
+                        "experiments/configs/digits.py, found nothing")
+    config.keys()  # config_flags reports a failed load lazily, on first use.
+  except OSError as error:
+    raise ConfigError(f"--config: {' '.join(str(error).split())}") from error
+  return config
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    fail(ConfigError(f"command line: expected only flags, found {' '.join(argv[1:])}"))
+  train.quiet_checkpoint_logs()
+  try:
+    config = load_config()
+    if not _WORKDIR.value:
+      raise ConfigError("--workdir: expected a directory for the run's outputs, found nothing")
+    results = train.train_and_evaluate(config, _WORKDIR.value,
+                                       overwrite=_OVERWRITE.value)
+  except GMNError as error:
+    fail(error)
+  print(train.format_results_table(results))
+  print(f"results: {_WORKDIR.value}/{train.RESULTS_FILE}")
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)

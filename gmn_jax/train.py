@@ -1,0 +1,532 @@
+"""Train and evaluate one configuration: `train_and_evaluate(config, workdir)`.
+
+For every generator seed in `config.seeds`:
+
+1. Stage 1 (skipped by `real_only`): the fused jitted step
+   (`train_step`) runs `iterations_per_call` generator iterations per host
+   call; orbax checkpoints every `checkpoint_every` iterations and at the end
+   (`workdir/checkpoints/seed_<s>`); per-iteration scalars are averaged over
+   `log_every` windows into `workdir/seed_<s>/metrics.jsonl` and TensorBoard;
+   a non-finite value stops the run with `NonFiniteLossError` before anything
+   non-finite is saved.
+2. Stage 2: `evaluate.evaluate_generator` (synthesise, pool with real seen
+   features, train `eval.num_classifier_seeds` final classifiers); the seed's
+   metrics are the mean over classifier seeds of the last epoch, saved
+   atomically to `workdir/seed_<s>/result.json`, so a rerun skips the seed.
+
+Then `workdir/results.json` holds mean, std (over generator seeds, ddof 0)
+and per-seed values of every metric, in percent. Rerunning the same command
+resumes: finished seeds are read back, an unfinished one restarts from its
+latest checkpoint, and the result equals an uninterrupted run's bit for bit
+(every iteration draws its randomness from `fold_in(key, iteration)` and the
+host calls cover the same iterations either way).
+
+Workdir layout:
+  config.json               the effective config (a rerun must match it)
+  results.json              the summary across seeds
+  metrics.jsonl, tensorboard/   one line / point per finished seed
+  seed_<s>/metrics.jsonl, seed_<s>/tensorboard/   stage 1 scalars
+  seed_<s>/eval/metrics.jsonl, .../tensorboard/   stage 2 curves per epoch
+  seed_<s>/result.json      the seed's final metrics
+  checkpoints/seed_<s>/     orbax checkpoints of stage 1
+"""
+
+import functools
+import os
+import shutil
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from gmn_jax import checkpoint
+from gmn_jax import config as gmn_config
+from gmn_jax import config_utils
+from gmn_jax import errors
+from gmn_jax import evaluate
+from gmn_jax import metric_writers
+from gmn_jax import metrics as gmn_metrics
+from gmn_jax import models
+from gmn_jax import progress
+from gmn_jax import train_state
+from gmn_jax import train_step
+from gmn_jax.data import registry
+from gmn_jax.data.dataset import ZSLDataset
+
+CONFIG_FILE = "config.json"
+RESULTS_FILE = "results.json"
+SEED_RESULT_FILE = "result.json"
+CHECKPOINT_DIR = "checkpoints"
+METRIC_NAMES = gmn_metrics.METRIC_NAMES  # zsl_t1, gzsl_u, gzsl_s, gzsl_h
+METRIC_LABELS = {"zsl_t1": "ZSL T1", "gzsl_u": "GZSL u", "gzsl_s": "GZSL s",
+                 "gzsl_h": "GZSL H"}
+# Fields that only change how a run reports, never what it computes: a rerun
+# may change them and still resume.
+RESUME_SAFE_FIELDS = ("train.log_every",)
+
+# Sub-keys of a seed's PRNG key (fold_in constants), one per consumer.
+_INIT_STREAM, _TRAIN_STREAM, _EVAL_STREAM = 0, 1, 2
+
+
+class NonFiniteLossError(errors.GMNError):
+  """A training scalar became NaN or infinite; the run stopped."""
+
+
+def _seed_dir(workdir: str, seed: int) -> str:
+  return os.path.join(workdir, f"seed_{seed}")
+
+
+def _seed_keys(seed: int):
+  base = jax.random.key(seed)
+  return tuple(jax.random.fold_in(base, s) for s in (_INIT_STREAM, _TRAIN_STREAM, _EVAL_STREAM))
+
+
+# --------------------------------------------------------------------------
+# Workdir and config.
+
+
+def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, *,
+                    overwrite: bool = False) -> None:
+  """Creates the workdir, or checks that it was made with the same config.
+
+  Args:
+    config: the effective config.
+    workdir: the run's directory.
+    overwrite: delete this project's outputs in `workdir` (checkpoints,
+      results, metrics) and start afresh instead of resuming.
+
+  Raises:
+    ConfigError: when `workdir/config.json` exists with different fields and
+      `overwrite` is False; the message lists every differing field.
+    DataError: when `workdir` exists and is not a directory.
+  """
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise errors.DataError(workdir, None, "a directory (the workdir)", "a file")
+  if overwrite:
+    _remove_outputs(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, CONFIG_FILE)
+  fingerprint = config_utils.config_fingerprint(config)
+  if os.path.isfile(path):
+    stored = _read_json(path)
+    differences = config_utils.diff_configs(stored, fingerprint, ignore=RESUME_SAFE_FIELDS)
+    if differences:
+      raise errors.ConfigError(
+          f"{path}: this workdir was written with a different config (differing fields: "
+          f"{'; '.join(differences)}); use the same config to resume, --overwrite to start "
+          "afresh, or another --workdir")
+  metric_writers.write_json_atomic(path, fingerprint)
+
+
+def _remove_outputs(workdir: str) -> None:
+  """Deletes what `train_and_evaluate` writes (and nothing else)."""
+  if not os.path.isdir(workdir):
+    return
+  for name in os.listdir(workdir):
+    target = os.path.join(workdir, name)
+    ours = (name in (CONFIG_FILE, RESULTS_FILE, CHECKPOINT_DIR, metric_writers.METRICS_FILE,
+                     metric_writers.TENSORBOARD_DIR) or name.startswith("seed_"))
+    if not ours:
+      continue
+    if os.path.isdir(target):
+      shutil.rmtree(target)
+    else:
+      os.remove(target)
+
+
+def _read_json(path: str) -> Any:
+  import json  # pylint: disable=g-import-not-at-top
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except (OSError, ValueError) as error:
+    raise errors.DataError(path, None, "a readable JSON file", type(error).__name__) from error
+
+
+def load_dataset(config: ml_collections.ConfigDict) -> ZSLDataset:
+  """Loads the dataset a config names.
+
+  Args:
+    config: the full configuration.
+
+  Returns:
+    The `ZSLDataset` (split, embedding and feature normalisation from config).
+  """
+  return registry.load_dataset(config.data_dir, split=config.split, embedding=config.embedding,
+                               feature_norm=config.feature_norm)
+
+
+# --------------------------------------------------------------------------
+# Stage 1.
+
+
+def chunk_lengths(start: int, num_iterations: int, iterations_per_call: int,
+                  checkpoint_every: int) -> List[int]:
+  """Iterations per host call from `start` on; calls end at every checkpoint.
+
+  Args:
+    start: iterations already done.
+    num_iterations: the total.
+    iterations_per_call: the most iterations per call.
+    checkpoint_every: the checkpoint period.
+
+  Returns:
+    The lengths of the remaining calls, in order. A resumed run (start at a
+    checkpoint) gets the same calls as the tail of an uninterrupted run.
+  """
+  lengths, it = [], start
+  while it < num_iterations:
+    next_checkpoint = min((it // checkpoint_every + 1) * checkpoint_every, num_iterations)
+    length = min(iterations_per_call, next_checkpoint - it)
+    lengths.append(length)
+    it += length
+  return lengths
+
+
+def _first_non_finite(chunk_metrics: Dict[str, np.ndarray]):
+  """(row, name, value) of the first non-finite scalar, or None."""
+  first = None
+  for name in sorted(chunk_metrics):
+    values = chunk_metrics[name]
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size and (first is None or bad[0] < first[0]):
+      first = (int(bad[0]), name, float(values[bad[0]]))
+  return first
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.floating)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def _log_rows(chunk_metrics: Dict[str, np.ndarray], first_iteration: int, log_every: int):
+  """(step, window means) at every multiple of log_every inside a chunk.
+
+  Row i of the chunk is iteration first_iteration + i (0-based), after which
+  first_iteration + i + 1 iterations are done; that count is the step. Each
+  logged value is the mean over the iterations since the previous log step
+  (or the chunk's start).
+  """
+  length = len(next(iter(chunk_metrics.values())))
+  rows, window_start = [], 0
+  for i in range(length):
+    step = first_iteration + i + 1
+    if step % log_every == 0:
+      rows.append((step, {name: float(np.mean(values[window_start:i + 1]))
+                          for name, values in chunk_metrics.items()}))
+      window_start = i + 1
+  return rows
+
+
+def train_generator(spec: train_state.TrainSpec, data: train_state.TrainData,
+                    hyper: train_state.Hyperparameters, *, seed: int,
+                    num_iterations: int, iterations_per_call: int, checkpoint_every: int,
+                    log_every: int, checkpoint_dir: str, metrics_dir: Optional[str] = None,
+                    ) -> Dict[str, Any]:
+  """Stage 1 for one generator seed, resuming from its latest checkpoint.
+
+  Args:
+    spec: the run's settings.
+    data: the training data (numpy or device arrays).
+    hyper: the numeric settings.
+    seed: the generator seed (init and per-iteration randomness).
+    num_iterations: total generator iterations.
+    iterations_per_call: iterations per jitted call.
+    checkpoint_every: checkpoint period in iterations (and at the end).
+    log_every: metrics window in iterations.
+    checkpoint_dir: this seed's orbax directory.
+    metrics_dir: where metrics.jsonl / tensorboard go (None: no metrics).
+
+  Returns:
+    {"state": the final TrainState, "start_iteration": where this call
+    started, "seconds": wall time, "ms_per_iteration": median over the calls
+    after the first (which includes compilation), "first_call_s"}.
+
+  Raises:
+    NonFiniteLossError: when a scalar of an iteration is NaN or infinite; the
+      checkpoints hold the last finite state.
+  """
+  init_key, train_key, _ = _seed_keys(seed)
+  data = jax.device_put(data)
+  template = train_state.init_train_state(init_key, spec, data)
+  started = time.perf_counter()
+  timings = []
+  with checkpoint.Checkpointer(checkpoint_dir, max_to_keep=2) as checkpointer:
+    start = checkpointer.latest_step()
+    if start is None:
+      state, start = template, 0
+    else:
+      state, _ = checkpointer.restore(template)
+      if int(state.iteration) != start:
+        raise errors.DataError(checkpoint_dir, f"{start}/iteration", f"iteration {start}",
+                               int(state.iteration))
+      logging.info("seed %d: resuming stage 1 from iteration %d", seed, start)
+    writer = (metric_writers.MetricWriter(metrics_dir, resume_step=start)
+              if metrics_dir is not None else None)
+    logger = progress.ProgressLogger(num_iterations, log_every=log_every, initial_step=start)
+    try:
+      it = start
+      for length in chunk_lengths(start, num_iterations, iterations_per_call, checkpoint_every):
+        chunk = train_step.jitted_chunk_fn(spec, length)
+        call_started = time.perf_counter()
+        state, chunk_metrics = chunk(state, data, hyper, train_key)
+        chunk_metrics = {k: np.asarray(v) for k, v in jax.device_get(chunk_metrics).items()}
+        elapsed = time.perf_counter() - call_started
+        timings.append((length, elapsed))
+        bad = _first_non_finite(chunk_metrics)
+        if bad is None and not bool(_all_finite(state)):
+          bad = (length - 1, "parameters", float("nan"))
+        if bad is not None:
+          row, name, value = bad
+          latest = checkpointer.latest_step()
+          kept = ("no checkpoint was written yet" if latest is None else
+                  f"keeping the last finite checkpoint (iteration {latest}) in "
+                  f"{checkpoint_dir}")
+          raise NonFiniteLossError(
+              f"seed {seed}: {name} became {value} at generator iteration {it + row + 1} of "
+              f"{num_iterations}; the run stopped, {kept}. Lower the learning rates or the "
+              "loss weights.")
+        if writer is not None:
+          for step, row in _log_rows(chunk_metrics, it, log_every):
+            writer.write_scalars(step, {**{f"train/{k}": v for k, v in row.items()},
+                                        "steps_per_sec": length / elapsed})
+        it += length
+        logger.update(it, {k: float(v[-1]) for k, v in chunk_metrics.items()})
+        if it % checkpoint_every == 0 or it == num_iterations:
+          checkpointer.save(it, state, extra={"seed": seed, "iteration": it})
+      checkpointer.wait()
+    finally:
+      logger.close()
+      if writer is not None:
+        writer.close()
+  steady = [1000.0 * s / n for n, s in timings[1:]] or [1000.0 * s / n for n, s in timings]
+  return {"state": state, "start_iteration": start,
+          "seconds": time.perf_counter() - started,
+          "ms_per_iteration": float(np.median(steady)) if steady else None,
+          "first_call_s": timings[0][1] if timings else None}
+
+
+# --------------------------------------------------------------------------
+# One seed, both stages.
+
+
+def _seed_result_path(workdir: str, seed: int) -> str:
+  return os.path.join(_seed_dir(workdir, seed), SEED_RESULT_FILE)
+
+
+def run_seed(config: ml_collections.ConfigDict, dataset: ZSLDataset, seed: int,
+             workdir: str) -> Dict[str, Any]:
+  """Both stages for one generator seed; returns (and saves) its result.
+
+  Args:
+    config: the validated configuration.
+    dataset: the loaded dataset.
+    seed: the generator seed.
+    workdir: the run's directory.
+
+  Returns:
+    {"seed", "metrics": {name: mean over classifier seeds of the last epoch},
+    "classifier_seeds": {name: [per classifier seed]}, "curves": {name: [mean
+    over classifier seeds per epoch]}, "timings": {...}}.
+  """
+  variant = gmn_config.get_variant(config)
+  _, _, eval_key = _seed_keys(seed)
+  timings = {}
+  sample_fn = None
+  if variant.uses_generator:
+    spec = train_state.make_train_spec(config, dataset)
+    data = train_state.make_train_data(dataset, spec)
+    stage1 = train_generator(
+        spec, data, train_state.make_hyperparameters(config), seed=seed, num_iterations=config.train.num_iterations,
+        iterations_per_call=config.train.iterations_per_call,
+        checkpoint_every=config.train.checkpoint_every, log_every=config.train.log_every,
+        checkpoint_dir=os.path.join(workdir, CHECKPOINT_DIR, f"seed_{seed}"),
+        metrics_dir=_seed_dir(workdir, seed))
+    timings.update(stage1_s=stage1["seconds"], stage1_start_iteration=stage1["start_iteration"],
+                   ms_per_iteration=stage1["ms_per_iteration"],
+                   stage1_first_call_s=stage1["first_call_s"])
+    sample_fn = functools.partial(models.apply_generator, stage1["state"].generator)
+  started = time.perf_counter()
+  result = evaluate.evaluate_generator(sample_fn, dataset, config.eval, eval_key)
+  timings["stage2_s"] = time.perf_counter() - started
+  curves = {name: np.mean(values, axis=0) for name, values in result.curves.items()}
+  eval_dir = os.path.join(_seed_dir(workdir, seed), "eval")
+  # resume_step=-1 empties the file first: a rerun after a crash rewrites it.
+  with metric_writers.MetricWriter(eval_dir, resume_step=-1) as writer:
+    for epoch in range(len(next(iter(curves.values())))):
+      writer.write_scalars(epoch + 1, {f"eval/{k}": v[epoch] for k, v in curves.items()})
+  seed_result = {
+      "seed": seed,
+      "metrics": {name: float(np.mean(result.last[name])) for name in METRIC_NAMES},
+      "classifier_seeds": {name: [float(v) for v in result.last[name]]
+                           for name in METRIC_NAMES},
+      "curves": {name: [float(v) for v in values] for name, values in curves.items()},
+      "timings": timings,
+  }
+  os.makedirs(_seed_dir(workdir, seed), exist_ok=True)
+  metric_writers.write_json_atomic(_seed_result_path(workdir, seed), seed_result)
+  return seed_result
+
+
+# --------------------------------------------------------------------------
+# All seeds.
+
+
+def summarize(config: ml_collections.ConfigDict, seed_results: Sequence[Dict[str, Any]],
+              dataset: Optional[ZSLDataset] = None) -> Dict[str, Any]:
+  """The results.json dict from per-seed results.
+
+  Args:
+    config: the configuration.
+    seed_results: one `run_seed` result per generator seed, in seed order.
+    dataset: the dataset, for its sizes (optional).
+
+  Returns:
+    {"dataset", "method", "paper_row", "seeds", "metrics": {name: {"mean",
+    "std", "per_seed"}} in percent (std over generator seeds, ddof 0),
+    "per_seed", "timings", "config"}.
+  """
+  variant = gmn_config.get_variant(config)
+  summary_metrics = {}
+  for name in METRIC_NAMES:
+    values = [r["metrics"][name] for r in seed_results]
+    summary_metrics[name] = {"mean": float(np.mean(values)), "std": float(np.std(values)),
+                             "per_seed": values}
+  timings = {
+      key: float(np.sum([r["timings"].get(key) or 0.0 for r in seed_results]))
+      for key in ("stage1_s", "stage2_s")
+  }
+  ms = [r["timings"].get("ms_per_iteration") for r in seed_results]
+  ms = [m for m in ms if m is not None]
+  timings["ms_per_iteration"] = float(np.median(ms)) if ms else None
+  out = {
+      "dataset": config.dataset,
+      "method": config.method,
+      "paper_row": variant.paper_row,
+      "seeds": [int(s) for s in config.seeds],
+      "metrics": summary_metrics,
+      "per_seed": list(seed_results),
+      "timings": timings,
+      "config": config_utils.config_fingerprint(config),
+  }
+  if dataset is not None:
+    out["data"] = {"name": dataset.name, "num_train": int(dataset.train_features.shape[0]),
+                   "feature_dim": dataset.feature_dim, "embedding_dim": dataset.embedding_dim,
+                   "num_seen": int(dataset.seen_classes.size),
+                   "num_unseen": int(dataset.unseen_classes.size)}
+  return out
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
+                       overwrite: bool = False,
+                       dataset: Optional[ZSLDataset] = None) -> Dict[str, Any]:
+  """Runs both stages for every seed of `config` and writes results.json.
+
+  Args:
+    config: the full configuration (a preset plus overrides).
+    workdir: the run's directory; rerunning with the same config resumes.
+    overwrite: start afresh, deleting this project's outputs in workdir.
+    dataset: an in-memory dataset to use instead of loading
+      `config.data_dir` (e.g. from a notebook); config.data_dir then only
+      labels the run.
+
+  Returns:
+    The results.json dict (see `summarize`).
+
+  Raises:
+    ConfigError: invalid config, or a workdir made with another config.
+    DataError: a missing or invalid dataset.
+    NonFiniteLossError: training diverged.
+  """
+  workdir = os.fspath(workdir)
+  if dataset is None:
+    gmn_config.validate(config)
+    dataset = load_dataset(config)
+  else:
+    gmn_config.validate_fields(config)
+  variant = gmn_config.get_variant(config)
+  if config.eval.selection != "last":
+    raise errors.ConfigError(
+        f"config.eval.selection: expected 'last' (automatic selection on the validation "
+        f"split is not implemented; run with --config.split=validation to compare settings), "
+        f"found {config.eval.selection!r}")
+  if variant.uses_generator:
+    # Fail early on impossible settings.
+    train_state.make_train_spec(config, dataset)
+    train_state.make_hyperparameters(config)
+  prepare_workdir(config, workdir, overwrite=overwrite)
+  logging.info("%s on %s: %d seen / %d unseen classes, seeds %s, workdir %s", config.method,
+               dataset.name, dataset.seen_classes.size, dataset.unseen_classes.size,
+               list(config.seeds), workdir)
+  seed_results = []
+  for seed in config.seeds:
+    path = _seed_result_path(workdir, seed)
+    if os.path.isfile(path):
+      logging.info("seed %d: already finished, reading %s", seed, path)
+      seed_results.append(_read_json(path))
+      continue
+    seed_results.append(run_seed(config, dataset, int(seed), workdir))
+    logging.info("seed %d: %s", seed, ", ".join(
+        f"{k}={v:.2f}" for k, v in seed_results[-1]["metrics"].items()))
+  summary = summarize(config, seed_results, dataset)
+  # One line per seed; rewritten whole (resume_step=-1) so reruns never duplicate.
+  with metric_writers.MetricWriter(workdir, resume_step=-1) as writer:
+    for index, result in enumerate(seed_results):
+      writer.write_scalars(index, {"seed": result["seed"],
+                                   **{f"final/{k}": v for k, v in result["metrics"].items()}})
+  metric_writers.write_json_atomic(os.path.join(workdir, RESULTS_FILE), summary)
+  return summary
+
+
+# --------------------------------------------------------------------------
+# Reporting.
+
+
+def quiet_checkpoint_logs() -> None:
+  """Hides orbax's INFO lines (several per checkpoint) from the absl log.
+
+  Binaries call this; warnings and errors still show.
+  """
+  import logging as python_logging  # pylint: disable=g-import-not-at-top
+  logging.get_absl_handler().addFilter(
+      lambda record: record.levelno >= python_logging.WARNING
+      or f"{os.sep}orbax{os.sep}" not in record.pathname)
+
+
+def format_mean_std(entry: Dict[str, Any]) -> str:
+  """'55.31 ± 1.20' from a results.json metric entry.
+
+  Args:
+    entry: {"mean": float, "std": float, ...}.
+
+  Returns:
+    The text.
+  """
+  return f"{entry['mean']:.2f} ± {entry['std']:.2f}"
+
+
+def format_results_table(results: Dict[str, Any]) -> str:
+  """The table printed at the end of a run (one row per metric).
+
+  Args:
+    results: the results.json dict of `train.train_and_evaluate`.
+
+  Returns:
+    A multi-line text.
+  """
+  seeds = results["seeds"]
+  lines = [f"{results['paper_row']} ({results['method']}) on {results['dataset']}, "
+           f"{len(seeds)} generator seed{'s' if len(seeds) != 1 else ''} {tuple(seeds)}; "
+           "accuracies in %, last epoch, mean ± std over seeds",
+           f"{'metric':<8}  {'mean ± std':>14}  per seed"]
+  for name, label in METRIC_LABELS.items():
+    entry = results["metrics"][name]
+    per_seed = " ".join(f"{v:.2f}" for v in entry["per_seed"])
+    lines.append(f"{label:<8}  {format_mean_std(entry):>14}  {per_seed}")
+  return "\n".join(lines)

@@ -1,0 +1,229 @@
+"""Tests of gmn_jax.train: resume equivalence, divergence, workdir checks, results.
+
+All runs use the tiny config of test_train_support (one compilation of the
+chunk shared by the tests of a worker, since the hyperparameters are traced).
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from gmn_jax import checkpoint
+from gmn_jax import metric_writers
+from gmn_jax import train
+from gmn_jax import train_state
+from gmn_jax import train_step
+from gmn_jax.errors import ConfigError
+from test_train_support import tiny_config, tiny_dataset
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class _Interrupted(Exception):
+  pass
+
+
+def _final_state(workdir, config, dataset, seed):
+  spec = train_state.make_train_spec(config, dataset)
+  data = train_state.make_train_data(dataset, spec)
+  template = train_state.init_train_state(jax.random.key(0), spec, data)
+  with checkpoint.Checkpointer(os.path.join(workdir, "checkpoints", f"seed_{seed}")) as ckpt:
+    assert ckpt.latest_step() == config.train.num_iterations
+    return ckpt.restore(template)[0]
+
+
+def test_resumed_run_equals_uninterrupted_run_bit_for_bit(tmp_path, monkeypatch):
+  config, dataset = tiny_config(seeds=(3,)), tiny_dataset()
+  straight = train.train_and_evaluate(config, tmp_path / "straight", dataset=dataset)
+
+  # Interrupt the second run after its first host call (iteration 2 of 4,
+  # just after the checkpoint at 2), as a crash or a kill would.
+  real_chunk_fn = train_step.jitted_chunk_fn
+  calls = []
+
+  def interrupting_chunk_fn(spec, length):
+    fn = real_chunk_fn(spec, length)
+
+    def wrapped(*args):
+      if calls:
+        raise _Interrupted()
+      calls.append(length)
+      return fn(*args)
+
+    return wrapped
+
+  monkeypatch.setattr(train_step, "jitted_chunk_fn", interrupting_chunk_fn)
+  with pytest.raises(_Interrupted):
+    train.train_and_evaluate(config, tmp_path / "resumed", dataset=dataset)
+  assert not (tmp_path / "resumed" / "results.json").exists()
+  monkeypatch.setattr(train_step, "jitted_chunk_fn", real_chunk_fn)
+  resumed = train.train_and_evaluate(config, tmp_path / "resumed", dataset=dataset)
+
+  assert resumed["per_seed"][0]["timings"]["stage1_start_iteration"] == 2
+  assert resumed["metrics"] == straight["metrics"]
+  assert resumed["per_seed"][0]["curves"] == straight["per_seed"][0]["curves"]
+  a = _final_state(tmp_path / "straight", config, dataset, 3)
+  b = _final_state(tmp_path / "resumed", config, dataset, 3)
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    np.testing.assert_array_equal(x, y)
+  # The training metrics agree too (apart from wall-clock speed), each step once.
+  logs = [metric_writers.drop_wall_clock(metric_writers.read_jsonl(
+      tmp_path / run / "seed_3" / "metrics.jsonl")) for run in ("straight", "resumed")]
+  assert logs[0] == logs[1]
+  assert [r["step"] for r in logs[0]] == [1, 2, 3, 4]
+
+
+def test_results_json_schema_and_rerun_skips_finished_seeds(tmp_path, monkeypatch):
+  config, dataset = tiny_config(), tiny_dataset()
+  results = train.train_and_evaluate(config, tmp_path, dataset=dataset)
+  on_disk = json.loads((tmp_path / "results.json").read_text())
+  assert on_disk["metrics"] == results["metrics"]
+  assert on_disk["dataset"] == "tiny" and on_disk["method"] == "cwgan_gm"
+  assert on_disk["seeds"] == [1, 2]
+  assert set(on_disk["metrics"]) == {"zsl_t1", "gzsl_u", "gzsl_s", "gzsl_h"}
+  for name, entry in on_disk["metrics"].items():
+    assert set(entry) == {"mean", "std", "per_seed"}
+    assert len(entry["per_seed"]) == 2
+    assert all(0 <= v <= 100 + 1e-4 for v in entry["per_seed"]), name  # float32 percent
+    assert entry["mean"] == pytest.approx(np.mean(entry["per_seed"]))
+    assert entry["std"] == pytest.approx(np.std(entry["per_seed"]))
+  for seed_result in on_disk["per_seed"]:
+    # Per classifier seed H = 2us/(u+s); the seed's metric is the mean over them.
+    per_classifier = seed_result["classifier_seeds"]
+    for u, s, h in zip(per_classifier["gzsl_u"], per_classifier["gzsl_s"],
+                       per_classifier["gzsl_h"]):
+      assert h == pytest.approx(2 * u * s / (u + s), rel=1e-4)
+    for name, values in per_classifier.items():
+      assert seed_result["metrics"][name] == pytest.approx(np.mean(values))
+    assert len(seed_result["curves"]["gzsl_h"]) == config.eval.epochs
+    assert len(seed_result["classifier_seeds"]["zsl_t1"]) == config.eval.num_classifier_seeds
+  assert json.loads((tmp_path / "config.json").read_text())["gm.weight"] == 10.0
+  assert len(metric_writers.read_jsonl(tmp_path / "metrics.jsonl")) == 2
+  eval_log = metric_writers.read_jsonl(tmp_path / "seed_1" / "eval" / "metrics.jsonl")
+  assert [r["step"] for r in eval_log] == [1, 2, 3]
+  assert os.listdir(tmp_path / "seed_1" / "tensorboard")
+
+  def no_training(*args, **kwargs):
+    raise AssertionError("a finished seed was trained again")
+
+  monkeypatch.setattr(train, "run_seed", no_training)
+  again = train.train_and_evaluate(config, tmp_path, dataset=dataset)
+  assert again["metrics"] == results["metrics"]
+
+
+def test_real_only_trains_no_generator(tmp_path):
+  results = train.train_and_evaluate(tiny_config("real_only", seeds=(1,)), tmp_path,
+                                     dataset=tiny_dataset())
+  assert not (tmp_path / "checkpoints").exists()
+  assert "stage1_s" not in results["per_seed"][0]["timings"]
+  assert results["paper_row"] == "real only"
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_finite_checkpoint(tmp_path):
+  config, dataset = tiny_config(), tiny_dataset()
+  spec = train_state.make_train_spec(config, dataset)
+  data = train_state.make_train_data(dataset, spec)
+  settings = dict(seed=5, iterations_per_call=2, checkpoint_every=2, log_every=1,
+                  checkpoint_dir=str(tmp_path / "ckpt"))
+  good = train.train_generator(spec, data, train_state.make_hyperparameters(config),
+                               num_iterations=2, **settings)
+  exploding = tiny_config(**{"train.lr_generator": 1e30, "train.lr_critic": 1e30})
+  with pytest.raises(train.NonFiniteLossError) as error:
+    train.train_generator(spec, data, train_state.make_hyperparameters(exploding),
+                          num_iterations=6, metrics_dir=str(tmp_path / "m"), **settings)
+  message = str(error.value)
+  assert "seed 5" in message and "generator iteration" in message
+  assert "last finite checkpoint (iteration 2)" in message
+  # The named loss and step are the first non-finite ones.
+  step = int(message.split("generator iteration ")[1].split()[0])
+  assert 3 <= step <= 6
+  assert message.split(": ")[1].split(" became")[0] in {
+      "critic_loss", "wasserstein", "gradient_penalty", "critic_grad_norm", "generator_loss",
+      "adversarial_loss", "gm_loss", "generator_grad_norm", "parameters"}
+  with checkpoint.Checkpointer(tmp_path / "ckpt") as ckpt:
+    assert ckpt.all_steps() == [2]
+    restored, _ = ckpt.restore(good["state"])
+  for x, y in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(good["state"])):
+    np.testing.assert_array_equal(x, y)
+  # Nothing non-finite reached the metrics file either.
+  for record in metric_writers.read_jsonl(tmp_path / "m" / "metrics.jsonl"):
+    assert all(np.isfinite(v) for v in record.values())
+
+
+def test_workdir_with_another_config_is_refused_unless_overwrite(tmp_path):
+  config = tiny_config()
+  train.prepare_workdir(config, str(tmp_path))
+  (tmp_path / "results.json").write_text("{}")
+  (tmp_path / "notes.txt").write_text("mine")
+  train.prepare_workdir(tiny_config(**{"train.log_every": 7}), str(tmp_path))  # report-only
+  changed = tiny_config(**{"gm.weight": 3.0, "train.batch_size": 4})
+  with pytest.raises(ConfigError) as error:
+    train.prepare_workdir(changed, str(tmp_path))
+  assert "gm.weight: 10.0 -> 3.0" in str(error.value)
+  assert "train.batch_size: 8 -> 4" in str(error.value)
+  assert "--overwrite" in str(error.value)
+  train.prepare_workdir(changed, str(tmp_path), overwrite=True)
+  assert not (tmp_path / "results.json").exists()
+  assert (tmp_path / "notes.txt").read_text() == "mine"  # not ours: kept
+  stored = json.loads((tmp_path / "config.json").read_text())
+  assert stored["gm.weight"] == 3.0
+
+
+@pytest.mark.parametrize("start, expected", [
+    (0, [4, 1, 4, 1, 3]),
+    (5, [4, 1, 3]),  # a resumed run repeats the uninterrupted run's tail
+    (10, [3]),
+    (13, []),
+])
+def test_chunk_lengths_end_at_checkpoints(start, expected):
+  assert train.chunk_lengths(start, 13, 4, 5) == expected
+
+
+def test_log_rows_average_each_window_inside_a_chunk():
+  values = {"loss": np.array([1.0, 2.0, 3.0, 4.0, 5.0])}
+  rows = train._log_rows(values, first_iteration=10, log_every=2)  # pylint: disable=protected-access
+  assert rows == [(12, {"loss": 1.5}), (14, {"loss": 3.5})]
+
+
+def _run_binary(*args, cwd=REPO):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "-m", "experiments.train", *args], cwd=cwd, env=env,
+                        capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--config=experiments/configs/digits.py", "--config.data_dir=/no/such/dir"], "data_dir"),
+    (["--config=experiments/configs/digits.py", "--config.method=gan"], "config.method"),
+    (["--config=experiments/configs/digits.py", "--config.train.batch_size=abc"],
+     "batch_size"),
+    (["--config=experiments/configs/nope.py"], "nope.py"),
+    (["--config=experiments/configs/digits.py", "--config.gm.wieght=1"], "gm.wieght"),
+])
+def test_binary_exits_2_with_one_line_on_bad_input(tmp_path, args, needle):
+  result = _run_binary(*args, f"--workdir={tmp_path / 'w'}")
+  assert result.returncode == 2, result.stderr[-2000:]
+  lines = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+  assert len(lines) == 1 and needle in lines[0], result.stderr[-2000:]
+  assert "Traceback" not in result.stderr
+
+
+def test_binary_refuses_a_workdir_of_another_config(tmp_path):
+  train.prepare_workdir(tiny_config(), str(tmp_path))
+  result = _run_binary("--config=experiments/configs/digits.py", f"--workdir={tmp_path}")
+  assert result.returncode == 2
+  assert "different config" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_binary_main_command_on_digits_prints_the_table(tmp_path):
+  result = _run_binary("--config=experiments/configs/digits.py", f"--workdir={tmp_path}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  for label in ("ZSL T1", "GZSL u", "GZSL s", "GZSL H"):
+    assert label in result.stdout
+  results = json.loads((tmp_path / "results.json").read_text())
+  assert results["dataset"] == "digits" and len(results["metrics"]["gzsl_h"]["per_seed"]) == 3
