@@ -1,0 +1,116 @@
+"""The ('data',) mesh, global arrays, batch constraints and multi-host settings."""
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+import numpy as np
+import pytest
+
+from gmn_jax import parallel
+from gmn_jax.errors import ConfigError
+
+
+def test_make_mesh_is_one_auto_data_axis():
+  mesh = parallel.make_mesh()
+  assert mesh.axis_names == ("data",)
+  assert mesh.shape["data"] == 4
+  assert mesh.axis_types == (jax.sharding.AxisType.Auto,)
+  assert parallel.make_mesh(2).devices.tolist() == jax.devices()[:2]
+
+
+@pytest.mark.parametrize("bad", [0, 5, True])
+def test_make_mesh_rejects_impossible_device_counts(bad):
+  with pytest.raises(ConfigError, match=r"number of devices: expected 1\.\.4"):
+    parallel.make_mesh(bad)
+
+
+def test_replicate_puts_a_full_copy_everywhere_including_typed_keys():
+  mesh = parallel.make_mesh()
+  tree = {"w": np.arange(12, dtype=np.float32).reshape(3, 4), "key": jax.random.key(7),
+          "step": np.int32(3)}
+  out = parallel.replicate(tree, mesh)
+  for name in ("w", "step"):
+    assert out[name].sharding.is_fully_replicated
+    assert len(out[name].sharding.device_set) == 4
+    for shard in out[name].addressable_shards:
+      np.testing.assert_array_equal(shard.data, tree[name])
+  assert jax.dtypes.issubdtype(out["key"].dtype, jax.dtypes.prng_key)
+  np.testing.assert_array_equal(jax.random.key_data(out["key"]),
+                                jax.random.key_data(tree["key"]))
+  assert out["key"].sharding.is_fully_replicated
+
+
+def test_make_global_array_splits_the_leading_axis_in_order():
+  mesh = parallel.make_mesh()
+  local = np.arange(16, dtype=np.float32).reshape(8, 2)
+  out = parallel.make_global_array(local, mesh, P("data"))
+  assert out.shape == (8, 2)
+  shards = sorted(out.addressable_shards, key=lambda s: s.index[0].start)
+  for i, shard in enumerate(shards):
+    np.testing.assert_array_equal(shard.data, local[2 * i:2 * i + 2])
+
+
+def _loss_of_drawn_batch(w, x, key):
+  """A gradient over a batch drawn inside the step, as the training step does."""
+  indices = jax.random.randint(key, (8,), 0, x.shape[0])
+  batch = parallel.constrain_batch(x[indices])
+  return jax.grad(lambda w: jnp.sum(jnp.tanh(batch @ w)))(w), batch
+
+
+def test_constrain_batch_splits_the_batch_and_keeps_the_values():
+  step = jax.jit(_loss_of_drawn_batch)
+  w = jnp.linspace(-1.0, 1.0, 6).reshape(3, 2)
+  x = jnp.arange(30.0).reshape(10, 3) / 30.0
+  key = jax.random.key(0)
+  expected, _ = step(w, x, key)
+  single_hlo = step.lower(w, x, key).compile().as_text()
+  with parallel.data_parallel(parallel.make_mesh()):
+    got, batch = step(w, x, key)
+    hlo = step.lower(w, x, key).compile().as_text()
+  np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+  # The batch really is split, and XLA sums the partial gradients.
+  assert batch.sharding.spec[0] == "data"
+  assert batch.addressable_shards[0].data.shape == (2, 3)
+  assert "all-reduce" in hlo and "all-reduce" not in single_hlo
+
+
+def test_constrain_batch_is_a_no_op_without_a_mesh_or_when_indivisible():
+  x = jnp.ones((6, 3))
+  assert parallel.constrain_batch(x) is x  # No mesh in context.
+  mesh = parallel.make_mesh()
+  assert parallel.constrain_batch(x, mesh=mesh) is x  # 6 rows on 4 devices.
+  assert parallel.constrain_batch(x, mesh=parallel.make_mesh(1)) is x
+
+  @jax.jit
+  def f(x):
+    return parallel.constrain_batch(x, axis=1) * 2
+
+  with parallel.data_parallel(mesh):
+    out = f(jnp.ones((3, 8)))
+  assert out.sharding.spec == P(None, "data")
+
+
+def test_multihost_requested_reads_the_flag_then_the_environment(monkeypatch):
+  monkeypatch.delenv(parallel.MULTIHOST_ENV, raising=False)
+  assert not parallel.multihost_requested()
+  assert parallel.multihost_requested(True)
+  monkeypatch.setenv(parallel.MULTIHOST_ENV, "1")
+  assert parallel.multihost_requested()
+  assert not parallel.multihost_requested(False)
+  monkeypatch.setenv(parallel.MULTIHOST_ENV, "0")
+  assert not parallel.multihost_requested()
+
+
+def test_initialize_multihost_off_is_a_single_process_run(monkeypatch):
+  monkeypatch.delenv(parallel.MULTIHOST_ENV, raising=False)
+  assert parallel.initialize_multihost() is False
+  assert parallel.initialize_multihost(False) is False
+  assert not jax.distributed.is_initialized()
+  assert parallel.is_primary()
+
+
+def test_initialize_multihost_rejects_a_malformed_environment(monkeypatch):
+  monkeypatch.setenv(parallel.NUM_PROCESSES_ENV, "two")
+  with pytest.raises(ConfigError, match="GMN_NUM_PROCESSES: expected an integer, found 'two'"):
+    parallel.initialize_multihost(True, coordinator_address="127.0.0.1:1")
+  assert not jax.distributed.is_initialized()
