@@ -92,6 +92,7 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   try:
+    _difficulty()  # Checks the flag before any work.
     jobs = list(_jobs(_PRESET.value, _ATT_SPLITS.value, _REAL_DIR.value))
     print(HEADER, flush=True)
     for label, build in jobs:

@@ -22,7 +22,7 @@ import dataclasses
 import os
 import pathlib
 import shutil
-from typing import Mapping, Optional, Sequence, Tuple
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import scipy.io
