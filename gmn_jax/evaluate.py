@@ -27,7 +27,7 @@ import dataclasses
 import functools
 import math
 import numbers
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import jax
 from jax import lax
@@ -36,6 +36,7 @@ import numpy as np
 import optax
 
 from gmn_jax import losses
+from gmn_jax import metrics
 from gmn_jax import models
 from gmn_jax.data.dataset import ZSLDataset
 from gmn_jax.errors import ConfigError, DataError
@@ -45,6 +46,14 @@ from gmn_jax.metrics import gzsl_metrics, per_class_accuracy  # pylint: disable=
 
 SELECTIONS = ("last", "validation")
 CURVE_NAMES = METRIC_NAMES + ("train_loss",)
+# Calibrated stacking at the last epoch (docs/evaluation.md). The "oracle_"
+# ones choose gamma for the best H on the very split they report (as the
+# literature does); the others use a gamma given by the caller (e.g. chosen
+# on a validation split) and exist only when one is given.
+ORACLE_CALIBRATION_NAMES = ("ausuc", "oracle_calibration_gamma", "oracle_calibrated_gzsl_u",
+                            "oracle_calibrated_gzsl_s", "oracle_calibrated_gzsl_h")
+CALIBRATION_NAMES = ("calibration_gamma", "calibrated_gzsl_u", "calibrated_gzsl_s",
+                     "calibrated_gzsl_h")
 _INPUT = "evaluation inputs"  # the "path" of in-memory arrays in errors
 
 
@@ -260,16 +269,23 @@ class FinalClassifierResult:
     last: {name: (num_seeds,) np.ndarray} at the last epoch (the reference
       protocol): "zsl_t1", "gzsl_u", "gzsl_s", "gzsl_h" (percent; absent when
       no evaluation sets were given) and "train_loss" (mean cross-entropy
-      over the last epoch's steps).
-    curves: {name: (num_seeds, epochs) np.ndarray}, the same after every epoch.
+      over the last epoch's steps). With evaluation sets also calibrated
+      stacking: `ORACLE_CALIBRATION_NAMES` ("ausuc" in [0, 100]; u, s, H and
+      gamma at the best-H gamma of these very sets, an oracle) and, when a
+      calibration gamma was given, `CALIBRATION_NAMES`.
+    curves: {name: (num_seeds, epochs) np.ndarray}, the per-epoch metrics
+      (`CURVE_NAMES`) after every epoch.
     params: the trained classifier parameters, stacked on a leading seed axis.
     split: the split the metrics were measured on, or None.
+    seen_unseen_curves: one `metrics.SeenUnseenCurve` per seed (last epoch),
+      or None without evaluation sets.
   """
 
   last: Dict[str, np.ndarray]
   curves: Dict[str, np.ndarray]
   params: Any
   split: Optional[str] = None
+  seen_unseen_curves: Optional[Sequence[metrics.SeenUnseenCurve]] = None
 
   def summary(self) -> Dict[str, Dict[str, Any]]:
     """Mean, std (ddof 0) and per-seed values of the last-epoch metrics.
@@ -359,6 +375,75 @@ def _evaluate(apply_fn, params, class_embeddings, eval_data):
   return gzsl_metrics_from_predictions(zsl, gzsl_unseen, unseen, gzsl_seen, seen,
                                        eval_data["seen_classes"],
                                        eval_data["unseen_classes"])
+
+
+@functools.partial(jax.jit, static_argnames=("kind",))
+def _calibration_rows_of_seeds(params, class_embeddings, eval_data, *, kind):
+  """{"unseen"|"seen": CalibrationRows with a leading seed axis}."""
+  _, apply_fn = models.get_classifier(kind)
+
+  def one_seed(seed_params):
+    out = {}
+    for part in ("unseen", "seen"):
+      chunks = eval_data[f"{part}_chunks"]
+      labels = eval_data[f"{part}_labels"]
+      num_chunks, chunk = chunks.shape[:2]
+      padded = jnp.pad(labels, (0, num_chunks * chunk - labels.shape[0]))
+
+      def one_chunk(xy):
+        return metrics.calibration_rows(
+            apply_fn(seed_params, xy[0], class_embeddings), xy[1],
+            eval_data["seen_classes"], eval_data["unseen_classes"])
+
+      rows = lax.map(one_chunk, (chunks, padded.reshape(num_chunks, chunk)))
+      out[part] = jax.tree.map(lambda r, n=labels.shape[0]: r.reshape(-1)[:n], rows)
+    return out
+
+  return jax.vmap(one_seed)(params)
+
+
+def _calibration_gammas(calibration_gamma, num_seeds: int) -> Optional[np.ndarray]:
+  """(num_seeds,) float64 gammas from a float or per-seed values, or None."""
+  if calibration_gamma is None:
+    return None
+  try:
+    gammas = np.broadcast_to(np.asarray(calibration_gamma, np.float64), (num_seeds,))
+  except (TypeError, ValueError):
+    gammas = None
+  if gammas is None or not np.all(np.isfinite(gammas)):
+    raise ConfigError(f"calibration_gamma: expected a finite float or {num_seeds} of them, "
+                      f"found {calibration_gamma!r}")
+  return gammas
+
+
+def _calibration(params, class_embeddings, eval_data, kind, gammas):
+  """(per-seed calibration metrics, per-seed curves) at the final params."""
+  rows = jax.device_get(_calibration_rows_of_seeds(params, class_embeddings, eval_data,
+                                                    kind=kind))
+  labels = {part: np.asarray(eval_data[f"{part}_labels"]) for part in ("unseen", "seen")}
+  seen, unseen = (np.asarray(eval_data[f"{p}_classes"]) for p in ("seen", "unseen"))
+  num_seeds = rows["unseen"].margin.shape[0]
+  names = ORACLE_CALIBRATION_NAMES + (CALIBRATION_NAMES if gammas is not None else ())
+  values = {name: np.zeros(num_seeds, np.float64) for name in names}
+  curves = []
+  for i in range(num_seeds):
+    seed_rows = {part: metrics.CalibrationRows(*(x[i] for x in rows[part]))
+                 for part in ("unseen", "seen")}
+    args = (seed_rows["unseen"], labels["unseen"], seed_rows["seen"], labels["seen"],
+            seen, unseen)
+    curve = metrics.seen_unseen_curve(*args)
+    curves.append(curve)
+    best = curve.best_harmonic()
+    values["ausuc"][i] = curve.ausuc()
+    values["oracle_calibration_gamma"][i] = best["gamma"]
+    for name in ("gzsl_u", "gzsl_s", "gzsl_h"):
+      values[f"oracle_calibrated_{name}"][i] = best[name]
+    if gammas is not None:
+      at_gamma = metrics.calibrated_gzsl_metrics(*args, float(gammas[i]))
+      values["calibration_gamma"][i] = gammas[i]
+      for name in ("gzsl_u", "gzsl_s", "gzsl_h"):
+        values[f"calibrated_{name}"][i] = at_gamma[name]
+  return values, tuple(curves)
 
 
 @functools.partial(jax.jit, static_argnames=("kind", "epochs", "batch_size"))
@@ -458,7 +543,8 @@ def _prepare_eval_data(eval_sets, feature_dim, num_classes, chunk_size):
 def train_final_classifier_from_keys(seed_keys, train_features, train_labels,
                                      class_embeddings, eval_sets, cfg, *,
                                      train_classes=None,
-                                     eval_chunk_size: int = 4096
+                                     eval_chunk_size: int = 4096,
+                                     calibration_gamma=None
                                      ) -> FinalClassifierResult:
   """Trains one final classifier per key in `seed_keys`, all at once.
 
@@ -479,6 +565,9 @@ def train_final_classifier_from_keys(seed_keys, train_features, train_labels,
       sees these logit columns (the reference's seen-only real baseline).
       Evaluation always scores all classes.
     eval_chunk_size: the most evaluation rows scored at once.
+    calibration_gamma: optional calibrated-stacking constant (a float, or
+      one per seed) chosen elsewhere, e.g. on a validation split; the result
+      then also holds u, s, H at it (`CALIBRATION_NAMES`).
 
   Returns:
     A `FinalClassifierResult` with S seeds.
@@ -488,6 +577,7 @@ def train_final_classifier_from_keys(seed_keys, train_features, train_labels,
     DataError: for inconsistent arrays.
   """
   settings = classifier_settings(cfg)
+  gammas = _calibration_gammas(calibration_gamma, len(seed_keys))
   _check_features(train_features, "train_features")
   _check_features(class_embeddings, "class_embeddings")
   num_examples, feature_dim = jnp.shape(train_features)
@@ -524,18 +614,24 @@ def train_final_classifier_from_keys(seed_keys, train_features, train_labels,
       eval_data, kind=settings.classifier, epochs=settings.epochs,
       batch_size=settings.batch_size)
   curves = {name: np.asarray(values) for name, values in curves.items()}
+  last = {name: values[:, -1] for name, values in curves.items()}
+  seen_unseen_curves = None
+  if eval_data is not None:
+    calibration, seen_unseen_curves = _calibration(
+        params, jnp.asarray(class_embeddings, jnp.float32), eval_data,
+        settings.classifier, gammas)
+    last.update(calibration)
   split = None
   if isinstance(eval_sets, (EvalSets, ZSLDataset)):
     split = eval_sets.split
-  return FinalClassifierResult(
-      last={name: values[:, -1] for name, values in curves.items()},
-      curves=curves, params=params, split=split)
+  return FinalClassifierResult(last=last, curves=curves, params=params, split=split,
+                               seen_unseen_curves=seen_unseen_curves)
 
 
 def train_final_classifier(key, train_features, train_labels, class_embeddings,
                            eval_sets, cfg, *, num_seeds: Optional[int] = None,
-                           train_classes=None, eval_chunk_size: int = 4096
-                           ) -> FinalClassifierResult:
+                           train_classes=None, eval_chunk_size: int = 4096,
+                           calibration_gamma=None) -> FinalClassifierResult:
   """Trains `num_seeds` final classifiers over all classes and evaluates them.
 
   The seeds differ in initialisation and shuffling; their keys are
@@ -554,6 +650,8 @@ def train_final_classifier(key, train_features, train_labels, class_embeddings,
     train_classes: optional global ids of the logit columns the training loss
       sees (default: all classes).
     eval_chunk_size: the most evaluation rows scored at once.
+    calibration_gamma: optional calibrated-stacking constant chosen
+      elsewhere (see `train_final_classifier_from_keys`).
 
   Returns:
     A `FinalClassifierResult`; `.last` is the last epoch.
@@ -569,7 +667,7 @@ def train_final_classifier(key, train_features, train_labels, class_embeddings,
   return train_final_classifier_from_keys(
       jax.random.split(key, int(num_seeds)), train_features, train_labels,
       class_embeddings, eval_sets, cfg, train_classes=train_classes,
-      eval_chunk_size=eval_chunk_size)
+      eval_chunk_size=eval_chunk_size, calibration_gamma=calibration_gamma)
 
 
 # --------------------------------------------------------------------------
@@ -685,7 +783,8 @@ def synthesize(sample_fn, key, class_ids, class_embeddings, num_per_class, *,
 
 
 def evaluate_generator(sample_fn, dataset: ZSLDataset, cfg, key, *,
-                       eval_chunk_size: int = 4096) -> FinalClassifierResult:
+                       eval_chunk_size: int = 4096,
+                       calibration_gamma=None) -> FinalClassifierResult:
   """The reference's stage 2: synthesise, pool with real seen, train, measure.
 
   Args:
@@ -699,6 +798,9 @@ def evaluate_generator(sample_fn, dataset: ZSLDataset, cfg, key, *,
       n_synth_unseen, n_synth_seen and num_classifier_seeds.
     key: PRNG key (split into synthesis and classifier keys).
     eval_chunk_size: the most evaluation rows scored at once.
+    calibration_gamma: optional calibrated-stacking constant chosen on
+      other data (e.g. `oracle_calibration_gamma` of a validation-split run);
+      adds `CALIBRATION_NAMES` to the result.
 
   Returns:
     A `FinalClassifierResult` over cfg.num_classifier_seeds seeds.
@@ -727,4 +829,5 @@ def evaluate_generator(sample_fn, dataset: ZSLDataset, cfg, key, *,
   return train_final_classifier(
       train_key, features, labels, dataset.class_embeddings,
       EvalSets.from_dataset(dataset), cfg, num_seeds=num_seeds,
-      train_classes=train_classes, eval_chunk_size=eval_chunk_size)
+      train_classes=train_classes, eval_chunk_size=eval_chunk_size,
+      calibration_gamma=calibration_gamma)

@@ -289,6 +289,80 @@ def test_last_epoch_rule_and_curves(toy, three_seeds):
   assert summary["zsl_t1"]["per_seed"] == list(result.last["zsl_t1"])
 
 
+def test_calibration_metrics_are_those_of_the_final_scores(toy, three_seeds):
+  dataset = toy[0]
+  _, result = three_seeds
+  _, apply_fn = models.get_classifier("bilinear")
+  assert set(evaluate.ORACLE_CALIBRATION_NAMES) <= set(result.last)
+  assert not set(evaluate.CALIBRATION_NAMES) & set(result.last)  # no gamma given
+  assert len(result.seen_unseen_curves) == 3
+  is_seen = np.isin(np.arange(NUM_CLASSES), SEEN)
+  for seed in range(3):
+    params = jax.tree.map(lambda p, s=seed: p[s], result.params)
+    scores_u = np.asarray(apply_fn(params, dataset.test_unseen_features,
+                                   dataset.class_embeddings))
+    scores_s = np.asarray(apply_fn(params, dataset.test_seen_features,
+                                   dataset.class_embeddings))
+    curve = metrics.seen_unseen_curve(
+        metrics.calibration_rows(scores_u, dataset.test_unseen_labels, SEEN, UNSEEN),
+        dataset.test_unseen_labels,
+        metrics.calibration_rows(scores_s, dataset.test_seen_labels, SEEN, UNSEEN),
+        dataset.test_seen_labels, SEEN, UNSEEN)
+    got = result.seen_unseen_curves[seed]
+    np.testing.assert_allclose(got.unseen, curve.unseen, atol=1e-9)
+    np.testing.assert_allclose(got.seen, curve.seen, atol=1e-9)
+    np.testing.assert_allclose(result.last["ausuc"][seed], curve.ausuc(), rtol=1e-9)
+    # The oracle gamma, applied by the definition (subtract it from the seen
+    # columns, argmax), gives the reported best-H accuracies.
+    gamma = result.last["oracle_calibration_gamma"][seed]
+    expected = metrics.gzsl_metrics(scores_u - is_seen * gamma, dataset.test_unseen_labels,
+                                    scores_s - is_seen * gamma, dataset.test_seen_labels,
+                                    SEEN, UNSEEN)
+    for name in ("gzsl_u", "gzsl_s", "gzsl_h"):
+      np.testing.assert_allclose(result.last[f"oracle_calibrated_{name}"][seed],
+                                 expected[name], rtol=1e-5)
+    # Calibration can only help the best H, and the curve ends at ZSL T1.
+    assert result.last["oracle_calibrated_gzsl_h"][seed] >= result.last["gzsl_h"][seed] - 1e-4
+    np.testing.assert_allclose(got.unseen[-1], result.last["zsl_t1"][seed], rtol=1e-5)
+  summary = result.summary()
+  assert summary["ausuc"]["per_seed"] == list(result.last["ausuc"])
+  assert 0.0 < summary["ausuc"]["mean"] < 100.0
+
+
+def test_a_given_calibration_gamma_is_applied_per_seed(toy):
+  dataset, _, features, labels = toy
+  keys = jax.random.split(jax.random.PRNGKey(5), 3)
+  gammas = np.array([0.0, 2.0, -3.0])
+  result = evaluate.train_final_classifier_from_keys(
+      keys, features, labels, dataset.class_embeddings, dataset, make_cfg(),
+      eval_chunk_size=EVAL_CHUNK, calibration_gamma=gammas)
+  _, apply_fn = models.get_classifier("bilinear")
+  is_seen = np.isin(np.arange(NUM_CLASSES), SEEN)
+  np.testing.assert_array_equal(result.last["calibration_gamma"], gammas)
+  for seed, gamma in enumerate(gammas):
+    params = jax.tree.map(lambda p, s=seed: p[s], result.params)
+    expected = metrics.gzsl_metrics(
+        apply_fn(params, dataset.test_unseen_features, dataset.class_embeddings)
+        - is_seen * gamma, dataset.test_unseen_labels,
+        apply_fn(params, dataset.test_seen_features, dataset.class_embeddings)
+        - is_seen * gamma, dataset.test_seen_labels, SEEN, UNSEEN)
+    for name in ("gzsl_u", "gzsl_s", "gzsl_h"):
+      np.testing.assert_allclose(result.last[f"calibrated_{name}"][seed], expected[name],
+                                 rtol=1e-5)
+  # gamma = 0 is the plain classifier.
+  for name in ("gzsl_u", "gzsl_s", "gzsl_h"):
+    np.testing.assert_allclose(result.last[f"calibrated_{name}"][0], result.last[name][0],
+                               rtol=1e-5)
+  with pytest.raises(ConfigError, match="calibration_gamma: expected a finite float or 3"):
+    evaluate.train_final_classifier_from_keys(
+        keys, features, labels, dataset.class_embeddings, dataset, make_cfg(),
+        calibration_gamma=[1.0, 2.0])
+  with pytest.raises(ConfigError, match="calibration_gamma"):
+    evaluate.train_final_classifier_from_keys(
+        keys, features, labels, dataset.class_embeddings, dataset, make_cfg(),
+        calibration_gamma=float("nan"))
+
+
 def test_train_final_classifier_derives_seed_keys_from_key(toy, three_seeds):
   dataset, _, features, labels = toy
   _, together = three_seeds
