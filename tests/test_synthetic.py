@@ -263,6 +263,18 @@ def test_preset_round_trip_through_load_xlsa17(tmp_path):
   assert validation.unseen_classes.size == synthetic.PRESETS["APY"].num_val_classes
 
 
+@pytest.mark.parametrize("name", list(synthetic.PRESETS))
+def test_every_real_split_file_gives_a_loadable_directory(xlsa17_dir, tmp_path, name):
+  synthetic.write_semi_real(xlsa17_dir / name / "att_splits.mat", tmp_path, feature_dim=2)
+  for split in ("test", "validation"):
+    dataset = xlsa17.load_xlsa17(tmp_path, split=split)
+    assert dataset.feature_dim == 2 and dataset.train_features.min() >= 0
+  test = xlsa17.load_xlsa17(tmp_path)
+  shape = synthetic.PRESETS[name]
+  assert (test.seen_classes.size, test.unseen_classes.size) == (shape.num_seen, shape.num_unseen)
+  assert test.test_unseen_labels.size == shape.test_unseen
+
+
 def test_semi_real_round_trip_with_sentences(xlsa17_dir, tmp_path):
   synthetic.write_semi_real(xlsa17_dir / "CUB" / "att_splits.mat", tmp_path, feature_dim=4)
   assert (tmp_path / "sent_splits.mat").is_file() and (tmp_path / "testclasses.txt").is_file()

@@ -652,7 +652,9 @@ def write_features_file(out_dir: os.PathLike | str,
   """Writes out_dir/res101.mat for the given split variables.
 
   `features` is stored D x N float32 and `labels` N x 1 (1-based, double), as
-  in the xlsa17 release, with `image_files` naming a fictitious image per row.
+  in the xlsa17 release. The release's `image_files` (no loader reads it) is
+  not written: a cell array of N strings takes scipy longer to save than the
+  features.
 
   Args:
     out_dir: the dataset directory (created if missing).
@@ -673,14 +675,10 @@ def write_features_file(out_dir: os.PathLike | str,
   embeddings = np.asarray(att_splits["att"], dtype=np.float64).T
   features = make_features(embeddings, labels, feature_dim=feature_dim, seed=seed,
                            difficulty=difficulty)
-  image_files = np.empty((labels.size, 1), dtype=object)
-  for i, label in enumerate(labels):
-    image_files[i, 0] = f"synthetic/class_{label + 1:03d}/image_{i + 1:06d}.jpg"
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   path = out_dir / FEATURES_FILE
-  scipy.io.savemat(path, {"features": features.T, "labels": (labels + 1.0).reshape(-1, 1),
-                          "image_files": image_files},
+  scipy.io.savemat(path, {"features": features.T, "labels": (labels + 1.0).reshape(-1, 1)},
                    format="5", do_compression=False, oned_as="column")
   return path
 
