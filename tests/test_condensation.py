@@ -1,5 +1,7 @@
 """Tests for the dataset condensation example (experiments/examples/condensation.py)."""
 
+import functools
+
 from absl import flags
 from absl.testing import flagsaver
 import jax
@@ -15,6 +17,13 @@ from gmn_jax.losses import gradient_matching
 _TINY = condensation.CondensationConfig(
     ipc=1, outer_steps=30, match_steps=2, theta_steps=1, num_thetas=2, real_batch=16,
     hidden_dims=(32,))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
+def _stacked_mlps(key, count, hidden_dims, in_dim=64, num_classes=10):
+  """count MLPs on a leading axis; jitted, since eager vmapped init is slow."""
+  return jax.vmap(lambda k: condensation.init_mlp(k, hidden_dims, in_dim, num_classes))(
+      jax.random.split(key, count))
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +91,21 @@ def test_random_real_subsets_are_class_balanced_and_distinct(data):
   assert not np.array_equal(index[0], index[1])
 
 
+def test_kmeans_centroids_are_class_means_at_ipc_1_and_lloyd_fixed_points(data):
+  x, y = condensation.class_kmeans_centroids(data.train_x, data.train_y, 1)
+  np.testing.assert_array_equal(y, np.arange(10))
+  means = np.stack([data.train_x[data.train_y == c].mean(0) for c in range(10)])
+  np.testing.assert_allclose(x, means, atol=1e-5)
+  x, y = condensation.class_kmeans_centroids(data.train_x, data.train_y, 3)
+  np.testing.assert_array_equal(y, np.repeat(np.arange(10), 3))
+  for c in range(10):
+    members = data.train_x[data.train_y == c]
+    centroids = x[y == c]
+    nearest = ((members[:, None] - centroids[None]) ** 2).sum(-1).argmin(1)
+    for j in range(3):
+      np.testing.assert_allclose(centroids[j], members[nearest == j].mean(0), atol=1e-4)
+
+
 # --------------------------------------------------------------------------
 # Classifier and evaluation helpers.
 
@@ -99,8 +123,7 @@ def test_mlp_and_accuracy_match_numpy():
 
 
 def test_stacked_accuracy_is_per_classifier():
-  keys = jax.random.split(jax.random.key(3), 3)
-  stacked = jax.vmap(lambda k: condensation.init_mlp(k, (8,), in_dim=5, num_classes=3))(keys)
+  stacked = _stacked_mlps(jax.random.key(3), 3, (8,), 5, 3)
   x = np.random.default_rng(4).normal(size=(90, 5)).astype(np.float32)
   y = np.random.default_rng(5).integers(0, 3, size=90)
   got = np.asarray(condensation._stacked_accuracy(stacked, x, y))
@@ -140,8 +163,7 @@ _loss = jax.jit(condensation.condensation_loss)
 
 
 def test_condensation_loss_is_the_per_class_sum_of_gradient_matching():
-  thetas = jax.vmap(lambda k: condensation.init_mlp(k, (8,), in_dim=6, num_classes=3))(
-      jax.random.split(jax.random.key(0), 2))
+  thetas = _stacked_mlps(jax.random.key(0), 2, (8,), 6, 3)
   rng = np.random.default_rng(1)
   real = rng.normal(size=(3, 7, 6)).astype(np.float32)
   synthetic = rng.normal(size=(3, 2, 6)).astype(np.float32)
@@ -159,8 +181,7 @@ def test_condensation_loss_is_the_per_class_sum_of_gradient_matching():
 def test_synthetic_images_get_a_nonzero_gradient_that_matches_finite_differences():
   # A linear softmax classifier keeps the loss smooth: with ReLU units the
   # synthetic gradient, and so the loss, jumps where a unit switches.
-  thetas = jax.vmap(lambda k: condensation.init_mlp(k, (), in_dim=6, num_classes=3))(
-      jax.random.split(jax.random.key(0), 2))
+  thetas = _stacked_mlps(jax.random.key(0), 2, (), 6, 3)
   rng = np.random.default_rng(2)
   real = jnp.asarray(rng.normal(size=(3, 7, 6)), jnp.float32)
   synthetic = jnp.asarray(rng.normal(size=(3, 2, 6)), jnp.float32)
@@ -183,8 +204,7 @@ def test_a_tiny_condensation_run_reduces_the_matching_loss(data):
   pools, counts = condensation.class_pools(data.train_x, data.train_y)
   initial = condensation.initial_images(jax.random.key(0), pools, counts, ipc=1)
   # Judge on classifiers and real batches the run never saw.
-  eval_thetas = jax.vmap(lambda k: condensation.init_mlp(k, _TINY.hidden_dims))(
-      jax.random.split(jax.random.key(100), 16))
+  eval_thetas = _stacked_mlps(jax.random.key(100), 16, _TINY.hidden_dims)
   real = condensation.sample_class_batches(jax.random.key(101), jnp.asarray(pools),
                                            jnp.asarray(counts), 128)
   before = float(_loss(eval_thetas, real, initial))
@@ -225,6 +245,17 @@ def test_ipc_larger_than_the_smallest_class_is_rejected(data):
   pools, counts = condensation.class_pools(data.train_x, data.train_y)
   with pytest.raises(ConfigError, match=r"condensation ipc: expected at most 1\d\d"):
     condensation.initial_images(jax.random.key(0), pools, counts, ipc=1000)
+
+
+@pytest.mark.parametrize("ipcs, num_sets, message", [
+    ([1, 500], 1, r"condensation ipc: expected at most 1\d\d \(the smallest class\), found 500"),
+    ([1], 11, r"condensation num_sets: expected 1..num_eval=10, found 11"),
+])
+def test_run_comparison_rejects_bad_sizes_before_any_work(data, ipcs, num_sets, message):
+  with pytest.raises(ConfigError, match=message):
+    condensation.run_comparison(jax.random.key(0), data, ipcs,
+                                condensation.CondensationConfig(), condensation.EvalConfig(),
+                                num_eval=10, num_sets=num_sets)
 
 
 @pytest.mark.parametrize("ipc_flag", ["0", "two"])

@@ -1,7 +1,8 @@
 r"""Dataset condensation by gradient matching on scikit-learn's digits.
 
-  python -m experiments.examples.condensation [--ipc=1,5,10] [--steps=200] \
-      [--seed=0] [--out_dir=DIR]
+  python -m experiments.examples.condensation [--ipc=1,5,10] [--steps=50] \
+      [--seed=0] [--num_eval=10] [--num_sets=5] [--init=real|noise] \
+      [--out_dir=DIR]
 
 A second use of `gmn_jax.losses.gradient_matching`, outside GMN: learn `ipc`
 synthetic 8x8 images per digit such that, for randomly drawn classifiers θ,
@@ -23,9 +24,10 @@ The algorithm, all inside one jitted `lax.scan`:
       train every θ_m for theta_steps SGD steps on the synthetic set
 
 Evaluation trains fresh classifiers (an MLP of the same shape) from several
-seeds on (a) the condensed set, (b) random real subsets with the same number
-of images per class, one per draw, and (c) all training images, and reports
-their test accuracy. The split is a fixed stratified 70/30 split of the
+seeds on (a) the condensed sets, (b) random real subsets with the same number
+of images per class, one per draw, (c) the per-class k-means centroids (a
+strong non-learned baseline of the same size; the class means at ipc=1) and
+(d) all training images, and reports their test accuracy. The split is a fixed stratified 70/30 split of the
 1,797 images (seed 0) whatever --seed is.
 """
 
@@ -43,6 +45,7 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import sklearn.cluster
 import sklearn.datasets
 import sklearn.model_selection
 
@@ -240,9 +243,9 @@ class CondensationConfig:
   """
 
   ipc: int = 10
-  outer_steps: int = 200
-  match_steps: int = 5
-  theta_steps: int = 5
+  outer_steps: int = 50
+  match_steps: int = 10
+  theta_steps: int = 20
   num_thetas: int = 4
   real_batch: int = 64
   image_lr: float = 0.05
@@ -275,7 +278,8 @@ class CondensationConfig:
       raise ConfigError("condensation hidden_dims: expected positive integer widths, "
                         f"found {self.hidden_dims!r}")
     if self.init not in INITIALIZATIONS:
-      raise ConfigError(f"condensation init: expected one of {INITIALIZATIONS}, found {self.init!r}")
+      raise ConfigError(
+          f"condensation init: expected one of {INITIALIZATIONS}, found {self.init!r}")
     return self
 
 
@@ -303,6 +307,12 @@ def condensation_loss(thetas, real_images, synthetic_images, granularity="row"):
   return jnp.sum(jax.vmap(one_class)(real_images, synthetic_images, labels))
 
 
+def _check_ipc(ipc, counts):
+  if ipc > np.min(counts):
+    raise ConfigError(f"condensation ipc: expected at most {np.min(counts)} (the smallest class), "
+                      f"found {ipc}")
+
+
 def initial_images(key, pools, counts, ipc, init="real"):
   """The synthetic images before condensation.
 
@@ -324,9 +334,7 @@ def initial_images(key, pools, counts, ipc, init="real"):
   if init != "real":
     raise ConfigError(f"condensation init: expected one of {INITIALIZATIONS}, found {init!r}")
   counts = np.asarray(counts)
-  if counts.min() < ipc:
-    raise ConfigError(f"condensation ipc: expected at most {counts.min()} (the smallest class), "
-                      f"found {ipc}")
+  _check_ipc(ipc, counts)
   # The first ipc rows of a random order of each class's valid rows: one
   # program for all classes, whatever their sizes.
   scores = jax.random.uniform(key, pools.shape[:2])
@@ -518,6 +526,28 @@ def random_real_subsets(key, train_y, ipc, num_draws, num_classes=NUM_CLASSES):
   return np.stack(rows)
 
 
+def class_kmeans_centroids(train_x, train_y, ipc, seed=0, num_classes=NUM_CLASSES):
+  """A non-learned baseline of the same size: k-means centroids of each class.
+
+  At ipc=1 these are the class mean images.
+
+  Args:
+    train_x: (N, D) training examples.
+    train_y: (N,) int labels.
+    ipc: centroids per class (at most the smallest class's size).
+    seed: k-means' random state.
+    num_classes: C.
+
+  Returns:
+    (x (C * ipc, D) float32, y (C * ipc,) int32), class-major.
+  """
+  train_x, train_y = np.asarray(train_x), np.asarray(train_y)
+  centroids = [sklearn.cluster.KMeans(ipc, n_init=10, random_state=seed)
+               .fit(train_x[train_y == c]).cluster_centers_ for c in range(num_classes)]
+  return (np.concatenate(centroids).astype(np.float32),
+          np.repeat(np.arange(num_classes, dtype=np.int32), ipc))
+
+
 @functools.lru_cache(maxsize=8)
 def _training_program(config):
   """`train_classifier` vmapped over (key, set) and jitted, cached per config."""
@@ -552,7 +582,7 @@ class Row(NamedTuple):
   """One line of the results table.
 
   Attributes:
-    method: "condensed", "random real" or "full data".
+    method: "full data", "random real", "k-means" or "condensed".
     ipc: images per class (None for the full data).
     accuracies: per-classifier test accuracies in [0, 1].
   """
@@ -590,7 +620,8 @@ def run_comparison(key, data: DigitsSplit, ipcs, condense_config: CondensationCo
   variation: for "random real" num_eval independent subset draws with one
   classifier each; for "condensed" num_sets independent condensations (seeds)
   whose classifiers take turns (classifier i trains on set i mod num_sets,
-  each from its own initialisation); for "full data" num_eval seeds.
+  each from its own initialisation); for "full data" and "k-means" (the
+  per-class k-means centroids, `class_kmeans_centroids`) num_eval seeds.
 
   Args:
     key: PRNG key.
@@ -603,25 +634,33 @@ def run_comparison(key, data: DigitsSplit, ipcs, condense_config: CondensationCo
 
   Returns:
     (rows, condensed) with rows a list of `Row` (full data first, then random
-    real and condensed for each ipc) and condensed a dict ipc -> the
+    real, k-means and condensed for each ipc) and condensed a dict ipc -> the
     `CondensationResult` of the first set.
 
   Raises:
-    ConfigError: for num_sets outside [1, num_eval] or a bad condense_config.
+    ConfigError: for num_sets outside [1, num_eval], an ipc above the
+      smallest class's size or a bad condense_config.
   """
   if not 1 <= num_sets <= num_eval:
     raise ConfigError(f"condensation num_sets: expected 1..num_eval={num_eval}, found {num_sets}")
+  for ipc in ipcs:
+    _check_ipc(ipc, np.bincount(data.train_y))
   k_full, k_ipcs = jax.random.split(key)
   full = evaluate_sets(k_full, np.broadcast_to(data.train_x, (num_eval, *data.train_x.shape)),
                        np.broadcast_to(data.train_y, (num_eval, data.train_y.size)),
                        data.test_x, data.test_y, eval_config)
   rows, condensed = [Row("full data", None, full)], {}
   for ipc, k_ipc in zip(ipcs, jax.random.split(k_ipcs, len(ipcs))):
-    k_subsets, k_random_eval, k_condense, k_condensed_eval = jax.random.split(k_ipc, 4)
+    k_subsets, k_random_eval, k_kmeans, k_condense, k_condensed_eval = jax.random.split(k_ipc, 5)
     index = random_real_subsets(k_subsets, data.train_y, ipc, num_eval)
     rows.append(Row("random real", ipc, evaluate_sets(
         k_random_eval, data.train_x[index], data.train_y[index], data.test_x, data.test_y,
         eval_config)))
+    centroids, centroid_labels = class_kmeans_centroids(data.train_x, data.train_y, ipc)
+    rows.append(Row("k-means", ipc, evaluate_sets(
+        k_kmeans, np.broadcast_to(centroids, (num_eval, *centroids.shape)),
+        np.broadcast_to(centroid_labels, (num_eval, centroid_labels.size)), data.test_x,
+        data.test_y, eval_config)))
     config = dataclasses.replace(condense_config, ipc=ipc)
     results = [condense(k, data.train_x, data.train_y, config)
                for k in jax.random.split(k_condense, num_sets)]
@@ -671,6 +710,8 @@ _STEPS = flags.DEFINE_integer("steps", CondensationConfig.outer_steps,
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of condensation and evaluation (not of the split).")
 _NUM_EVAL = flags.DEFINE_integer("num_eval", 10, "Evaluation classifiers per table row.")
 _NUM_SETS = flags.DEFINE_integer("num_sets", 5, "Independent condensed sets per ipc.")
+_INIT = flags.DEFINE_string("init", CondensationConfig.init,
+                            "Starting images: real (random real images) | noise (N(0, 1)).")
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "If set, write condensed_ipc{N}.png grids here.")
 
 
@@ -695,7 +736,7 @@ def main(argv: Sequence[str]) -> None:
     if not 1 <= _NUM_SETS.value <= _NUM_EVAL.value:
       raise ConfigError(f"--num_sets: expected 1..--num_eval={_NUM_EVAL.value}, "
                         f"found {_NUM_SETS.value}")
-    config = CondensationConfig(outer_steps=_STEPS.value).validate()
+    config = CondensationConfig(outer_steps=_STEPS.value, init=_INIT.value).validate()
     data = load_digits_split()
     rows, condensed = run_comparison(jax.random.key(_SEED.value), data, ipcs, config,
                                      EvalConfig(), _NUM_EVAL.value, _NUM_SETS.value)
