@@ -8,7 +8,8 @@ Each method trains and evaluates all of config.seeds in W/<method> (a rerun
 resumes every row, see gmn_jax.train), with the method's own critic (any
 config.critic.conditional override is reset). Writes W/ablation.md: one row
 per variant, mean ± std over seeds of ZSL T1 and GZSL u, s, H, and prints it.
-Bad input prints one line to stderr and exits with status 2.
+Bad input prints one line to stderr and exits with status 2; SIGTERM / SIGINT
+stop at the next checkpoint with status 143 / 130 (rerun to resume).
 """
 
 import os
@@ -20,6 +21,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from gmn_jax import config as gmn_config
+from gmn_jax import preemption
 from gmn_jax import train
 from gmn_jax.errors import ConfigError
 from gmn_jax.errors import GMNError
@@ -82,7 +84,7 @@ def parse_flags(argv: Sequence[str]) -> Sequence[str]:
     return flags.FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as error:
     # config_flags reports an unknown or mistyped --config.<field> with these.
-    fail(ConfigError(f"command line: {' '.join(str(error).split())}"))
+    fail(train.command_line_error(error, argv))
 
 
 def load_config():
@@ -148,6 +150,9 @@ def main(argv: Sequence[str]) -> None:
                            overwrite=_OVERWRITE.value)
   except GMNError as error:
     fail(error)
+  except preemption.Interrupted as interrupted:
+    print(f"interrupted: {interrupted}", file=sys.stderr)
+    sys.exit(interrupted.exit_code)
   command = "python -m experiments.ablation " + " ".join(sys.argv[1:])
   table = format_ablation_table(
       results, title=f"Ablation on {config.dataset}", command=command)

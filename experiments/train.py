@@ -8,6 +8,14 @@ checkpoints under --workdir (see gmn_jax.train). Rerunning the same command
 resumes; a different config in the same workdir is refused unless
 --overwrite. Any bad input (config, data directory, diverged training) prints
 one line to stderr and exits with status 2.
+
+SIGTERM or SIGINT (Ctrl-C) stops the run at the next chunk boundary after
+saving a checkpoint, prints one line and exits with status 143 (SIGTERM) or
+130 (SIGINT); rerunning the same command resumes.
+
+--calibration_gamma_from=W_VAL takes the calibrated-stacking gamma that a
+finished run with --config.split=validation chose (best H on its validation
+split) and reports u, s, H at that gamma beside the test-split oracle.
 """
 
 import sys
@@ -17,6 +25,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from gmn_jax import preemption
 from gmn_jax import train
 from gmn_jax.errors import ConfigError
 from gmn_jax.errors import GMNError
@@ -28,11 +37,20 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the run's outputs.
 _OVERWRITE = flags.DEFINE_bool(
     "overwrite", False, "Delete this project's outputs in --workdir and start afresh "
     "instead of resuming.")
+_CALIBRATION_FROM = flags.DEFINE_string(
+    "calibration_gamma_from", None, "Workdir of a finished run with "
+    "--config.split=validation; its best-H calibration gamma is applied to this run.")
 
 def fail(error: Exception) -> None:
   """Prints the one-line error to stderr and exits with status 2."""
   print(f"error: {error}", file=sys.stderr)
   sys.exit(2)
+
+
+def stop(interrupted: preemption.Interrupted) -> None:
+  """Prints why the run stopped and exits with status 128 + signal number."""
+  print(f"interrupted: {interrupted}", file=sys.stderr)
+  sys.exit(interrupted.exit_code)
 
 
 def parse_flags(argv: Sequence[str]) -> Sequence[str]:
@@ -48,7 +66,7 @@ def parse_flags(argv: Sequence[str]) -> Sequence[str]:
     return flags.FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as error:
     # config_flags reports an unknown or mistyped --config.<field> with these.
-    fail(ConfigError(f"command line: {' '.join(str(error).split())}"))
+    fail(train.command_line_error(error, argv))
 
 
 def load_config():
@@ -79,10 +97,15 @@ def main(argv: Sequence[str]) -> None:
     config = load_config()
     if not _WORKDIR.value:
       raise ConfigError("--workdir: expected a directory for the run's outputs, found nothing")
+    gamma = None
+    if _CALIBRATION_FROM.value:
+      gamma = train.calibration_gamma_from(_CALIBRATION_FROM.value)
     results = train.train_and_evaluate(config, _WORKDIR.value,
-                                       overwrite=_OVERWRITE.value)
+                                       overwrite=_OVERWRITE.value, calibration_gamma=gamma)
   except GMNError as error:
     fail(error)
+  except preemption.Interrupted as interrupted:
+    stop(interrupted)
   print(train.format_results_table(results))
   print(f"results: {_WORKDIR.value}/{train.RESULTS_FILE}")
 

@@ -33,6 +33,7 @@ Workdir layout:
 
 import functools
 import os
+import re
 import shutil
 import time
 from typing import Any, Dict, List, Optional, Sequence
@@ -51,6 +52,7 @@ from gmn_jax import evaluate
 from gmn_jax import metric_writers
 from gmn_jax import metrics as gmn_metrics
 from gmn_jax import models
+from gmn_jax import preemption
 from gmn_jax import progress
 from gmn_jax import train_state
 from gmn_jax import train_step
@@ -64,6 +66,15 @@ CHECKPOINT_DIR = "checkpoints"
 METRIC_NAMES = gmn_metrics.METRIC_NAMES  # zsl_t1, gzsl_u, gzsl_s, gzsl_h
 METRIC_LABELS = {"zsl_t1": "ZSL T1", "gzsl_u": "GZSL u", "gzsl_s": "GZSL s",
                  "gzsl_h": "GZSL H"}
+# Calibrated stacking (docs/evaluation.md): AUSUC, the test-split oracle's
+# best H, and (with a gamma chosen on a validation split) the honest H.
+CALIBRATION_METRIC_NAMES = evaluate.ORACLE_CALIBRATION_NAMES + evaluate.CALIBRATION_NAMES
+CALIBRATION_LABELS = {"ausuc": "AUSUC", "oracle_calibrated_gzsl_h": "H cal.*",
+                      "calibrated_gzsl_h": "H cal."}
+SAMPLES_FILE = "samples.npz"
+# samples.npz: real and generated features of a few unseen classes (plots).
+SAMPLE_CLASSES, SAMPLES_PER_CLASS = 5, 200
+CURVE_POINTS = 101  # points per seen-unseen curve kept in results.json
 # Fields that only change how a run reports, never what it computes: a rerun
 # may change them and still resume.
 RESUME_SAFE_FIELDS = ("train.log_every",)
@@ -300,6 +311,14 @@ def train_generator(spec: train_state.TrainSpec, data: train_state.TrainData,
         logger.update(it, {k: float(v[-1]) for k, v in chunk_metrics.items()})
         if it % checkpoint_every == 0 or it == num_iterations:
           checkpointer.save(it, state, extra={"seed": seed, "iteration": it})
+        if it < num_iterations and preemption.should_stop():
+          # A no-op when this chunk already ended at a periodic checkpoint.
+          checkpointer.save(it, state, extra={"seed": seed, "iteration": it})
+          checkpointer.wait()
+          raise preemption.Interrupted(
+              preemption.requested_signal(),
+              f"at generator iteration {it} of {num_iterations} (seed {seed}), after "
+              f"saving a checkpoint in {checkpoint_dir}")
       checkpointer.wait()
     finally:
       logger.close()
@@ -320,8 +339,49 @@ def _seed_result_path(workdir: str, seed: int) -> str:
   return os.path.join(_seed_dir(workdir, seed), SEED_RESULT_FILE)
 
 
+def write_samples(path: str, sample_fn, dataset: ZSLDataset, key, *,
+                  num_classes: int = SAMPLE_CLASSES,
+                  per_class: int = SAMPLES_PER_CLASS) -> None:
+  """Saves real and generated features of a few unseen classes (for plots).
+
+  The classes are `num_classes` unseen ones evenly spread over their ids;
+  each gets up to `per_class` real test_unseen features and as many
+  generated ones. Written atomically (temporary file, then rename).
+
+  Args:
+    path: the .npz file.
+    sample_fn: the generator, as for `evaluate.synthesize`.
+    dataset: the dataset.
+    key: PRNG key of the generated features.
+    num_classes: how many unseen classes.
+    per_class: the most features per class and kind.
+  """
+  unseen = np.asarray(dataset.unseen_classes)
+  picked = unseen[np.unique(np.linspace(0, unseen.size - 1, min(num_classes, unseen.size))
+                            .round().astype(int))]
+  labels = np.asarray(dataset.test_unseen_labels)
+  rows = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in picked])
+  counts = np.array([np.sum(labels[rows] == c) for c in picked], np.int64)
+  fake, fake_labels = evaluate.synthesize(sample_fn, key, picked.astype(np.int32),
+                                          dataset.class_embeddings, counts)
+  names = [dataset.class_names[c] if dataset.class_names is not None else str(c)
+           for c in picked]
+  tmp = f"{path}.tmp.npz"
+  np.savez(tmp, class_ids=picked.astype(np.int32), class_names=np.asarray(names, dtype=str),
+           real_features=np.asarray(dataset.test_unseen_features)[rows],
+           real_labels=labels[rows].astype(np.int32),
+           generated_features=np.asarray(fake), generated_labels=np.asarray(fake_labels))
+  os.replace(tmp, path)
+
+
+def _stop_if_requested(where: str) -> None:
+  """Raises `preemption.Interrupted` when a stop signal arrived."""
+  if preemption.should_stop():
+    raise preemption.Interrupted(preemption.requested_signal(), where)
+
+
 def run_seed(config: ml_collections.ConfigDict, dataset: ZSLDataset, seed: int,
-             workdir: str) -> Dict[str, Any]:
+             workdir: str, *, calibration_gamma: Optional[float] = None) -> Dict[str, Any]:
   """Both stages for one generator seed; returns (and saves) its result.
 
   Args:
@@ -329,11 +389,17 @@ def run_seed(config: ml_collections.ConfigDict, dataset: ZSLDataset, seed: int,
     dataset: the loaded dataset.
     seed: the generator seed.
     workdir: the run's directory.
+    calibration_gamma: a calibrated-stacking gamma chosen on a validation
+      split, or None (see `evaluate.evaluate_generator`).
 
   Returns:
     {"seed", "metrics": {name: mean over classifier seeds of the last epoch},
     "classifier_seeds": {name: [per classifier seed]}, "curves": {name: [mean
-    over classifier seeds per epoch]}, "timings": {...}}.
+    over classifier seeds per epoch]}, "seen_unseen_curves": [{"unseen",
+    "seen"} per classifier seed, at most CURVE_POINTS points], "timings": {...}}.
+
+  Raises:
+    preemption.Interrupted: on a stop signal (after a checkpoint).
   """
   variant = gmn_config.get_variant(config)
   _, _, eval_key = _seed_keys(seed)
@@ -352,9 +418,12 @@ def run_seed(config: ml_collections.ConfigDict, dataset: ZSLDataset, seed: int,
                    ms_per_iteration=stage1["ms_per_iteration"],
                    stage1_first_call_s=stage1["first_call_s"])
     sample_fn = functools.partial(models.apply_generator, stage1["state"].generator)
+    _stop_if_requested(f"after stage 1 of seed {seed} (its final checkpoint is saved)")
   started = time.perf_counter()
-  result = evaluate.evaluate_generator(sample_fn, dataset, config.eval, eval_key)
+  result = evaluate.evaluate_generator(sample_fn, dataset, config.eval, eval_key,
+                                       calibration_gamma=calibration_gamma)
   timings["stage2_s"] = time.perf_counter() - started
+  names = METRIC_NAMES + tuple(n for n in CALIBRATION_METRIC_NAMES if n in result.last)
   curves = {name: np.mean(values, axis=0) for name, values in result.curves.items()}
   eval_dir = os.path.join(_seed_dir(workdir, seed), "eval")
   # resume_step=-1 empties the file first: a rerun after a crash rewrites it.
@@ -363,13 +432,19 @@ def run_seed(config: ml_collections.ConfigDict, dataset: ZSLDataset, seed: int,
       writer.write_scalars(epoch + 1, {f"eval/{k}": v[epoch] for k, v in curves.items()})
   seed_result = {
       "seed": seed,
-      "metrics": {name: float(np.mean(result.last[name])) for name in METRIC_NAMES},
-      "classifier_seeds": {name: [float(v) for v in result.last[name]]
-                           for name in METRIC_NAMES},
+      "metrics": {name: float(np.mean(result.last[name])) for name in names},
+      "classifier_seeds": {name: [float(v) for v in result.last[name]] for name in names},
       "curves": {name: [float(v) for v in values] for name, values in curves.items()},
+      "seen_unseen_curves": [
+          dict(zip(("unseen", "seen"), ([float(v) for v in a]
+                                        for a in curve.downsample(CURVE_POINTS))))
+          for curve in result.seen_unseen_curves],
       "timings": timings,
   }
   os.makedirs(_seed_dir(workdir, seed), exist_ok=True)
+  if sample_fn is not None and jax.process_index() == 0:
+    write_samples(os.path.join(_seed_dir(workdir, seed), SAMPLES_FILE), sample_fn, dataset,
+                  jax.random.fold_in(eval_key, 1))
   metric_writers.write_json_atomic(_seed_result_path(workdir, seed), seed_result)
   return seed_result
 
@@ -394,7 +469,10 @@ def summarize(config: ml_collections.ConfigDict, seed_results: Sequence[Dict[str
   """
   variant = gmn_config.get_variant(config)
   summary_metrics = {}
-  for name in METRIC_NAMES:
+  # Calibration entries of seeds finished by an older version may be absent.
+  names = METRIC_NAMES + tuple(n for n in CALIBRATION_METRIC_NAMES
+                               if all(n in r["metrics"] for r in seed_results))
+  for name in names:
     values = [r["metrics"][name] for r in seed_results]
     summary_metrics[name] = {"mean": float(np.mean(values)), "std": float(np.std(values)),
                              "per_seed": values}
@@ -425,8 +503,13 @@ def summarize(config: ml_collections.ConfigDict, seed_results: Sequence[Dict[str
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
                        overwrite: bool = False,
-                       dataset: Optional[ZSLDataset] = None) -> Dict[str, Any]:
+                       dataset: Optional[ZSLDataset] = None,
+                       calibration_gamma: Optional[float] = None) -> Dict[str, Any]:
   """Runs both stages for every seed of `config` and writes results.json.
+
+  SIGTERM and SIGINT (in the main thread) stop the run at the next chunk
+  boundary after a checkpoint and raise `preemption.Interrupted`; rerunning
+  resumes.
 
   Args:
     config: the full configuration (a preset plus overrides).
@@ -435,14 +518,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
     dataset: an in-memory dataset to use instead of loading
       `config.data_dir` (e.g. from a notebook); config.data_dir then only
       labels the run.
+    calibration_gamma: a calibrated-stacking gamma chosen on a validation
+      split (see `calibration_gamma_from`); adds the honest calibrated
+      u, s, H to the results.
 
   Returns:
     The results.json dict (see `summarize`).
 
   Raises:
-    ConfigError: invalid config, or a workdir made with another config.
+    ConfigError: invalid config, a workdir made with another config, or
+      finished seeds computed with another calibration_gamma.
     DataError: a missing or invalid dataset.
     NonFiniteLossError: training diverged.
+    preemption.Interrupted: a stop signal arrived (a checkpoint is saved).
   """
   workdir = os.fspath(workdir)
   if dataset is None:
@@ -465,15 +553,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
                dataset.name, dataset.seen_classes.size, dataset.unseen_classes.size,
                list(config.seeds), workdir)
   seed_results = []
-  for seed in config.seeds:
-    path = _seed_result_path(workdir, seed)
-    if os.path.isfile(path):
-      logging.info("seed %d: already finished, reading %s", seed, path)
-      seed_results.append(_read_json(path))
-      continue
-    seed_results.append(run_seed(config, dataset, int(seed), workdir))
-    logging.info("seed %d: %s", seed, ", ".join(
-        f"{k}={v:.2f}" for k, v in seed_results[-1]["metrics"].items()))
+  with preemption.StopOnSignal():
+    for seed in config.seeds:
+      path = _seed_result_path(workdir, seed)
+      if os.path.isfile(path):
+        logging.info("seed %d: already finished, reading %s", seed, path)
+        seed_results.append(_read_json(path))
+        _check_calibration_gamma(seed_results[-1], calibration_gamma, path)
+        continue
+      _stop_if_requested(f"before seed {seed}")
+      seed_results.append(run_seed(config, dataset, int(seed), workdir,
+                                   calibration_gamma=calibration_gamma))
+      logging.info("seed %d: %s", seed, ", ".join(
+          f"{k}={v:.2f}" for k, v in seed_results[-1]["metrics"].items()))
   summary = summarize(config, seed_results, dataset)
   # One line per seed; rewritten whole (resume_step=-1) so reruns never duplicate.
   with metric_writers.MetricWriter(workdir, resume_step=-1) as writer:
@@ -484,8 +576,91 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
   return summary
 
 
+def _check_calibration_gamma(seed_result: Dict[str, Any], gamma: Optional[float],
+                             path: str) -> None:
+  """Refuses to mix seeds evaluated with different calibration gammas."""
+  stored = seed_result["metrics"].get("calibration_gamma")
+  if (stored is None) != (gamma is None) or (gamma is not None and stored != float(gamma)):
+    raise errors.ConfigError(
+        f"{path}: this seed was evaluated with calibration gamma {stored}, now {gamma} is "
+        "given; use the same gamma, --overwrite, or another --workdir")
+
+
+def calibration_gamma_from(validation_workdir) -> float:
+  """The calibrated-stacking gamma a validation-split run chose (honest on test).
+
+  It is the mean over generator seeds of `oracle_calibration_gamma`, the
+  gamma of best H on the validation split, which holds none of the test
+  split's data.
+
+  Args:
+    validation_workdir: the workdir of a finished run with config.split =
+      "validation".
+
+  Returns:
+    The gamma.
+
+  Raises:
+    DataError: when its results.json is missing or has no gamma.
+    ConfigError: when that run was not on the validation split.
+  """
+  path = os.path.join(os.fspath(validation_workdir), RESULTS_FILE)
+  if not os.path.isfile(path):
+    raise errors.DataError(path, None, "the results.json of a finished validation-split run",
+                           "no such file")
+  results = _read_json(path)
+  split = results.get("config", {}).get("split")
+  if split != "validation":
+    raise errors.ConfigError(
+        f"{path}: expected a run with config.split='validation' (choosing gamma on the test "
+        f"split is test-set selection), found split {split!r}")
+  entry = results.get("metrics", {}).get("oracle_calibration_gamma")
+  if not isinstance(entry, dict) or not isinstance(entry.get("mean"), (int, float)):
+    raise errors.DataError(path, "metrics.oracle_calibration_gamma", "a mean gamma",
+                           "none (written by an older version?)")
+  return float(entry["mean"])
+
+
 # --------------------------------------------------------------------------
 # Reporting.
+
+
+def command_line_error(error: Exception, argv: Sequence[str]) -> errors.ConfigError:
+  """One clear line for a command-line error of absl / config_flags.
+
+  config_flags reports an unknown `--config.<field>` as a KeyError holding
+  only the last name ('wieght' and a suggestion); this names the whole flag
+  and the field suggested, like `validate_config` does.
+
+  Args:
+    error: what parsing the flags raised.
+    argv: the command line.
+
+  Returns:
+    The ConfigError to print.
+  """
+  if error.args and isinstance(error.args[0], KeyError):
+    error = error.args[0]  # config_flags wraps it in an AttributeError.
+  raw = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+  text = " ".join(str(raw).split())
+  unknown = re.fullmatch(r"Unknown command line flag '(config\.[^']+)'", text)
+  if unknown:
+    return errors.ConfigError(f"--{unknown.group(1)}: {unknown.group(1)} is not a known field")
+  if isinstance(error, KeyError):
+    missing = str(raw).splitlines()[0].strip("'\"") if str(raw) else ""
+    suggestion = re.search(r'Did you mean "([^"]+)"', str(raw))
+    for arg in argv:
+      if not arg.startswith("--config."):
+        continue
+      path = arg[len("--config."):].split("=", 1)[0]
+      parts = path.split(".")
+      if missing in parts:
+        prefix = parts[:parts.index(missing)]
+        message = f"--config.{path}: config.{'.'.join(prefix + [missing])} is not a known field"
+        if suggestion:
+          message += f" (did you mean config.{'.'.join(prefix + [suggestion.group(1)])}?)"
+        return errors.ConfigError(message)
+  return errors.ConfigError(f"command line: {text}")
 
 
 def quiet_checkpoint_logs() -> None:
@@ -525,8 +700,15 @@ def format_results_table(results: Dict[str, Any]) -> str:
            f"{len(seeds)} generator seed{'s' if len(seeds) != 1 else ''} {tuple(seeds)}; "
            "accuracies in %, last epoch, mean ± std over seeds",
            f"{'metric':<8}  {'mean ± std':>14}  per seed"]
-  for name, label in METRIC_LABELS.items():
+  labels = dict(METRIC_LABELS)
+  labels.update({k: v for k, v in CALIBRATION_LABELS.items() if k in results["metrics"]})
+  for name, label in labels.items():
     entry = results["metrics"][name]
     per_seed = " ".join(f"{v:.2f}" for v in entry["per_seed"])
     lines.append(f"{label:<8}  {format_mean_std(entry):>14}  {per_seed}")
+  if "oracle_calibrated_gzsl_h" in results["metrics"]:
+    lines.append("AUSUC: area under the seen-unseen curve of calibrated stacking; H cal.*: "
+                 "its best H, gamma chosen on this split (an oracle)")
+  if "calibrated_gzsl_h" in results["metrics"]:
+    lines.append("H cal.: calibrated stacking with the gamma chosen on the validation split")
   return "\n".join(lines)
