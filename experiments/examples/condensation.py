@@ -1,7 +1,7 @@
 r"""Dataset condensation by gradient matching on scikit-learn's digits.
 
   python -m experiments.examples.condensation [--ipc=1,5,10] [--steps=50] \
-      [--seed=0] [--num_eval=10] [--num_sets=5] [--init=real|noise] \
+      [--seed=0] [--num_eval=10] [--num_sets=3] [--init=real|noise] \
       [--out_dir=DIR]
 
 A second use of `gmn_jax.losses.gradient_matching`, outside GMN: learn `ipc`
@@ -27,8 +27,8 @@ Evaluation trains fresh classifiers (an MLP of the same shape) from several
 seeds on (a) the condensed sets, (b) random real subsets with the same number
 of images per class, one per draw, (c) the per-class k-means centroids (a
 strong non-learned baseline of the same size; the class means at ipc=1) and
-(d) all training images, and reports their test accuracy. The split is a fixed stratified 70/30 split of the
-1,797 images (seed 0) whatever --seed is.
+(d) all training images, and reports their test accuracy. The split is a
+fixed stratified 70/30 split of the 1,797 images (seed 0) whatever --seed is.
 """
 
 import dataclasses
@@ -613,7 +613,7 @@ def format_table(rows: Sequence[Row]) -> str:
 
 
 def run_comparison(key, data: DigitsSplit, ipcs, condense_config: CondensationConfig,
-                   eval_config: EvalConfig, num_eval=10, num_sets=5):
+                   eval_config: EvalConfig, num_eval=10, num_sets=3):
   """Condenses at each ipc and compares with random real subsets and full data.
 
   Every row has num_eval classifiers, so its std covers the same sources of
@@ -709,7 +709,7 @@ _STEPS = flags.DEFINE_integer("steps", CondensationConfig.outer_steps,
                               "Outer condensation steps (fresh classifier draws).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of condensation and evaluation (not of the split).")
 _NUM_EVAL = flags.DEFINE_integer("num_eval", 10, "Evaluation classifiers per table row.")
-_NUM_SETS = flags.DEFINE_integer("num_sets", 5, "Independent condensed sets per ipc.")
+_NUM_SETS = flags.DEFINE_integer("num_sets", 3, "Independent condensed sets per ipc.")
 _INIT = flags.DEFINE_string("init", CondensationConfig.init,
                             "Starting images: real (random real images) | noise (N(0, 1)).")
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "If set, write condensed_ipc{N}.png grids here.")
