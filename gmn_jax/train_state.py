@@ -31,6 +31,7 @@ from gmn_jax import classifier_sampling
 from gmn_jax import config as gmn_config
 from gmn_jax import losses
 from gmn_jax import models
+from gmn_jax import precision
 from gmn_jax.data import samplers
 from gmn_jax.data.dataset import ZSLDataset
 from gmn_jax.errors import ConfigError, DataError
@@ -68,6 +69,8 @@ class TrainSpec:
     cls_classifier: "bilinear" | "softmax" (the frozen L_CLS classifier).
     cls_pretrain_epochs: epochs of the L_CLS classifier's pretraining.
     cls_pretrain_lr: its Adam learning rate.
+    precision: "float32" | "bfloat16", the generator's and critic's matrix
+      products (see `gmn_jax.precision`).
   """
 
   variant: gmn_config.Variant
@@ -94,6 +97,7 @@ class TrainSpec:
   cls_classifier: str
   cls_pretrain_epochs: int
   cls_pretrain_lr: float
+  precision: str = "float32"
 
   @property
   def num_generated_classes(self) -> int:
@@ -284,6 +288,7 @@ def make_train_spec(config: ml_collections.ConfigDict, dataset: ZSLDataset) -> T
       cls_classifier=_one_of("config.cls.classifier", cls.classifier, models.CLASSIFIER_KINDS),
       cls_pretrain_epochs=_positive_int("config.cls.pretrain_epochs", cls.pretrain_epochs),
       cls_pretrain_lr=_non_negative("config.cls.pretrain_lr", cls.pretrain_lr),
+      precision=_one_of("config.precision", config.precision, precision.PRECISIONS),
   )
 
 

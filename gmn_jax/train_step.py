@@ -18,8 +18,16 @@ resumed run repeats an uninterrupted one bit for bit):
 
 Everything is a pure function of (state, data, hyper, key), where `hyper`
 holds the numeric settings as traced scalars (changing a learning rate or a
-loss weight does not recompile); no host callbacks, so the step can later be
-vmapped over seeds and sharded over a data mesh.
+loss weight does not recompile); no host callbacks, so the step can be
+vmapped over seeds.
+
+Data parallelism: called inside `parallel.data_parallel(mesh)`, every batch
+drawn here (critic batches, the adversarial batch, the GM real and fake
+batches) is split over the mesh's 'data' axis by `parallel.constrain_batch`
+while state and data stay replicated; XLA inserts the all-reduces (the GM
+inner gradients are summed before the cosine). Outside a mesh the
+constraints are no-ops. `spec.precision` chooses the generator's and
+critic's matrix-product dtype (`gmn_jax.precision`).
 """
 
 import functools
@@ -32,6 +40,8 @@ import optax
 
 from gmn_jax import losses
 from gmn_jax import models
+from gmn_jax import parallel
+from gmn_jax import precision
 from gmn_jax.data import samplers
 from gmn_jax.train_state import Hyperparameters, TrainData, TrainSpec, TrainState
 
@@ -82,7 +92,8 @@ def critic_batch(spec: TrainSpec, data: TrainData, key) -> Tuple[jax.Array, jax.
   seen_key, unseen_key, class_key = jax.random.split(key, 3)
   if not spec.variant.transductive:
     indices = _real_seen_indices(spec, data, seen_key, spec.batch_size)
-    return data.features[indices], data.seen_embeddings[data.labels[indices]]
+    return (parallel.constrain_batch(data.features[indices]),
+            parallel.constrain_batch(data.seen_embeddings[data.labels[indices]]))
   n_seen = spec.transductive_seen_count
   n_unseen = spec.batch_size - n_seen
   seen_indices = _real_seen_indices(spec, data, seen_key, n_seen)
@@ -93,7 +104,7 @@ def critic_batch(spec: TrainSpec, data: TrainData, key) -> Tuple[jax.Array, jax.
                           data.unlabelled_features[unseen_indices]], axis=0)
   embeddings = jnp.concatenate([data.seen_embeddings[data.labels[seen_indices]],
                                 data.unseen_embeddings[unseen_classes]], axis=0)
-  return real, embeddings
+  return parallel.constrain_batch(real), parallel.constrain_batch(embeddings)
 
 
 def critic_step(spec: TrainSpec, hyper: Hyperparameters, critic, critic_opt, generator,
@@ -115,9 +126,11 @@ def critic_step(spec: TrainSpec, hyper: Hyperparameters, critic, critic_opt, gen
   """
   batch_key, noise_key, penalty_key = jax.random.split(key, 3)
   real, embeddings = critic_batch(spec, data, batch_key)
-  fake = lax.stop_gradient(models.apply_generator(generator, embeddings, noise_key))
+  fake = lax.stop_gradient(
+      precision.apply_generator(spec.precision, generator, embeddings, noise_key))
   condition = embeddings if spec.variant.conditional_critic else None
-  (loss, aux), grads = jax.value_and_grad(losses.critic_loss, has_aux=True)(
+  loss_fn = functools.partial(precision.critic_loss, spec.precision)
+  (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       critic, real, fake, condition, penalty_key, gp_weight=hyper.gp_weight)
   updates, critic_opt = hyper.critic_optimizer().update(grads, critic_opt, critic)
   metrics = {"critic_loss": loss, "wasserstein": aux["wasserstein"],
@@ -168,7 +181,8 @@ def draw_generator_batch(spec: TrainSpec, data: TrainData, key, thetas) -> Gener
                                         spec.gm_num_classes)
     indices = samplers.per_class_batch(real_key, data.class_index, classes,
                                        spec.gm_real_per_class)
-    real = data.features[indices]
+    # Split over devices along the examples of each class.
+    real = parallel.constrain_batch(data.features[indices], axis=1)
   else:
     classes = jnp.zeros((0,), jnp.int32)
     real = jnp.zeros((0, 0, spec.feature_dim), jnp.float32)
@@ -189,8 +203,9 @@ def gm_fake_features(spec: TrainSpec, generator, data: TrainData, classes, key) 
     (n, f·r, D) generated features, row j of class classes[j].
   """
   per_class = spec.gm_fake_repeat * spec.gm_real_per_class
-  embeddings = jnp.repeat(data.seen_embeddings[classes], per_class, axis=0)
-  fake = models.apply_generator(generator, embeddings, key)
+  embeddings = parallel.constrain_batch(
+      jnp.repeat(data.seen_embeddings[classes], per_class, axis=0))
+  fake = precision.apply_generator(spec.precision, generator, embeddings, key)
   return fake.reshape(classes.shape[0], per_class, spec.feature_dim)
 
 
@@ -253,10 +268,10 @@ def generator_loss(generator, spec: TrainSpec, hyper: Hyperparameters, critic, c
     (loss, metrics) with "adversarial_loss" and, where the variant has them,
     "gm_loss" (unweighted) and "cls_loss" (unweighted).
   """
-  embeddings = generated_class_embeddings(spec, data)[batch.labels]
-  fake = models.apply_generator(generator, embeddings, batch.noise_key)
+  embeddings = parallel.constrain_batch(generated_class_embeddings(spec, data)[batch.labels])
+  fake = precision.apply_generator(spec.precision, generator, embeddings, batch.noise_key)
   condition = embeddings if spec.variant.conditional_critic else None
-  adversarial = losses.generator_adversarial_loss(critic, fake, condition)
+  adversarial = precision.generator_adversarial_loss(spec.precision, critic, fake, condition)
   loss, metrics = adversarial, {"adversarial_loss": adversarial}
   if spec.variant.gradient_matching:
     gm = gradient_matching_loss(spec, generator, data, batch)
