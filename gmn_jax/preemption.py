@@ -11,7 +11,7 @@ same command resumes from the checkpoint.
 A second SIGINT while a stop is pending restores Python's default handling
 (KeyboardInterrupt at once), so an impatient Ctrl-C Ctrl-C still stops a
 run that is busy in a long call. Handlers are installed only in the main
-thread (Python allows no other); elsewhere the context does nothing.
+thread (Python allows no other); elsewhere only `request_stop` stops a run.
 
 In a multi-host run every process must stop at the same chunk, or the
 collective checkpoint save would wait forever: `should_stop()` then takes the
@@ -81,11 +81,12 @@ class StopOnSignal:
 
   def __enter__(self) -> "StopOnSignal":
     global _active, _requested
-    if threading.current_thread() is not threading.main_thread():
-      return self  # No handlers outside the main thread: signals kill as usual.
     if _active == 0:
       _requested = None
-      self._previous = {s: signal.signal(s, _handle) for s in SIGNALS}
+      # Python accepts handlers only in the main thread; elsewhere signals
+      # keep their default effect and only `request_stop` asks for a stop.
+      if threading.current_thread() is threading.main_thread():
+        self._previous = {s: signal.signal(s, _handle) for s in SIGNALS}
     _active += 1
     self._counted = True
     return self
@@ -96,10 +97,11 @@ class StopOnSignal:
       return
     self._counted = False
     _active -= 1
-    if self._previous is not None:  # The outermost context.
-      for s, handler in self._previous.items():
-        signal.signal(s, handler)
-      self._previous = None
+    if _active == 0:
+      if self._previous is not None:
+        for s, handler in self._previous.items():
+          signal.signal(s, handler)
+        self._previous = None
       _requested = None
 
 

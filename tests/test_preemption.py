@@ -1,0 +1,203 @@
+"""Preemption: SIGTERM / SIGINT stop at a chunk boundary, kill -9 stays resumable.
+
+Every interrupted-then-resumed run must end with the same final parameters
+and results as an uninterrupted run of the same config. The in-process tests
+request a stop the way the signal handler does; the subprocess test sends
+real signals (SIGTERM, then SIGKILL) to a training process and resumes it.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+
+import jax
+import numpy as np
+import pytest
+
+from gmn_jax import checkpoint
+from gmn_jax import preemption
+from gmn_jax import train
+from gmn_jax import train_state
+from gmn_jax import train_step
+from test_train_support import tiny_config, tiny_dataset
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.join(REPO, "tests")
+# 8 iterations in chunks of 2, a checkpoint after every chunk.
+OVERRIDES = {"train.num_iterations": 8}
+SEED = 3
+
+
+def _config():
+  return tiny_config(seeds=(SEED,), **OVERRIDES)
+
+
+def _final_params(workdir):
+  config, dataset = _config(), tiny_dataset()
+  spec = train_state.make_train_spec(config, dataset)
+  template = train_state.init_train_state(
+      jax.random.key(0), spec, train_state.make_train_data(dataset, spec))
+  with checkpoint.Checkpointer(os.path.join(workdir, "checkpoints", f"seed_{SEED}")) as ckpt:
+    assert ckpt.latest_step() == config.train.num_iterations
+    return jax.tree_util.tree_leaves(ckpt.restore(template)[0])
+
+
+def _assert_same_run(workdir, reference_dir):
+  got = json.loads(open(os.path.join(workdir, "results.json")).read())
+  want = json.loads(open(os.path.join(reference_dir, "results.json")).read())
+  assert got["metrics"] == want["metrics"]
+  assert got["per_seed"][0]["curves"] == want["per_seed"][0]["curves"]
+  for x, y in zip(_final_params(workdir), _final_params(reference_dir)):
+    np.testing.assert_array_equal(x, y)
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+  """An uninterrupted run of the config, the reference of every test."""
+  workdir = tmp_path_factory.mktemp("straight")
+  train.train_and_evaluate(_config(), workdir, dataset=tiny_dataset())
+  return str(workdir)
+
+
+def _stop_during_chunk(monkeypatch, number, signum):
+  """Requests a stop (as the handler does) while host call `number` runs."""
+  real = train_step.jitted_chunk_fn
+  calls = []
+
+  def patched(spec, length):
+    fn = real(spec, length)
+
+    def wrapped(*args):
+      calls.append(length)
+      if len(calls) == number:
+        preemption.request_stop(signum)
+      return fn(*args)
+
+    return wrapped
+
+  monkeypatch.setattr(train_step, "jitted_chunk_fn", patched)
+  return calls
+
+
+def test_a_stop_checkpoints_at_the_chunk_boundary_and_resumes_exactly(
+    tmp_path, monkeypatch, straight_run):
+  calls = _stop_during_chunk(monkeypatch, 2, signal.SIGINT)
+  with pytest.raises(preemption.Interrupted) as stopped:
+    train.train_and_evaluate(_config(), tmp_path, dataset=tiny_dataset())
+  assert stopped.value.exit_code == 130 and stopped.value.signum == signal.SIGINT
+  assert "SIGINT at generator iteration 4 of 8 (seed 3)" in str(stopped.value)
+  assert len(calls) == 2  # nothing ran after the stop
+  with checkpoint.Checkpointer(tmp_path / "checkpoints" / f"seed_{SEED}") as ckpt:
+    assert ckpt.latest_step() == 4
+  assert not (tmp_path / "results.json").exists()
+  assert preemption.requested_signal() is None  # the request ended with the run
+  monkeypatch.undo()
+  resumed = train.train_and_evaluate(_config(), tmp_path, dataset=tiny_dataset())
+  assert resumed["per_seed"][0]["timings"]["stage1_start_iteration"] == 4
+  _assert_same_run(str(tmp_path), straight_run)
+
+
+def test_a_stop_between_checkpoints_saves_an_extra_one(tmp_path, monkeypatch, straight_run):
+  # With checkpoints every 4 iterations a stop after iteration 2 must still
+  # save iteration 2, and the resumed run must call the same chunks.
+  config = tiny_config(seeds=(SEED,), **OVERRIDES, **{"train.checkpoint_every": 4})
+  _stop_during_chunk(monkeypatch, 1, signal.SIGTERM)
+  with pytest.raises(preemption.Interrupted, match="iteration 2 of 8") as stopped:
+    train.train_and_evaluate(config, tmp_path, dataset=tiny_dataset())
+  assert stopped.value.exit_code == 143
+  with checkpoint.Checkpointer(tmp_path / "checkpoints" / f"seed_{SEED}") as ckpt:
+    assert ckpt.all_steps() == [2]
+  monkeypatch.undo()
+  train.train_and_evaluate(config, tmp_path, dataset=tiny_dataset())
+  # checkpoint_every changes only when states are saved, not what is computed.
+  _assert_same_run(str(tmp_path), straight_run)
+
+
+def test_a_stop_after_the_last_chunk_skips_stage_2_until_the_rerun(
+    tmp_path, monkeypatch, straight_run):
+  _stop_during_chunk(monkeypatch, 4, signal.SIGTERM)
+  with pytest.raises(preemption.Interrupted, match="after stage 1 of seed 3"):
+    train.train_and_evaluate(_config(), tmp_path, dataset=tiny_dataset())
+  assert not (tmp_path / f"seed_{SEED}" / "result.json").exists()
+  monkeypatch.undo()
+  train.train_and_evaluate(_config(), tmp_path, dataset=tiny_dataset())
+  _assert_same_run(str(tmp_path), straight_run)
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(),
+                    reason="signal handlers need the main thread")
+def test_signal_handlers_record_the_request_and_restore_the_previous_ones():
+  previous = signal.getsignal(signal.SIGTERM)
+  with preemption.StopOnSignal():
+    with preemption.StopOnSignal():  # nested: one shared request
+      os.kill(os.getpid(), signal.SIGTERM)
+    assert preemption.requested_signal() == signal.SIGTERM
+    assert preemption.should_stop()
+  assert preemption.requested_signal() is None
+  assert signal.getsignal(signal.SIGTERM) is previous
+  with preemption.StopOnSignal():
+    os.kill(os.getpid(), signal.SIGINT)
+    assert preemption.requested_signal() == signal.SIGINT
+    with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C stops at once
+      os.kill(os.getpid(), signal.SIGINT)
+
+
+_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    sys.path.insert(0, {tests!r})
+    from gmn_jax import preemption, train, train_step
+    from experiments import train as binary
+    from test_train_support import tiny_config, tiny_dataset
+
+    # Send a real signal to this process at host call SIGNAL_AT (0: never).
+    real, calls = train_step.jitted_chunk_fn, []
+    def patched(spec, length):
+      fn = real(spec, length)
+      def wrapped(*args):
+        calls.append(length)
+        if len(calls) == int(os.environ["SIGNAL_AT"]):
+          os.kill(os.getpid(), getattr(signal, os.environ["SIGNAL"]))
+        return fn(*args)
+      return wrapped
+    train_step.jitted_chunk_fn = patched
+    config = tiny_config(seeds=({seed},), **{overrides!r})
+    try:
+      train.train_and_evaluate(config, sys.argv[1], dataset=tiny_dataset())
+    except preemption.Interrupted as interrupted:
+      binary.stop(interrupted)
+    """)
+
+
+@pytest.mark.slow  # three fresh processes: about 40 s of CPU, 90 s on a busy machine
+def test_real_sigterm_then_kill_9_then_resume_equals_straight_run(tmp_path, straight_run):
+  script = tmp_path / "run.py"
+  script.write_text(_SCRIPT.format(tests=TESTS, seed=SEED, overrides=OVERRIDES))
+  workdir = tmp_path / "w"
+  # The three processes share compilations through JAX's persistent cache.
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
+
+  def run(signal_name, at):
+    return subprocess.run([sys.executable, str(script), str(workdir)], cwd=REPO,
+                          env=dict(env, SIGNAL=signal_name, SIGNAL_AT=str(at)),
+                          capture_output=True, text=True, timeout=300)
+
+  first = run("SIGTERM", 1)  # during host call 1: stop after iteration 2
+  assert first.returncode == 143, first.stderr[-3000:]
+  lines = [l for l in first.stderr.splitlines() if l.startswith("interrupted:")]
+  assert len(lines) == 1 and "SIGTERM at generator iteration 2 of 8" in lines[0]
+  assert "Traceback" not in first.stderr
+  # Resumed at 2, killed without warning at the start of its second call
+  # (iterations 4-6), while the checkpoint of 4 may still be being written.
+  second = run("SIGKILL", 2)
+  assert second.returncode == -signal.SIGKILL, second.stderr[-3000:]
+  assert not (workdir / "results.json").exists()
+  third = run("SIGTERM", 0)
+  assert third.returncode == 0, third.stderr[-3000:]
+  _assert_same_run(str(workdir), straight_run)
