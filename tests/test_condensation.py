@@ -241,6 +241,19 @@ def test_bad_config_raises_config_error(field, value, message):
     config.validate()
 
 
+def test_default_config_schedules_by_ipc():
+  one = condensation.default_config(1)
+  assert (one.outer_steps, one.match_steps, one.theta_steps) == (500, 1, 0)
+  ten = condensation.default_config(10, image_updates=95, init="noise")
+  assert (ten.ipc, ten.outer_steps, ten.match_steps, ten.theta_steps) == (10, 9, 10, 20)
+  assert ten.init == "noise"
+  assert condensation.default_config(5, image_updates=3).outer_steps == 1
+  with pytest.raises(ConfigError, match="image_updates: expected a positive integer, found 0"):
+    condensation.default_config(5, image_updates=0)
+  with pytest.raises(ConfigError, match="init: expected one of"):
+    condensation.default_config(5, init="zeros")
+
+
 def test_ipc_larger_than_the_smallest_class_is_rejected(data):
   pools, counts = condensation.class_pools(data.train_x, data.train_y)
   with pytest.raises(ConfigError, match=r"condensation ipc: expected at most 1\d\d"):
@@ -253,17 +266,22 @@ def test_ipc_larger_than_the_smallest_class_is_rejected(data):
 ])
 def test_run_comparison_rejects_bad_sizes_before_any_work(data, ipcs, num_sets, message):
   with pytest.raises(ConfigError, match=message):
-    condensation.run_comparison(jax.random.key(0), data, ipcs,
-                                condensation.CondensationConfig(), condensation.EvalConfig(),
+    condensation.run_comparison(jax.random.key(0), data, ipcs, condensation.EvalConfig(),
                                 num_eval=10, num_sets=num_sets)
 
 
-@pytest.mark.parametrize("ipc_flag", ["0", "two"])
-def test_binary_prints_one_line_and_exits_2_on_bad_flags(capsys, ipc_flag):
+@pytest.mark.parametrize("flag_values, message", [
+    (dict(ipc=["0"]), "--ipc: expected comma-separated positive integers, found ['0']"),
+    (dict(ipc=["two"]), "--ipc: expected comma-separated positive integers, found ['two']"),
+    (dict(steps=0), "--steps: expected a positive integer, found 0"),
+    (dict(num_sets=11), "--num_sets: expected 1..--num_eval=10, found 11"),
+    (dict(init="zeros"),
+     "condensation init: expected one of ('real', 'noise'), found 'zeros'"),
+])
+def test_binary_prints_one_line_and_exits_2_on_bad_flags(capsys, flag_values, message):
   flags.FLAGS.mark_as_parsed()
-  with flagsaver.flagsaver(ipc=[ipc_flag]):
+  with flagsaver.flagsaver(**flag_values):
     with pytest.raises(SystemExit) as exit_info:
       condensation.main(["condensation"])
   assert exit_info.value.code == 2
-  err = capsys.readouterr().err
-  assert err == f"--ipc: expected comma-separated positive integers, found ['{ipc_flag}']\n"
+  assert capsys.readouterr().err == message + "\n"
