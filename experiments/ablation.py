@@ -7,7 +7,9 @@ r"""Runs the six rows of the paper's ablation table on one configuration.
 Each method trains and evaluates all of config.seeds in W/<method> (a rerun
 resumes every row, see gmn_jax.train), with the method's own critic (any
 config.critic.conditional override is reset). Writes W/ablation.md: one row
-per variant, mean ± std over seeds of ZSL T1 and GZSL u, s, H, and prints it.
+per variant, mean ± std over seeds of ZSL T1 and GZSL u, s, H, and prints it;
+and W/plots/ablation.png, the same as grouped bars with std error bars
+(`python -m experiments.plot --workdir=W` adds every row's figures).
 Bad input prints one line to stderr and exits with status 2; SIGTERM / SIGINT
 stop at the next checkpoint with status 143 / 130 (rerun to resume).
 """
@@ -21,6 +23,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from gmn_jax import config as gmn_config
+from gmn_jax import plotting
 from gmn_jax import preemption
 from gmn_jax import train
 from gmn_jax.errors import ConfigError
@@ -159,8 +162,12 @@ def main(argv: Sequence[str]) -> None:
   path = os.path.join(_WORKDIR.value, ABLATION_FILE)
   with open(path, "w", encoding="utf-8") as f:
     f.write(table)
+  chart = plotting.plot_ablation_bars(
+      results, os.path.join(_WORKDIR.value, plotting.PLOTS_DIR, "ablation.png"),
+      title=f"Ablation on {config.dataset}: mean ± std over generator seeds")
   print(table)
   print(f"written: {path}")
+  print(f"written: {chart}")
 
 
 if __name__ == "__main__":

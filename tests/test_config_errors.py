@@ -1,72 +1,72 @@
 """Bad configs fail before any compilation, in one line, with exit status 2.
 
-Every case runs the training binary's own flag parser and main function in
-this process (no subprocess) and checks: exit status 2, exactly one line on
-stderr that names the offending field, no traceback, and that JAX compiled
-nothing (so the user waits for no compilation before being told).
+Every case runs the training binary's own flag parser and main function and
+checks: exit status 2, exactly one line on stderr that names the offending
+field, no traceback, and that JAX compiled nothing (so the user waits for no
+compilation before being told). The binaries define absl flags globally
+(experiments.train and experiments.ablation both define --config), so the
+cases run in one helper process that imports experiments.train alone.
 """
 
-import contextlib
-import io
 import json
+import os
+import subprocess
 import sys
+import textwrap
 
-from absl import flags
-import jax
 import pytest
 
-from experiments import train as binary
 from experiments.configs import digits
 from gmn_jax import config_utils
 from gmn_jax import train
 from test_train_support import tiny_config
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS = "--config=experiments/configs/digits.py"
 
-_compilations = []
-_recording = []
+# Runs each case (a list of arguments) through parse_flags and main, and
+# counts JAX compilations meanwhile.
+_DRIVER = textwrap.dedent("""
+    import contextlib, io, json, sys
+    cases_path, outcomes_path = sys.argv[1:3]
+    from absl import flags
+    import jax
+    from experiments import train as binary
 
+    compilations, recording = [], []
+    def on_event(name, *args, **kwargs):
+      if recording and "/compile/" in name:
+        compilations.append(name)
+    jax.monitoring.register_event_duration_secs_listener(on_event)
 
-def _on_event(name, *args, **kwargs):  # pylint: disable=unused-argument
-  if _recording and "/compile/" in name:
-    _compilations.append(name)
+    def run(args):
+      argv = ["train", *args]
+      sys.argv = argv  # config_flags reads the overrides from sys.argv
+      for name in [n for n in flags.FLAGS if n.startswith("config.")]:
+        delattr(flags.FLAGS, name)  # one flag per overridden field: forget them
+      flags.FLAGS.unparse_flags()
+      stderr, code = io.StringIO(), 0
+      compilations.clear()
+      recording.append(True)
+      try:
+        with contextlib.redirect_stderr(stderr):
+          binary.main(binary.parse_flags(argv))
+      except SystemExit as exit_:
+        code = exit_.code
+      finally:
+        recording.clear()
+      return {"code": code, "stderr": stderr.getvalue(), "compiles": len(compilations)}
 
+    recording.append(True)
+    jax.jit(lambda x: x * 7 - 2)(3.0)  # the probe must see a compilation
+    recording.clear()
+    out = {"probe": len(compilations)}
+    cases = json.load(open(cases_path))
+    out.update({key: run(args) for key, args in cases.items()})
+    json.dump(out, open(outcomes_path, "w"))
+    """)
 
-jax.monitoring.register_event_duration_secs_listener(_on_event)
-
-
-def run_binary(*args, monkeypatch):
-  """Runs experiments.train's parser and main; returns (exit code, stderr, #compiles)."""
-  argv = ["train", *args]
-  # config_flags reads the overrides from sys.argv and defines one flag per
-  # overridden field; forget those of the previous case.
-  monkeypatch.setattr(sys, "argv", argv)
-  for name in [n for n in flags.FLAGS if n.startswith("config.")]:
-    delattr(flags.FLAGS, name)
-  flags.FLAGS.unparse_flags()
-  stderr = io.StringIO()
-  _compilations.clear()
-  _recording.append(True)
-  code = 0
-  try:
-    with contextlib.redirect_stderr(stderr):
-      binary.main(binary.parse_flags(argv))
-  except SystemExit as exit_:
-    code = exit_.code
-  finally:
-    _recording.clear()
-  return code, stderr.getvalue(), len(_compilations)
-
-
-def test_the_compilation_probe_sees_compilations():
-  _compilations.clear()
-  _recording.append(True)
-  jax.jit(lambda x: x * 7 - 2)(3.0)
-  _recording.clear()
-  assert _compilations
-
-
-@pytest.mark.parametrize("override, needle", [
+BAD_OVERRIDES = [
     # Unknown or mistyped keys, with the closest known field suggested.
     ("--config.gm.wieght=1", "config.gm.wieght is not a known field (did you mean "
                              "config.gm.weight?)"),
@@ -90,59 +90,85 @@ def test_the_compilation_probe_sees_compilations():
     ("--config.gm.num_classes=50", "config.gm.num_classes: expected at most the 7 seen "
                                    "classes, found 50"),
     ("--config.data_dir=/no/such/dir", "config.data_dir: expected an existing directory"),
-])
-def test_bad_config_fails_in_one_line_before_compiling(override, needle, tmp_path,
-                                                       monkeypatch):
-  code, stderr, compiles = run_binary(DIGITS, override, f"--workdir={tmp_path}",
-                                      monkeypatch=monkeypatch)
-  assert code == 2, stderr
-  assert stderr.count("\n") == 1 and stderr.startswith("error: "), stderr
-  assert needle in stderr and "Traceback" not in stderr
-  assert compiles == 0
-  assert not (tmp_path / "config.json").exists()  # nothing was written
-
-
-def test_every_problem_is_named_in_the_one_line(tmp_path, monkeypatch):
-  code, stderr, _ = run_binary(DIGITS, "--config.train.batch_size=-3",
-                               "--config.eval.momentum=1.5", f"--workdir={tmp_path}",
-                               monkeypatch=monkeypatch)
-  assert code == 2
-  assert "config.train.batch_size" in stderr and "config.eval.momentum" in stderr
-  assert stderr.count("\n") == 1
-
-
-@pytest.mark.parametrize("args, needle", [
+]
+BAD_COMMAND_LINES = [
     ([DIGITS], "--workdir"),
     (["--workdir=/tmp/x"], "--config"),
     (["--config=experiments/configs/nope.py", "--workdir=/tmp/x"], "nope.py"),
     ([DIGITS, "--workdir=/tmp/x", "extra"], "expected only flags"),
     ([DIGITS, "--workdir=/tmp/x", "--calibration_gamma_from=/no/such/run"], "results.json"),
-])
-def test_bad_command_lines_fail_in_one_line(args, needle, monkeypatch):
-  code, stderr, compiles = run_binary(*args, monkeypatch=monkeypatch)
-  assert code == 2 and stderr.count("\n") == 1 and needle in stderr, stderr
-  assert compiles == 0
+]
 
 
-def test_a_workdir_that_is_a_file_is_refused(tmp_path, monkeypatch):
-  target = tmp_path / "file"
-  target.write_text("x")
-  code, stderr, compiles = run_binary(DIGITS, f"--workdir={target}", monkeypatch=monkeypatch)
-  assert code == 2 and "a directory (the workdir)" in stderr and compiles == 0
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory):
+  """{case: {"code", "stderr", "compiles"}} of every case, run in one process."""
+  base = tmp_path_factory.mktemp("config_errors")
+  cases = {f"override{i}": [DIGITS, override, f"--workdir={base / f'o{i}'}"]
+           for i, (override, _) in enumerate(BAD_OVERRIDES)}
+  cases.update({f"command{i}": args for i, (args, _) in enumerate(BAD_COMMAND_LINES)})
+  cases["two_problems"] = [DIGITS, "--config.train.batch_size=-3", "--config.eval.momentum=1.5",
+                           f"--workdir={base / 'two'}"]
+  (base / "file").write_text("x")
+  cases["workdir_is_a_file"] = [DIGITS, f"--workdir={base / 'file'}"]
+  other = base / "other"
+  train.prepare_workdir(digits.get_config(), str(other))  # seeds (1, 67, 99)
+  cases["other_config"] = [DIGITS, "--config.gm.weight=5.0", "--config.seeds=(1,)",
+                           f"--workdir={other}"]
+  (base / "cases.json").write_text(json.dumps(cases))
+  (base / "driver.py").write_text(_DRIVER)
+  result = subprocess.run(
+      [sys.executable, str(base / "driver.py"), str(base / "cases.json"),
+       str(base / "outcomes.json")], cwd=REPO, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert result.returncode == 0, result.stderr[-3000:]
+  return base, json.loads((base / "outcomes.json").read_text())
 
 
-def test_a_workdir_of_another_config_is_refused_with_the_differing_fields(tmp_path,
-                                                                          monkeypatch):
-  config = digits.get_config()  # seeds (1, 67, 99)
-  train.prepare_workdir(config, str(tmp_path))
-  before = (tmp_path / "config.json").read_text()
-  code, stderr, compiles = run_binary(DIGITS, "--config.gm.weight=5.0", "--config.seeds=(1,)",
-                                      f"--workdir={tmp_path}", monkeypatch=monkeypatch)
-  assert code == 2 and compiles == 0 and stderr.count("\n") == 1
-  assert f"gm.weight: {json.dumps(config.gm.weight)} -> 5.0" in stderr
-  assert "seeds: [1, 67, 99] -> [1]" in stderr
-  assert "--overwrite" in stderr
-  assert (tmp_path / "config.json").read_text() == before  # untouched
+def assert_one_line_exit_2(outcome, needle):
+  assert outcome["code"] == 2, outcome
+  stderr = outcome["stderr"]
+  assert stderr.count("\n") == 1 and stderr.startswith("error: "), stderr
+  assert needle in stderr and "Traceback" not in stderr, stderr
+  assert outcome["compiles"] == 0
+
+
+def test_the_compilation_probe_sees_compilations(outcomes):
+  assert outcomes[1]["probe"] > 0
+
+
+@pytest.mark.parametrize("index", range(len(BAD_OVERRIDES)),
+                         ids=[o.split("=")[0][2:] for o, _ in BAD_OVERRIDES])
+def test_bad_config_fails_in_one_line_before_compiling(outcomes, index):
+  base, results = outcomes
+  assert_one_line_exit_2(results[f"override{index}"], BAD_OVERRIDES[index][1])
+  assert not (base / f"o{index}").exists()  # nothing was written
+
+
+def test_every_problem_is_named_in_the_one_line(outcomes):
+  outcome = outcomes[1]["two_problems"]
+  assert_one_line_exit_2(outcome, "config.train.batch_size")
+  assert "config.eval.momentum" in outcome["stderr"]
+
+
+@pytest.mark.parametrize("index", range(len(BAD_COMMAND_LINES)))
+def test_bad_command_lines_fail_in_one_line(outcomes, index):
+  assert_one_line_exit_2(outcomes[1][f"command{index}"], BAD_COMMAND_LINES[index][1])
+
+
+def test_a_workdir_that_is_a_file_is_refused(outcomes):
+  assert_one_line_exit_2(outcomes[1]["workdir_is_a_file"], "a directory (the workdir)")
+
+
+def test_a_workdir_of_another_config_is_refused_with_the_differing_fields(outcomes):
+  base, results = outcomes
+  outcome = results["other_config"]
+  weight = json.dumps(digits.get_config().gm.weight)
+  assert_one_line_exit_2(outcome, f"gm.weight: {weight} -> 5.0")
+  assert "seeds: [1, 67, 99] -> [1]" in outcome["stderr"]
+  assert "--overwrite" in outcome["stderr"]
+  stored = json.loads((base / "other" / "config.json").read_text())
+  assert stored == config_utils.config_fingerprint(digits.get_config())  # untouched
 
 
 def test_fields_that_only_change_reporting_may_differ_on_resume(tmp_path):

@@ -1,0 +1,52 @@
+r"""Draws the figures of a finished (or running) training workdir as PNGs.
+
+  python -m experiments.plot --workdir=/tmp/gmn_digits
+
+Writes W/plots/: training.png (stage 1 scalars: critic Wasserstein
+estimate, GM loss, generator loss, ...), evaluation.png (GZSL u, s, H and
+ZSL T1 per final-classifier epoch), seen_unseen.png (calibrated stacking's
+seen-unseen curves with their AUSUC) and projection_seed_<s>.png (PCA and
+t-SNE of real vs generated features of a few unseen classes). For an
+ablation workdir (experiments.ablation) it writes W/plots/ablation.png and
+each row's figures. Figures whose inputs do not exist yet are skipped with a
+note. A missing workdir prints one line to stderr and exits with status 2.
+"""
+
+import sys
+from typing import Sequence
+
+from absl import app
+from absl import flags
+
+from gmn_jax import plotting
+from gmn_jax.errors import GMNError
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "The run's (or ablation's) workdir.")
+_PROJECTIONS = flags.DEFINE_list("projections", ["pca", "tsne"],
+                                 "2-D projections of the feature figure (pca, tsne).")
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    print(f"error: command line: expected only flags, found {' '.join(argv[1:])}",
+          file=sys.stderr)
+    sys.exit(2)
+  try:
+    if not _WORKDIR.value:
+      raise plotting.errors.ConfigError("--workdir: expected a run's directory, found nothing")
+    unknown = [p for p in _PROJECTIONS.value if p not in ("pca", "tsne")]
+    if unknown:
+      raise plotting.errors.ConfigError(
+          f"--projections: expected names among pca, tsne, found {unknown}")
+    written, skipped = plotting.plot_workdir(_WORKDIR.value, projections=_PROJECTIONS.value)
+  except GMNError as error:
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
+  for path in written:
+    print(f"written: {path}")
+  for note in skipped:
+    print(f"skipped: {note}")
+
+
+if __name__ == "__main__":
+  app.run(main)

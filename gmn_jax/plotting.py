@@ -1,0 +1,420 @@
+"""PNG figures of a run: training and evaluation curves, GZSL calibration, features.
+
+Each `plot_*` function takes plain Python data (what the run files hold) and
+writes one PNG; `plot_workdir` reads a workdir written by
+`gmn_jax.train.train_and_evaluate` and draws every figure its files allow.
+Matplotlib is used through its object API with the Agg canvas, so importing
+this module changes no global backend and needs no display.
+
+Workdir inputs (see gmn_jax.train):
+  seed_<s>/metrics.jsonl       stage 1 scalars ("train/<name>") per log step
+  seed_<s>/eval/metrics.jsonl  stage 2 metrics ("eval/<name>") per epoch
+  seed_<s>/result.json         the seed's metrics and seen-unseen curves
+  seed_<s>/samples.npz         real and generated unseen features
+"""
+
+import glob
+import json
+import os
+import re
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+import numpy as np
+
+from gmn_jax import errors
+from gmn_jax import metric_writers
+
+PLOTS_DIR = "plots"
+METRIC_LABELS = {"zsl_t1": "ZSL T1", "gzsl_u": "GZSL u", "gzsl_s": "GZSL s",
+                 "gzsl_h": "GZSL H", "ausuc": "AUSUC",
+                 "oracle_calibrated_gzsl_h": "H cal. (oracle)",
+                 "calibrated_gzsl_h": "H cal."}
+# Training scalars drawn first, when present; any other "train/" key follows.
+PREFERRED_TRAINING_KEYS = ("wasserstein", "gm_loss", "generator_loss", "critic_loss",
+                           "adversarial_loss", "cls_loss", "gradient_penalty")
+EVAL_KEYS = ("gzsl_u", "gzsl_s", "gzsl_h", "zsl_t1")
+
+
+def _save(figure: Figure, path: str) -> str:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  FigureCanvasAgg(figure)
+  figure.savefig(path, dpi=110)
+  return path
+
+
+def _grid(count: int, columns: int = 3) -> Tuple[int, int]:
+  columns = max(1, min(columns, count))
+  return -(-count // columns), columns
+
+
+def _ordered_keys(keys) -> List[str]:
+  keys = set(keys)
+  first = [k for k in PREFERRED_TRAINING_KEYS if k in keys]
+  return first + sorted(keys - set(first))
+
+
+def plot_training_curves(records_by_seed: Mapping[Any, Sequence[Mapping[str, Any]]],
+                         path: str, *, prefix: str = "train/") -> str:
+  """One panel per training scalar, one line per seed, against the step.
+
+  Args:
+    records_by_seed: {seed: metrics.jsonl records}; keys starting with
+      `prefix` are drawn (e.g. "train/wasserstein", the critic's estimate of
+      the Wasserstein distance).
+    path: the PNG file.
+    prefix: which keys are training scalars.
+
+  Returns:
+    `path`.
+
+  Raises:
+    DataError: when no record holds a key with the prefix.
+  """
+  keys = {k[len(prefix):] for records in records_by_seed.values() for r in records
+          for k in r if k.startswith(prefix)}
+  if not keys:
+    raise errors.DataError(path, None, f"records with '{prefix}*' scalars", "none")
+  names = _ordered_keys(keys)
+  rows, columns = _grid(len(names))
+  figure = Figure(figsize=(4.2 * columns, 3.0 * rows), layout="constrained")
+  for index, name in enumerate(names):
+    axes = figure.add_subplot(rows, columns, index + 1)
+    for seed, records in records_by_seed.items():
+      points = [(r["step"], r[prefix + name]) for r in records if prefix + name in r]
+      if points:
+        steps, values = zip(*points)
+        axes.plot(steps, values, label=f"seed {seed}", linewidth=1.2)
+    axes.set_title(name)
+    axes.set_xlabel("generator iteration")
+    axes.grid(alpha=0.3)
+    if index == 0 and len(records_by_seed) > 1:
+      axes.legend(fontsize="small")
+  figure.suptitle("Stage 1: training scalars (means over each logging window)")
+  return _save(figure, path)
+
+
+def plot_evaluation_curves(curves_by_seed: Mapping[Any, Mapping[str, Sequence[float]]],
+                           path: str) -> str:
+  """GZSL u, s, H and ZSL T1 of the final classifier after every epoch.
+
+  Args:
+    curves_by_seed: {seed: {metric name: per-epoch values}} (percent).
+    path: the PNG file.
+
+  Returns:
+    `path`.
+
+  Raises:
+    DataError: when no seed has any of the metrics.
+  """
+  names = [n for n in EVAL_KEYS if any(n in c for c in curves_by_seed.values())]
+  if not names:
+    raise errors.DataError(path, None, f"per-epoch curves of {EVAL_KEYS}", "none")
+  rows, columns = _grid(len(names), 2)
+  figure = Figure(figsize=(4.6 * columns, 3.2 * rows), layout="constrained")
+  for index, name in enumerate(names):
+    axes = figure.add_subplot(rows, columns, index + 1)
+    for seed, curves in curves_by_seed.items():
+      if name in curves:
+        values = np.asarray(curves[name], np.float64)
+        axes.plot(np.arange(1, values.size + 1), values, label=f"seed {seed}")
+    axes.set_title(METRIC_LABELS.get(name, name))
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("accuracy (%)")
+    axes.grid(alpha=0.3)
+    if index == 0 and len(curves_by_seed) > 1:
+      axes.legend(fontsize="small")
+  figure.suptitle("Stage 2: final classifier, per-class mean top-1 per epoch")
+  return _save(figure, path)
+
+
+def plot_seen_unseen_curves(seed_results: Sequence[Mapping[str, Any]], path: str) -> str:
+  """The seen-unseen accuracy curves of calibrated stacking, with their AUSUC.
+
+  Args:
+    seed_results: per generator seed, a dict with "seed",
+      "seen_unseen_curves" (a list of {"unseen": [...], "seen": [...]}, one
+      per classifier seed) and optionally "metrics" ("ausuc", "gzsl_u",
+      "gzsl_s", "oracle_calibrated_gzsl_u"/"_s"), as in seed_<s>/result.json.
+    path: the PNG file.
+
+  Returns:
+    `path`.
+
+  Raises:
+    DataError: when no seed has a curve.
+  """
+  usable = [r for r in seed_results if r.get("seen_unseen_curves")]
+  if not usable:
+    raise errors.DataError(path, None, "seed results with seen_unseen_curves", "none")
+  figure = Figure(figsize=(6.0, 5.4), layout="constrained")
+  axes = figure.add_subplot(1, 1, 1)
+  colours = [f"C{i % 10}" for i in range(len(usable))]
+  ausucs = []
+  for colour, result in zip(colours, usable):
+    curves = result["seen_unseen_curves"]
+    areas = [_area(c["unseen"], c["seen"]) for c in curves]
+    ausucs.extend(areas)
+    label = (f"seed {result.get('seed', '?')}: AUSUC {np.mean(areas):.1f}"
+             + (f" ± {np.std(areas):.1f}" if len(areas) > 1 else ""))
+    for i, curve in enumerate(curves):
+      axes.plot(curve["unseen"], curve["seen"], color=colour, alpha=0.8 if i == 0 else 0.35,
+                linewidth=1.3, label=label if i == 0 else None)
+    values = result.get("metrics", {})
+    if "gzsl_u" in values and "gzsl_s" in values:
+      axes.plot(values["gzsl_u"], values["gzsl_s"], "o", color=colour, markersize=6)
+    if "oracle_calibrated_gzsl_u" in values:
+      axes.plot(values["oracle_calibrated_gzsl_u"], values["oracle_calibrated_gzsl_s"], "*",
+                color=colour, markersize=11)
+  axes.plot([], [], "o", color="0.3", label="no calibration (gamma = 0)")
+  axes.plot([], [], "*", color="0.3", markersize=11, label="best H (oracle gamma)")
+  axes.set_xlim(0, 100)
+  axes.set_ylim(0, 100)
+  axes.set_xlabel("unseen accuracy u (%)")
+  axes.set_ylabel("seen accuracy s (%)")
+  axes.grid(alpha=0.3)
+  axes.legend(fontsize="small", loc="upper right")
+  axes.set_title(f"Calibrated stacking: AUSUC {np.mean(ausucs):.1f} "
+                 f"(mean over {len(ausucs)} classifiers)")
+  return _save(figure, path)
+
+
+def _area(unseen, seen) -> float:
+  """Trapezoid area under seen(unseen) in percent of the unit square."""
+  u = np.asarray(unseen, np.float64) / 100.0
+  s = np.asarray(seen, np.float64) / 100.0
+  return float(100.0 * np.sum(np.diff(u) * (s[1:] + s[:-1]) / 2.0))
+
+
+def project_features(features, method: str, *, seed: int = 0) -> np.ndarray:
+  """A 2-D embedding of feature rows (PCA or t-SNE, scikit-learn).
+
+  Args:
+    features: (N, D) rows; real and generated rows are projected together
+      so that both live in the same coordinates.
+    method: "pca" or "tsne".
+    seed: the random state of t-SNE.
+
+  Returns:
+    (N, 2) float coordinates.
+
+  Raises:
+    ConfigError: for an unknown method.
+  """
+  # pylint: disable=g-import-not-at-top
+  from sklearn.decomposition import PCA
+  from sklearn.manifold import TSNE
+  features = np.asarray(features, np.float64)
+  if method == "pca":
+    return PCA(n_components=2).fit_transform(features)
+  if method == "tsne":
+    perplexity = float(min(30.0, max(2.0, (features.shape[0] - 1) / 3.0)))
+    return TSNE(n_components=2, perplexity=perplexity, init="pca",
+                random_state=seed).fit_transform(features)
+  raise errors.ConfigError(f"projection method: expected 'pca' or 'tsne', found {method!r}")
+
+
+def plot_feature_projections(samples: Mapping[str, np.ndarray], path: str, *,
+                             methods: Sequence[str] = ("pca", "tsne"),
+                             title: str = "") -> str:
+  """Real versus generated features of a few unseen classes, in 2-D.
+
+  Args:
+    samples: the arrays of a samples.npz: real_features, real_labels,
+      generated_features, generated_labels, class_ids and optionally
+      class_names.
+    path: the PNG file.
+    methods: projections, one panel each ("pca", "tsne").
+    title: an optional figure title.
+
+  Returns:
+    `path`.
+  """
+  real = np.asarray(samples["real_features"])
+  fake = np.asarray(samples["generated_features"])
+  labels = np.concatenate([samples["real_labels"], samples["generated_labels"]])
+  is_real = np.arange(labels.size) < real.shape[0]
+  class_ids = list(np.asarray(samples["class_ids"]))
+  names = (list(np.asarray(samples["class_names"])) if "class_names" in samples
+           else [str(c) for c in class_ids])
+  figure = Figure(figsize=(5.2 * len(methods), 4.8), layout="constrained")
+  stacked = np.concatenate([real, fake])
+  for index, method in enumerate(methods):
+    axes = figure.add_subplot(1, len(methods), index + 1)
+    points = project_features(stacked, method)
+    for k, (class_id, name) in enumerate(zip(class_ids, names)):
+      colour = f"C{k % 10}"
+      rows = labels == class_id
+      axes.scatter(*points[rows & is_real].T, s=12, color=colour, marker="o", alpha=0.6,
+                   label=f"{name} real")
+      axes.scatter(*points[rows & ~is_real].T, s=16, color=colour, marker="x", alpha=0.8,
+                   label=f"{name} generated")
+    axes.set_title({"pca": "PCA", "tsne": "t-SNE"}.get(method, method))
+    axes.set_xticks([])
+    axes.set_yticks([])
+    if index == len(methods) - 1:
+      axes.legend(fontsize="x-small", loc="center left", bbox_to_anchor=(1.0, 0.5))
+  figure.suptitle(title or "Unseen classes: real (o) vs generated (x) features")
+  return _save(figure, path)
+
+
+def plot_ablation_bars(rows: Sequence[Mapping[str, Any]], path: str, *,
+                       metric_names: Optional[Sequence[str]] = None,
+                       title: str = "") -> str:
+  """The ablation table as grouped bars: mean ± std per variant and metric.
+
+  Args:
+    rows: results.json dicts (one per variant) with "method", optionally
+      "paper_row", and "metrics": {name: {"mean", "std", ...}}.
+    path: the PNG file.
+    metric_names: the metrics (groups) to draw; default ZSL T1, GZSL u, s,
+      H, and AUSUC when every row has it.
+    title: an optional title.
+
+  Returns:
+    `path`.
+
+  Raises:
+    DataError: when `rows` is empty or a row lacks a requested metric.
+  """
+  if not rows:
+    raise errors.DataError(path, None, "at least one ablation row", "none")
+  if metric_names is None:
+    metric_names = ["zsl_t1", "gzsl_u", "gzsl_s", "gzsl_h"]
+    if all("ausuc" in r["metrics"] for r in rows):
+      metric_names.append("ausuc")
+  for row in rows:
+    missing = [m for m in metric_names if m not in row["metrics"]]
+    if missing:
+      raise errors.DataError(path, row.get("method"), f"metrics {list(metric_names)}",
+                             f"missing {missing}")
+  width = 0.8 / len(rows)
+  positions = np.arange(len(metric_names))
+  figure = Figure(figsize=(max(6.0, 1.6 * len(metric_names) + 0.25 * len(rows)), 4.6),
+                  layout="constrained")
+  axes = figure.add_subplot(1, 1, 1)
+  for k, row in enumerate(rows):
+    means = [row["metrics"][m]["mean"] for m in metric_names]
+    stds = [row["metrics"][m].get("std", 0.0) for m in metric_names]
+    label = row.get("paper_row") or row["method"]
+    axes.bar(positions + (k - (len(rows) - 1) / 2) * width, means, width, yerr=stds,
+             capsize=2, label=label, color=f"C{k % 10}")
+  axes.set_xticks(positions, [METRIC_LABELS.get(m, m) for m in metric_names])
+  axes.set_ylabel("accuracy / area (%)")
+  axes.set_ylim(0, 100)
+  axes.grid(axis="y", alpha=0.3)
+  axes.legend(fontsize="small", ncols=2)
+  axes.set_title(title or "Ablation: mean ± std over generator seeds")
+  return _save(figure, path)
+
+
+# --------------------------------------------------------------------------
+# A whole workdir.
+
+
+def _seed_dirs(workdir: str) -> List[Tuple[int, str]]:
+  found = []
+  for path in glob.glob(os.path.join(workdir, "seed_*")):
+    match = re.fullmatch(r"seed_(-?\d+)", os.path.basename(path))
+    if match and os.path.isdir(path):
+      found.append((int(match.group(1)), path))
+  return sorted(found)
+
+
+def _read_json(path: str) -> Any:
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except (OSError, ValueError) as error:
+    raise errors.DataError(path, None, "a readable JSON file", type(error).__name__) from error
+
+
+def plot_workdir(workdir, *, out_dir: Optional[str] = None,
+                 projections: Sequence[str] = ("pca", "tsne")
+                 ) -> Tuple[List[str], List[str]]:
+  """Draws every figure the files of a run's workdir allow.
+
+  Figures (in `out_dir`, default workdir/plots): training.png,
+  evaluation.png, seen_unseen.png, projection_seed_<s>.png. For an ablation
+  workdir (rows in sub-directories with results.json) also ablation.png,
+  and each row's figures in its own plots/ directory.
+
+  Args:
+    workdir: the run's directory.
+    out_dir: where the PNGs go.
+    projections: the 2-D projections of the feature figure.
+
+  Returns:
+    (written PNG paths, notes on figures that were skipped and why).
+
+  Raises:
+    DataError: when workdir is not a directory.
+  """
+  workdir = os.fspath(workdir)
+  if not os.path.isdir(workdir):
+    raise errors.DataError(workdir, None, "a run's workdir", "no such directory")
+  out_dir = out_dir or os.path.join(workdir, PLOTS_DIR)
+  written, skipped = [], []
+  rows = sorted(d for d in glob.glob(os.path.join(workdir, "*", "results.json")))
+  if rows and not os.path.isfile(os.path.join(workdir, "results.json")):
+    results = [_read_json(p) for p in rows]
+    written.append(plot_ablation_bars(results, os.path.join(out_dir, "ablation.png")))
+    for row_path in rows:
+      row_written, row_skipped = plot_workdir(os.path.dirname(row_path),
+                                              projections=projections)
+      written += row_written
+      skipped += row_skipped
+    return written, skipped
+  seeds = _seed_dirs(workdir)
+  if not seeds:
+    return written, [f"{workdir}: no seed_<s> directories yet; nothing to plot"]
+
+  training = {}
+  for seed, path in seeds:
+    file = os.path.join(path, metric_writers.METRICS_FILE)
+    if os.path.isfile(file):
+      training[seed] = metric_writers.read_jsonl(file)
+  target = os.path.join(out_dir, "training.png")
+  if any(any(k.startswith("train/") for r in recs for k in r) for recs in training.values()):
+    written.append(plot_training_curves(training, target))
+  else:
+    skipped.append(f"{target}: no stage 1 metrics (seed_<s>/metrics.jsonl; real_only "
+                   "runs train no generator)")
+
+  curves = {}
+  for seed, path in seeds:
+    file = os.path.join(path, "eval", metric_writers.METRICS_FILE)
+    if os.path.isfile(file):
+      records = metric_writers.read_jsonl(file)
+      curves[seed] = {name: [r[f"eval/{name}"] for r in records if f"eval/{name}" in r]
+                      for name in EVAL_KEYS}
+  target = os.path.join(out_dir, "evaluation.png")
+  if curves:
+    written.append(plot_evaluation_curves(curves, target))
+  else:
+    skipped.append(f"{target}: no finished stage 2 yet (seed_<s>/eval/metrics.jsonl)")
+
+  seed_results = [_read_json(os.path.join(p, "result.json")) for _, p in seeds
+                  if os.path.isfile(os.path.join(p, "result.json"))]
+  target = os.path.join(out_dir, "seen_unseen.png")
+  if any(r.get("seen_unseen_curves") for r in seed_results):
+    written.append(plot_seen_unseen_curves(seed_results, target))
+  else:
+    skipped.append(f"{target}: no seed result with seen_unseen_curves yet "
+                   "(seed_<s>/result.json)")
+
+  for seed, path in seeds:
+    file = os.path.join(path, "samples.npz")
+    target = os.path.join(out_dir, f"projection_seed_{seed}.png")
+    if os.path.isfile(file):
+      with np.load(file) as samples:
+        written.append(plot_feature_projections(
+            dict(samples), target, methods=projections,
+            title=f"Seed {seed}: unseen classes, real (o) vs generated (x) features"))
+    else:
+      skipped.append(f"{target}: missing {file} (written at the end of stage 2; "
+                     "real_only runs have no generator)")
+  return written, skipped
+
