@@ -201,3 +201,47 @@ def test_real_sigterm_then_kill_9_then_resume_equals_straight_run(tmp_path, stra
   third = run("SIGTERM", 0)
   assert third.returncode == 0, third.stderr[-3000:]
   _assert_same_run(str(workdir), straight_run)
+
+
+# --------------------------------------------------------------------------
+# A calibration gamma from a validation run (same tiny programs as above).
+
+
+def test_a_validation_gamma_adds_honest_calibrated_metrics(tmp_path, straight_run):
+  validation = tmp_path / "validation"
+  validation.mkdir()
+  (validation / "results.json").write_text(json.dumps({
+      "config": {"split": "validation"},
+      "metrics": {"oracle_calibration_gamma": {"mean": 0.25, "std": 0.1,
+                                               "per_seed": [0.15, 0.35]}}}))
+  gamma = train.calibration_gamma_from(validation)
+  assert gamma == 0.25
+  results = train.train_and_evaluate(_config(), tmp_path / "run", dataset=tiny_dataset(),
+                                     calibration_gamma=gamma)
+  straight = json.loads(open(os.path.join(straight_run, "results.json")).read())
+  for name in ("gzsl_h", "ausuc", "oracle_calibrated_gzsl_h"):
+    assert results["metrics"][name] == straight["metrics"][name]  # unchanged
+  assert results["metrics"]["calibration_gamma"]["mean"] == 0.25
+  assert "calibrated_gzsl_h" not in straight["metrics"]
+  # Never above the oracle, which picks the best gamma on these very labels.
+  for got, best in zip(results["per_seed"][0]["classifier_seeds"]["calibrated_gzsl_h"],
+                       results["per_seed"][0]["classifier_seeds"]["oracle_calibrated_gzsl_h"]):
+    assert got <= best + 1e-6
+  assert "H cal." in train.format_results_table(results)
+  # Finished seeds evaluated with another gamma are not mixed with new ones.
+  with pytest.raises(train.errors.ConfigError, match="calibration gamma 0.25"):
+    train.train_and_evaluate(_config(), tmp_path / "run", dataset=tiny_dataset(),
+                             calibration_gamma=0.5)
+
+
+@pytest.mark.parametrize("content, error, needle", [
+    ({"config": {"split": "test"}, "metrics": {"oracle_calibration_gamma": {"mean": 1.0}}},
+     "ConfigError", "test-set selection"),
+    ({"config": {"split": "validation"}, "metrics": {}}, "DataError", "older version"),
+    (None, "DataError", "no such file"),
+])
+def test_calibration_gamma_from_refuses_other_runs(tmp_path, content, error, needle):
+  if content is not None:
+    (tmp_path / "results.json").write_text(json.dumps(content))
+  with pytest.raises(getattr(train.errors, error), match=needle):
+    train.calibration_gamma_from(tmp_path)
