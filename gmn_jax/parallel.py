@@ -264,6 +264,19 @@ def initialize_multihost(enabled: Optional[bool] = None, *,
   return True
 
 
+def sync_processes(name: str) -> None:
+  """Waits until every process of a multi-host run reaches this point.
+
+  A no-op in a single-process run.
+
+  Args:
+    name: a label, the same in every process.
+  """
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)
+
+
 def is_primary() -> bool:
   """Whether this process writes logs, summaries, checkpoints and results.
 

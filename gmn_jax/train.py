@@ -52,6 +52,7 @@ from gmn_jax import evaluate
 from gmn_jax import metric_writers
 from gmn_jax import metrics as gmn_metrics
 from gmn_jax import models
+from gmn_jax import parallel
 from gmn_jax import preemption
 from gmn_jax import progress
 from gmn_jax import train_state
@@ -117,8 +118,11 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, *,
   """
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise errors.DataError(workdir, None, "a directory (the workdir)", "a file")
-  if overwrite:
+  if overwrite and parallel.is_primary():
     _remove_outputs(workdir)
+  # In a multi-host run the others check config.json only after process 0 has
+  # removed the old outputs.
+  parallel.sync_processes("gmn_prepare_workdir")
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, CONFIG_FILE)
   fingerprint = config_utils.config_fingerprint(config)
@@ -130,7 +134,8 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, *,
           f"{path}: this workdir was written with a different config (differing fields: "
           f"{'; '.join(differences)}); use the same config to resume, --overwrite to start "
           "afresh, or another --workdir")
-  metric_writers.write_json_atomic(path, fingerprint)
+  if parallel.is_primary():
+    metric_writers.write_json_atomic(path, fingerprint)
 
 
 def _remove_outputs(workdir: str) -> None:
@@ -381,7 +386,8 @@ def _stop_if_requested(where: str) -> None:
 
 
 def run_seed(config: ml_collections.ConfigDict, dataset: ZSLDataset, seed: int,
-             workdir: str, *, calibration_gamma: Optional[float] = None) -> Dict[str, Any]:
+             workdir: str, *, calibration_gamma: Optional[float] = None,
+             stage1: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
   """Both stages for one generator seed; returns (and saves) its result.
 
   Args:
@@ -391,6 +397,9 @@ def run_seed(config: ml_collections.ConfigDict, dataset: ZSLDataset, seed: int,
     workdir: the run's directory.
     calibration_gamma: a calibrated-stacking gamma chosen on a validation
       split, or None (see `evaluate.evaluate_generator`).
+    stage1: this seed's stage-1 result when it was trained already (with
+      other seeds or over a mesh, `parallel_train.train_generators`); None
+      trains it here.
 
   Returns:
     {"seed", "metrics": {name: mean over classifier seeds of the last epoch},
@@ -405,7 +414,7 @@ def run_seed(config: ml_collections.ConfigDict, dataset: ZSLDataset, seed: int,
   _, _, eval_key = _seed_keys(seed)
   timings = {}
   sample_fn = None
-  if variant.uses_generator:
+  if variant.uses_generator and stage1 is None:
     spec = train_state.make_train_spec(config, dataset)
     data = train_state.make_train_data(dataset, spec)
     stage1 = train_generator(
@@ -414,6 +423,7 @@ def run_seed(config: ml_collections.ConfigDict, dataset: ZSLDataset, seed: int,
         checkpoint_every=config.train.checkpoint_every, log_every=config.train.log_every,
         checkpoint_dir=os.path.join(workdir, CHECKPOINT_DIR, f"seed_{seed}"),
         metrics_dir=_seed_dir(workdir, seed))
+  if variant.uses_generator:
     timings.update(stage1_s=stage1["seconds"], stage1_start_iteration=stage1["start_iteration"],
                    ms_per_iteration=stage1["ms_per_iteration"],
                    stage1_first_call_s=stage1["first_call_s"])
@@ -426,10 +436,11 @@ def run_seed(config: ml_collections.ConfigDict, dataset: ZSLDataset, seed: int,
   names = METRIC_NAMES + tuple(n for n in CALIBRATION_METRIC_NAMES if n in result.last)
   curves = {name: np.mean(values, axis=0) for name, values in result.curves.items()}
   eval_dir = os.path.join(_seed_dir(workdir, seed), "eval")
-  # resume_step=-1 empties the file first: a rerun after a crash rewrites it.
-  with metric_writers.MetricWriter(eval_dir, resume_step=-1) as writer:
-    for epoch in range(len(next(iter(curves.values())))):
-      writer.write_scalars(epoch + 1, {f"eval/{k}": v[epoch] for k, v in curves.items()})
+  if parallel.is_primary():
+    # resume_step=-1 empties the file first: a rerun after a crash rewrites it.
+    with metric_writers.MetricWriter(eval_dir, resume_step=-1) as writer:
+      for epoch in range(len(next(iter(curves.values())))):
+        writer.write_scalars(epoch + 1, {f"eval/{k}": v[epoch] for k, v in curves.items()})
   seed_result = {
       "seed": seed,
       "metrics": {name: float(np.mean(result.last[name])) for name in names},
@@ -441,11 +452,12 @@ def run_seed(config: ml_collections.ConfigDict, dataset: ZSLDataset, seed: int,
           for curve in result.seen_unseen_curves],
       "timings": timings,
   }
-  os.makedirs(_seed_dir(workdir, seed), exist_ok=True)
-  if sample_fn is not None and jax.process_index() == 0:
-    write_samples(os.path.join(_seed_dir(workdir, seed), SAMPLES_FILE), sample_fn, dataset,
-                  jax.random.fold_in(eval_key, 1))
-  metric_writers.write_json_atomic(_seed_result_path(workdir, seed), seed_result)
+  if parallel.is_primary():
+    os.makedirs(_seed_dir(workdir, seed), exist_ok=True)
+    if sample_fn is not None:
+      write_samples(os.path.join(_seed_dir(workdir, seed), SAMPLES_FILE), sample_fn, dataset,
+                    jax.random.fold_in(eval_key, 1))
+    metric_writers.write_json_atomic(_seed_result_path(workdir, seed), seed_result)
   return seed_result
 
 
@@ -504,8 +516,16 @@ def summarize(config: ml_collections.ConfigDict, seed_results: Sequence[Dict[str
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
                        overwrite: bool = False,
                        dataset: Optional[ZSLDataset] = None,
-                       calibration_gamma: Optional[float] = None) -> Dict[str, Any]:
+                       calibration_gamma: Optional[float] = None,
+                       mesh: Optional[jax.sharding.Mesh] = None) -> Dict[str, Any]:
   """Runs both stages for every seed of `config` and writes results.json.
+
+  Seeds are trained `config.num_parallel_seeds` at a time in one vmapped
+  program (`parallel_train.train_generators`; results equal separate runs to
+  float tolerance). With a mesh, stage 1 splits its batches over the mesh's
+  devices; in a multi-host run every process calls this with the same
+  arguments and a workdir all of them can read, and only process 0 writes
+  files (the checkpointer is collective).
 
   SIGTERM and SIGINT (in the main thread) stop the run at the next chunk
   boundary after a checkpoint and raise `preemption.Interrupted`; rerunning
@@ -521,6 +541,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
     calibration_gamma: a calibrated-stacking gamma chosen on a validation
       split (see `calibration_gamma_from`); adds the honest calibrated
       u, s, H to the results.
+    mesh: a ('data',) mesh from `parallel.make_mesh` for data-parallel (and
+      multi-host) stage 1; None trains on the default device.
 
   Returns:
     The results.json dict (see `summarize`).
@@ -552,28 +574,60 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
   logging.info("%s on %s: %d seen / %d unseen classes, seeds %s, workdir %s", config.method,
                dataset.name, dataset.seen_classes.size, dataset.unseen_classes.size,
                list(config.seeds), workdir)
-  seed_results = []
+  seed_results = {}
   with preemption.StopOnSignal():
+    pending = []
     for seed in config.seeds:
       path = _seed_result_path(workdir, seed)
       if os.path.isfile(path):
         logging.info("seed %d: already finished, reading %s", seed, path)
-        seed_results.append(_read_json(path))
-        _check_calibration_gamma(seed_results[-1], calibration_gamma, path)
-        continue
-      _stop_if_requested(f"before seed {seed}")
-      seed_results.append(run_seed(config, dataset, int(seed), workdir,
-                                   calibration_gamma=calibration_gamma))
-      logging.info("seed %d: %s", seed, ", ".join(
-          f"{k}={v:.2f}" for k, v in seed_results[-1]["metrics"].items()))
+        seed_results[seed] = _read_json(path)
+        _check_calibration_gamma(seed_results[seed], calibration_gamma, path)
+      else:
+        pending.append(int(seed))
+    group_size = int(config.num_parallel_seeds)
+    for first in range(0, len(pending), group_size):
+      group = pending[first:first + group_size]
+      _stop_if_requested(f"before seeds {group}")
+      stage1 = _train_group(config, dataset, group, workdir, mesh)
+      for seed in group:
+        seed_results[seed] = run_seed(config, dataset, seed, workdir,
+                                      calibration_gamma=calibration_gamma,
+                                      stage1=stage1.get(seed))
+        logging.info("seed %d: %s", seed, ", ".join(
+            f"{k}={v:.2f}" for k, v in seed_results[seed]["metrics"].items()))
+  seed_results = [seed_results[seed] for seed in config.seeds]
   summary = summarize(config, seed_results, dataset)
-  # One line per seed; rewritten whole (resume_step=-1) so reruns never duplicate.
-  with metric_writers.MetricWriter(workdir, resume_step=-1) as writer:
-    for index, result in enumerate(seed_results):
-      writer.write_scalars(index, {"seed": result["seed"],
-                                   **{f"final/{k}": v for k, v in result["metrics"].items()}})
-  metric_writers.write_json_atomic(os.path.join(workdir, RESULTS_FILE), summary)
+  if parallel.is_primary():
+    # One line per seed; rewritten whole (resume_step=-1) so reruns never duplicate.
+    with metric_writers.MetricWriter(workdir, resume_step=-1) as writer:
+      for index, result in enumerate(seed_results):
+        writer.write_scalars(index, {"seed": result["seed"],
+                                     **{f"final/{k}": v for k, v in result["metrics"].items()}})
+    metric_writers.write_json_atomic(os.path.join(workdir, RESULTS_FILE), summary)
   return summary
+
+
+def _train_group(config: ml_collections.ConfigDict, dataset: ZSLDataset, seeds: List[int],
+                 workdir: str, mesh: Optional[jax.sharding.Mesh]) -> Dict[int, Dict[str, Any]]:
+  """Stage 1 of a group of seeds in one program; {} when run_seed should train.
+
+  A single seed without a mesh (the default) is left to `run_seed`'s own
+  `train_generator`; otherwise `parallel_train.train_generators` trains the
+  group (vmapped over seeds, batches split over the mesh).
+  """
+  if not gmn_config.get_variant(config).uses_generator or (len(seeds) == 1 and mesh is None):
+    return {}
+  from gmn_jax import parallel_train  # pylint: disable=g-import-not-at-top  # (imports this module)
+  spec = train_state.make_train_spec(config, dataset)
+  results = parallel_train.train_generators(
+      spec, train_state.make_train_data(dataset, spec), train_state.make_hyperparameters(config),
+      seeds=seeds, num_iterations=config.train.num_iterations,
+      iterations_per_call=config.train.iterations_per_call,
+      checkpoint_every=config.train.checkpoint_every, log_every=config.train.log_every,
+      checkpoint_dirs=[os.path.join(workdir, CHECKPOINT_DIR, f"seed_{s}") for s in seeds],
+      metrics_dirs=[_seed_dir(workdir, s) for s in seeds], mesh=mesh)
+  return dict(zip(seeds, results))
 
 
 def _check_calibration_gamma(seed_result: Dict[str, Any], gamma: Optional[float],

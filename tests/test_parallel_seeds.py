@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from gmn_jax import checkpoint
+from gmn_jax import parallel
 from gmn_jax import parallel_train
 from gmn_jax import train
 from gmn_jax import train_state
@@ -101,3 +102,22 @@ def test_mismatched_directory_lists_are_refused():
   spec, data, hyper = _setup()
   with pytest.raises(train.errors.ConfigError, match="one checkpoint and metrics directory"):
     parallel_train.train_generators(spec, data, hyper, seeds=SEEDS, checkpoint_dirs=["a"], **RUN)
+
+
+def test_num_parallel_seeds_gives_the_results_of_separate_runs(tmp_path, monkeypatch):
+  dataset = tiny_dataset()
+  one_at_a_time = train.train_and_evaluate(tiny_config(seeds=SEEDS), tmp_path / "one",
+                                           dataset=dataset)
+  # The group run also plays a non-primary process of a multi-host run: it
+  # computes everything but writes nothing (the checkpointer is collective
+  # and writes through orbax, which decides by the real process index).
+  monkeypatch.setattr(parallel, "is_primary", lambda: False)
+  together = train.train_and_evaluate(tiny_config(seeds=SEEDS, num_parallel_seeds=2),
+                                      tmp_path / "together", dataset=dataset)
+  for name, entry in one_at_a_time["metrics"].items():
+    np.testing.assert_allclose(together["metrics"][name]["per_seed"], entry["per_seed"],
+                               atol=1e-6, err_msg=name)
+  assert [r["timings"]["stage1_start_iteration"] for r in together["per_seed"]] == [0, 0]
+  assert sorted(os.listdir(tmp_path / "together")) == [train.CHECKPOINT_DIR]
+  assert sorted(os.listdir(tmp_path / "together" / train.CHECKPOINT_DIR)) == [
+      f"seed_{s}" for s in SEEDS]
