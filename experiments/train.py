@@ -13,6 +13,14 @@ SIGTERM or SIGINT (Ctrl-C) stops the run at the next chunk boundary after
 saving a checkpoint, prints one line and exits with status 143 (SIGTERM) or
 130 (SIGINT); rerunning the same command resumes.
 
+Parallelism: --config.num_parallel_seeds=S trains S generator seeds at once
+in one vmapped program (same results as one at a time); --num_devices=N
+(0: all) splits stage 1's batches over N devices of this host; --multihost
+(or GMN_MULTIHOST=1) joins a multi-host run through
+jax.distributed.initialize() (coordinator from GMN_COORDINATOR_ADDRESS,
+GMN_NUM_PROCESSES, GMN_PROCESS_ID, or detected on Cloud TPU / Slurm), uses
+every device of every process, and lets only process 0 write and print.
+
 --calibration_gamma_from=W_VAL takes the calibrated-stacking gamma that a
 finished run with --config.split=validation chose (best H on its validation
 split) and reports u, s, H at that gamma beside the test-split oracle.
@@ -25,6 +33,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from gmn_jax import parallel
 from gmn_jax import preemption
 from gmn_jax import train
 from gmn_jax.errors import ConfigError
@@ -40,6 +49,12 @@ _OVERWRITE = flags.DEFINE_bool(
 _CALIBRATION_FROM = flags.DEFINE_string(
     "calibration_gamma_from", None, "Workdir of a finished run with "
     "--config.split=validation; its best-H calibration gamma is applied to this run.")
+_NUM_DEVICES = flags.DEFINE_integer(
+    "num_devices", 1, "Devices that stage 1 splits its batches over (data parallelism); "
+    "0 uses every device. Ignored with --multihost, which uses all of them.")
+_MULTIHOST = flags.DEFINE_bool(
+    "multihost", None, "Join a multi-host run with jax.distributed.initialize() (default: "
+    "the GMN_MULTIHOST environment variable).")
 
 def fail(error: Exception) -> None:
   """Prints the one-line error to stderr and exits with status 2."""
@@ -94,6 +109,11 @@ def main(argv: Sequence[str]) -> None:
     fail(ConfigError(f"command line: expected only flags, found {' '.join(argv[1:])}"))
   train.quiet_checkpoint_logs()
   try:
+    # Before anything touches a device.
+    multihost = parallel.initialize_multihost(_MULTIHOST.value)
+    mesh = None
+    if multihost or _NUM_DEVICES.value != 1:
+      mesh = parallel.make_mesh(None if multihost else (_NUM_DEVICES.value or None))
     config = load_config()
     if not _WORKDIR.value:
       raise ConfigError("--workdir: expected a directory for the run's outputs, found nothing")
@@ -101,13 +121,15 @@ def main(argv: Sequence[str]) -> None:
     if _CALIBRATION_FROM.value:
       gamma = train.calibration_gamma_from(_CALIBRATION_FROM.value)
     results = train.train_and_evaluate(config, _WORKDIR.value,
-                                       overwrite=_OVERWRITE.value, calibration_gamma=gamma)
+                                       overwrite=_OVERWRITE.value, calibration_gamma=gamma,
+                                       mesh=mesh)
   except GMNError as error:
     fail(error)
   except preemption.Interrupted as interrupted:
     stop(interrupted)
-  print(train.format_results_table(results))
-  print(f"results: {_WORKDIR.value}/{train.RESULTS_FILE}")
+  if parallel.is_primary():
+    print(train.format_results_table(results))
+    print(f"results: {_WORKDIR.value}/{train.RESULTS_FILE}")
 
 
 if __name__ == "__main__":

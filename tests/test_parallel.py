@@ -153,3 +153,25 @@ def test_training_on_four_devices_equals_one_device(tmp_path):
         parallel.replicate(hyper, mesh), parallel.replicate(jax.random.key(0), mesh)
     ).compile().as_text()
   assert "all-reduce" in hlo
+
+
+@pytest.mark.parametrize("args, env, needle", [
+    (["--num_devices=9"], {}, "number of devices: expected 1..4"),
+    ([], {"GMN_MULTIHOST": "1", "GMN_NUM_PROCESSES": "x"},
+     "GMN_NUM_PROCESSES: expected an integer, found 'x'"),
+])
+def test_train_binary_rejects_bad_parallel_settings_in_one_line(tmp_path, args, env, needle):
+  # pylint: disable=g-import-not-at-top
+  import os
+  import subprocess
+  import sys
+  # pylint: enable=g-import-not-at-top
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.train", "--config=experiments/configs/digits.py",
+       f"--workdir={tmp_path / 'w'}", *args], cwd=repo, capture_output=True, text=True,
+      env=dict(os.environ, **env), timeout=120, check=False)
+  assert result.returncode == 2, result.stderr[-2000:]
+  lines = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+  assert len(lines) == 1 and needle in lines[0], result.stderr[-2000:]
+  assert "Traceback" not in result.stderr
