@@ -245,3 +245,20 @@ def test_calibration_gamma_from_refuses_other_runs(tmp_path, content, error, nee
     (tmp_path / "results.json").write_text(json.dumps(content))
   with pytest.raises(getattr(train.errors, error), match=needle):
     train.calibration_gamma_from(tmp_path)
+
+
+def test_stage_2_writes_real_and_generated_samples_for_the_plots(straight_run):
+  dataset = tiny_dataset()
+  with np.load(os.path.join(straight_run, f"seed_{SEED}", train.SAMPLES_FILE)) as samples:
+    ids = samples["class_ids"]
+    assert set(ids) <= set(dataset.unseen_classes) and len(ids) == min(
+        train.SAMPLE_CLASSES, dataset.unseen_classes.size)
+    real, real_labels = samples["real_features"], samples["real_labels"]
+    fake, fake_labels = samples["generated_features"], samples["generated_labels"]
+    for class_id in ids:
+      rows = dataset.test_unseen_features[dataset.test_unseen_labels == class_id]
+      count = min(len(rows), train.SAMPLES_PER_CLASS)
+      np.testing.assert_array_equal(real[real_labels == class_id], rows[:count])
+      assert np.sum(fake_labels == class_id) == count
+    assert fake.shape == (len(fake_labels), dataset.feature_dim)
+    assert np.all(np.isfinite(fake)) and not np.allclose(fake, real)
