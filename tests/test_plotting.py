@@ -205,6 +205,8 @@ _ABLATION_DRIVER = textwrap.dedent("""
               for k, m in enumerate(methods)]
 
     ablation.run_ablation = fake_rows  # the rows' training is tested elsewhere
+    if hasattr(ablation, "define_flags"):  # flags defined only when run as a program
+      ablation.define_flags()
     app.run(ablation.main, flags_parser=ablation.parse_flags)
     """)
 
