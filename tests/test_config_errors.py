@@ -32,6 +32,8 @@ _DRIVER = textwrap.dedent("""
     from absl import flags
     import jax
     from experiments import train as binary
+    if hasattr(binary, "define_flags"):  # flags defined only when run as a program
+      binary.define_flags()
 
     compilations, recording = [], []
     def on_event(name, *args, **kwargs):
