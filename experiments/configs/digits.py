@@ -2,11 +2,12 @@
 
 Small networks and few iterations so that all three seeds train and evaluate
 in about a minute on two CPU cores; the method and its switches are GMN's.
-Calibrated on this dataset (docs/results.md): 2,000 generator iterations are
-enough (longer or faster training lowered u and H for every generator
-method), GM runs over all 7 seen classes every iteration with the reference's
-β = 100, and 300 synthetic features per unseen class (about twice the real
-count of a seen class) balance u against s in the final classifier.
+Calibrated on this dataset (docs/results.md): 2,000 generator iterations
+(longer or faster training did not raise H once 300 synthetic features per
+unseen class are used), GM over all 7 seen classes every iteration with the
+reference's β = 100, and 300 synthetic features per unseen class (about
+twice the real count of a seen class), which balances u against s in the
+final classifier.
 """
 
 from gmn_jax import config as gmn_config
