@@ -271,6 +271,10 @@ def train_generator(spec: train_state.TrainSpec, data: train_state.TrainData,
   init_key, train_key, _ = _seed_keys(seed)
   data = jax.device_put(data)
   template = train_state.init_train_state(init_key, spec, data)
+  # Restored arrays come back committed to their device; committing the fresh
+  # state too lets a resumed run reuse the compiled chunk instead of
+  # compiling it again for a different placement.
+  template = jax.tree.map(lambda x: jax.device_put(x, x.sharding), template)
   started = time.perf_counter()
   timings = []
   with checkpoint.Checkpointer(checkpoint_dir, max_to_keep=2) as checkpointer:
