@@ -270,6 +270,21 @@ def test_run_comparison_rejects_bad_sizes_before_any_work(data, ipcs, num_sets, 
                                 num_eval=10, num_sets=num_sets)
 
 
+@pytest.fixture
+def binary_flags():
+  """The binary's flags, defined for one test and removed afterwards.
+
+  The binary defines its flags only when run as a program (so that test
+  modules importing several binaries never collide); this test calls its
+  main in-process, so it defines them here and cleans up.
+  """
+  before = set(flags.FLAGS)
+  condensation.define_flags()
+  yield
+  for name in set(flags.FLAGS) - before:
+    delattr(flags.FLAGS, name)
+
+
 @pytest.mark.parametrize("flag_values, message", [
     (dict(ipc=["0"]), "--ipc: expected comma-separated positive integers, found ['0']"),
     (dict(ipc=["two"]), "--ipc: expected comma-separated positive integers, found ['two']"),
@@ -278,7 +293,9 @@ def test_run_comparison_rejects_bad_sizes_before_any_work(data, ipcs, num_sets, 
     (dict(init="zeros"),
      "condensation init: expected one of ('real', 'noise'), found 'zeros'"),
 ])
-def test_binary_prints_one_line_and_exits_2_on_bad_flags(capsys, flag_values, message):
+def test_binary_prints_one_line_and_exits_2_on_bad_flags(binary_flags, capsys, flag_values,
+                                                          message):
+  del binary_flags  # Used for its side effect.
   flags.FLAGS.mark_as_parsed()
   with flagsaver.flagsaver(**flag_values):
     with pytest.raises(SystemExit) as exit_info:

@@ -738,14 +738,31 @@ def save_image_grid(path, images, ipc, pixel_mean, pixel_std):
 # --------------------------------------------------------------------------
 # The binary.
 
-_IPC = flags.DEFINE_list("ipc", ["1", "5", "10"], "Synthetic images per class, comma-separated.")
-_STEPS = flags.DEFINE_integer("steps", 500, "Synthetic-image updates per condensation.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of condensation and evaluation (not of the split).")
-_NUM_EVAL = flags.DEFINE_integer("num_eval", 10, "Evaluation classifiers per table row.")
-_NUM_SETS = flags.DEFINE_integer("num_sets", 3, "Independent condensed sets per ipc.")
-_INIT = flags.DEFINE_string("init", CondensationConfig.init,
-                            "Starting images: real (random real images) | noise (N(0, 1)).")
-_OUT_DIR = flags.DEFINE_string("out_dir", None, "If set, write condensed_ipc{N}.png grids here.")
+_IPC = None
+_STEPS = None
+_SEED = None
+_NUM_EVAL = None
+_NUM_SETS = None
+_INIT = None
+_OUT_DIR = None
+
+
+def define_flags() -> None:
+  """Defines the command-line flags.
+
+  Called only when the module runs as a program, so that importing it (as
+  the tests do, several binaries into one process) defines no absl flags
+  and two binaries' flags of the same name never collide.
+  """
+  global _IPC, _STEPS, _SEED, _NUM_EVAL, _NUM_SETS, _INIT, _OUT_DIR
+  _IPC = flags.DEFINE_list("ipc", ["1", "5", "10"], "Synthetic images per class, comma-separated.")
+  _STEPS = flags.DEFINE_integer("steps", 500, "Synthetic-image updates per condensation.")
+  _SEED = flags.DEFINE_integer("seed", 0, "Seed of condensation and evaluation (not of the split).")
+  _NUM_EVAL = flags.DEFINE_integer("num_eval", 10, "Evaluation classifiers per table row.")
+  _NUM_SETS = flags.DEFINE_integer("num_sets", 3, "Independent condensed sets per ipc.")
+  _INIT = flags.DEFINE_string("init", CondensationConfig.init,
+                              "Starting images: real (random real images) | noise (N(0, 1)).")
+  _OUT_DIR = flags.DEFINE_string("out_dir", None, "If set, write condensed_ipc{N}.png grids here.")
 
 
 def _parse_ipcs(values):
@@ -791,4 +808,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
