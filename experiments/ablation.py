@@ -29,13 +29,27 @@ from gmn_jax import train
 from gmn_jax.errors import ConfigError
 from gmn_jax.errors import GMNError
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "A config file, e.g. experiments/configs/digits.py; override fields with "
-    "--config.<field>=<value> (config.method is set per row).", lock_config=False)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the rows' runs and ablation.md.")
-_METHODS = flags.DEFINE_list("methods", list(gmn_config.ABLATION_METHODS),
-                             "The methods (rows) to run, in order.")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Start every row afresh.")
+_CONFIG = None
+_WORKDIR = None
+_METHODS = None
+_OVERWRITE = None
+
+
+def define_flags() -> None:
+  """Defines the command-line flags.
+
+  Called only when the module runs as a program, so that importing it (as
+  the tests do, several binaries into one process) defines no absl flags
+  and two binaries' flags of the same name never collide.
+  """
+  global _CONFIG, _WORKDIR, _METHODS, _OVERWRITE
+  _CONFIG = config_flags.DEFINE_config_file(
+      "config", None, "A config file, e.g. experiments/configs/digits.py; override fields with "
+      "--config.<field>=<value> (config.method is set per row).", lock_config=False)
+  _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the rows' runs and ablation.md.")
+  _METHODS = flags.DEFINE_list("methods", list(gmn_config.ABLATION_METHODS),
+                               "The methods (rows) to run, in order.")
+  _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Start every row afresh.")
 
 ABLATION_FILE = "ablation.md"
 
@@ -171,4 +185,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main, flags_parser=parse_flags)

@@ -21,17 +21,33 @@ from gmn_jax.data.dataset import ZSLDataset
 from gmn_jax.errors import ConfigError
 from gmn_jax.errors import GMNError
 
-_DATA_DIR = flags.DEFINE_string(
-    "data_dir", None, "xlsa17 directory (res101.mat + att_splits.mat) or builtin:digits.")
-# Plain strings, not enums, so that a bad name gets the library's one-line
-# DataError and exit status 2 like every other bad input.
-_EMBEDDING = flags.DEFINE_string("embedding", "att", "att | sent | binary | att+sent")
-_SPLIT = flags.DEFINE_string("split", "test", "test | validation")
-_FEATURE_NORM = flags.DEFINE_string("feature_norm", "none", "none | l2 | minmax | standardize")
-_VALIDATION_FRACTION = flags.DEFINE_float(
-    "validation_fraction", xlsa17.DEFAULT_VALIDATION_FRACTION,
-    "Share of seen classes held out when a validation split must be synthesised.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the validation split's random choices.")
+_DATA_DIR = None
+_EMBEDDING = None
+_SPLIT = None
+_FEATURE_NORM = None
+_VALIDATION_FRACTION = None
+_SEED = None
+
+
+def define_flags() -> None:
+  """Defines the command-line flags.
+
+  Called only when the module runs as a program, so that importing it (as
+  the tests do, several binaries into one process) defines no absl flags
+  and two binaries' flags of the same name never collide.
+  """
+  global _DATA_DIR, _EMBEDDING, _SPLIT, _FEATURE_NORM, _VALIDATION_FRACTION, _SEED
+  _DATA_DIR = flags.DEFINE_string(
+      "data_dir", None, "xlsa17 directory (res101.mat + att_splits.mat) or builtin:digits.")
+  # Plain strings, not enums, so that a bad name gets the library's one-line
+  # DataError and exit status 2 like every other bad input.
+  _EMBEDDING = flags.DEFINE_string("embedding", "att", "att | sent | binary | att+sent")
+  _SPLIT = flags.DEFINE_string("split", "test", "test | validation")
+  _FEATURE_NORM = flags.DEFINE_string("feature_norm", "none", "none | l2 | minmax | standardize")
+  _VALIDATION_FRACTION = flags.DEFINE_float(
+      "validation_fraction", xlsa17.DEFAULT_VALIDATION_FRACTION,
+      "Share of seen classes held out when a validation split must be synthesised.")
+  _SEED = flags.DEFINE_integer("seed", 0, "Seed of the validation split's random choices.")
 
 
 def _count_range(labels: np.ndarray) -> str:
@@ -82,4 +98,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

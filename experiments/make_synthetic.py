@@ -23,14 +23,30 @@ from gmn_jax.data import synthetic
 from gmn_jax.errors import ConfigError
 from gmn_jax.errors import GMNError
 
-_ATT_SPLITS = flags.DEFINE_string(
-    "att_splits", None, "A real att_splits.mat to build a semi-real dataset for.")
-_PRESET = flags.DEFINE_string(
-    "preset", None, f"One of {', '.join(synthetic.PRESETS)}: no input file needed.")
-_OUT_DIR = flags.DEFINE_string("out_dir", None, "Directory to write (created if missing).")
-_SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
-_FEATURE_DIM = flags.DEFINE_integer("feature_dim", 2048, "Feature dimension D.")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing res101.mat.")
+_ATT_SPLITS = None
+_PRESET = None
+_OUT_DIR = None
+_SEED = None
+_FEATURE_DIM = None
+_OVERWRITE = None
+
+
+def define_flags() -> None:
+  """Defines the command-line flags.
+
+  Called only when the module runs as a program, so that importing it (as
+  the tests do, several binaries into one process) defines no absl flags
+  and two binaries' flags of the same name never collide.
+  """
+  global _ATT_SPLITS, _PRESET, _OUT_DIR, _SEED, _FEATURE_DIM, _OVERWRITE
+  _ATT_SPLITS = flags.DEFINE_string(
+      "att_splits", None, "A real att_splits.mat to build a semi-real dataset for.")
+  _PRESET = flags.DEFINE_string(
+      "preset", None, f"One of {', '.join(synthetic.PRESETS)}: no input file needed.")
+  _OUT_DIR = flags.DEFINE_string("out_dir", None, "Directory to write (created if missing).")
+  _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
+  _FEATURE_DIM = flags.DEFINE_integer("feature_dim", 2048, "Feature dimension D.")
+  _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing res101.mat.")
 
 
 def make(att_splits, preset, out_dir, *, seed=0, feature_dim=2048, overwrite=False) -> pathlib.Path:
@@ -84,4 +100,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
