@@ -544,7 +544,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
       labels the run.
     calibration_gamma: a calibrated-stacking gamma chosen on a validation
       split (see `calibration_gamma_from`); adds the honest calibrated
-      u, s, H to the results.
+      u, s, H to the results. Finished seeds evaluated with another gamma
+      (or none) are evaluated again; their stage 1 is not repeated.
     mesh: a ('data',) mesh from `parallel.make_mesh` for data-parallel (and
       multi-host) stage 1; None trains on the default device.
 
@@ -552,8 +553,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
     The results.json dict (see `summarize`).
 
   Raises:
-    ConfigError: invalid config, a workdir made with another config, or
-      finished seeds computed with another calibration_gamma.
+    ConfigError: invalid config, or a workdir made with another config.
     DataError: a missing or invalid dataset.
     NonFiniteLossError: training diverged.
     preemption.Interrupted: a stop signal arrived (a checkpoint is saved).
@@ -583,11 +583,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
     pending = []
     for seed in config.seeds:
       path = _seed_result_path(workdir, seed)
-      if os.path.isfile(path):
+      finished = _read_json(path) if os.path.isfile(path) else None
+      if finished is not None and _evaluated_with(finished, calibration_gamma):
         logging.info("seed %d: already finished, reading %s", seed, path)
-        seed_results[seed] = _read_json(path)
-        _check_calibration_gamma(seed_results[seed], calibration_gamma, path)
+        seed_results[seed] = finished
       else:
+        if finished is not None:
+          logging.info("seed %d: evaluated with calibration gamma %s, now %s: evaluating again "
+                       "(stage 1 is restored from its final checkpoint)", seed,
+                       finished["metrics"].get("calibration_gamma"), calibration_gamma)
         pending.append(int(seed))
     group_size = int(config.num_parallel_seeds)
     for first in range(0, len(pending), group_size):
@@ -634,14 +638,12 @@ def _train_group(config: ml_collections.ConfigDict, dataset: ZSLDataset, seeds: 
   return dict(zip(seeds, results))
 
 
-def _check_calibration_gamma(seed_result: Dict[str, Any], gamma: Optional[float],
-                             path: str) -> None:
-  """Refuses to mix seeds evaluated with different calibration gammas."""
+def _evaluated_with(seed_result: Dict[str, Any], gamma: Optional[float]) -> bool:
+  """Whether a finished seed's stage 2 used this calibration gamma (or none)."""
   stored = seed_result["metrics"].get("calibration_gamma")
-  if (stored is None) != (gamma is None) or (gamma is not None and stored != float(gamma)):
-    raise errors.ConfigError(
-        f"{path}: this seed was evaluated with calibration gamma {stored}, now {gamma} is "
-        "given; use the same gamma, --overwrite, or another --workdir")
+  if stored is None or gamma is None:
+    return stored is None and gamma is None
+  return stored == float(gamma)
 
 
 def calibration_gamma_from(validation_workdir) -> float:

@@ -228,10 +228,16 @@ def test_a_validation_gamma_adds_honest_calibrated_metrics(tmp_path, straight_ru
                        results["per_seed"][0]["classifier_seeds"]["oracle_calibrated_gzsl_h"]):
     assert got <= best + 1e-6
   assert "H cal." in train.format_results_table(results)
-  # Finished seeds evaluated with another gamma are not mixed with new ones.
-  with pytest.raises(train.errors.ConfigError, match="calibration gamma 0.25"):
-    train.train_and_evaluate(_config(), tmp_path / "run", dataset=tiny_dataset(),
-                             calibration_gamma=0.5)
+  # Another gamma re-evaluates the finished seed (stage 2 only), never mixes.
+  again = train.train_and_evaluate(_config(), tmp_path / "run", dataset=tiny_dataset(),
+                                   calibration_gamma=0.5)
+  assert again["metrics"]["calibration_gamma"]["per_seed"] == [0.5]
+  assert again["per_seed"][0]["timings"]["stage1_start_iteration"] == 8  # nothing retrained
+  for name in ("gzsl_h", "ausuc", "oracle_calibrated_gzsl_h"):
+    assert again["metrics"][name] == straight["metrics"][name]
+  without = train.train_and_evaluate(_config(), tmp_path / "run", dataset=tiny_dataset())
+  assert "calibration_gamma" not in without["metrics"]
+  assert without["metrics"] == straight["metrics"]
 
 
 @pytest.mark.parametrize("content, error, needle", [
