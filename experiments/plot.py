@@ -21,12 +21,25 @@ from absl import flags
 from gmn_jax import plotting
 from gmn_jax.errors import GMNError
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "The run's (or ablation's) workdir.")
-_PROJECTIONS = flags.DEFINE_list("projections", ["pca", "tsne"],
-                                 "2-D projections of the feature figure (pca, tsne).")
+_WORKDIR = None
+_PROJECTIONS = None
+
+
+def define_flags() -> None:
+  """Defines the command-line flags (only when run as a program).
+
+  Importing the module therefore defines no absl flags, so that several
+  binaries (which share flag names such as --workdir) can be imported into
+  one process, as the tests do.
+  """
+  global _WORKDIR, _PROJECTIONS
+  _WORKDIR = flags.DEFINE_string("workdir", None, "The run's (or ablation's) workdir.")
+  _PROJECTIONS = flags.DEFINE_list("projections", ["pca", "tsne"],
+                                   "2-D projections of the feature figure (pca, tsne).")
 
 
 def main(argv: Sequence[str]) -> None:
+  """Draws the figures; prints the written and skipped ones."""
   if len(argv) > 1:
     print(f"error: command line: expected only flags, found {' '.join(argv[1:])}",
           file=sys.stderr)
@@ -49,4 +62,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
