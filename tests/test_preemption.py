@@ -2,8 +2,9 @@
 
 Every interrupted-then-resumed run must end with the same final parameters
 and results as an uninterrupted run of the same config. The in-process tests
-request a stop the way the signal handler does; the subprocess test sends
-real signals (SIGTERM, then SIGKILL) to a training process and resumes it.
+send this process a real signal during a chosen host call; the (slow)
+subprocess test sends SIGTERM, then SIGKILL, to a training process and
+resumes it.
 """
 
 import json
@@ -64,7 +65,12 @@ def straight_run(tmp_path_factory):
 
 
 def _stop_during_chunk(monkeypatch, number, signum):
-  """Requests a stop (as the handler does) while host call `number` runs."""
+  """Sends `signum` to this process while host call `number` runs.
+
+  A real signal, caught by the handler train_and_evaluate installs; outside
+  the main thread (where Python allows no handlers) the request is made
+  directly, as the handler would.
+  """
   real = train_step.jitted_chunk_fn
   calls = []
 
@@ -74,7 +80,10 @@ def _stop_during_chunk(monkeypatch, number, signum):
     def wrapped(*args):
       calls.append(length)
       if len(calls) == number:
-        preemption.request_stop(signum)
+        if threading.current_thread() is threading.main_thread():
+          os.kill(os.getpid(), signum)
+        else:
+          preemption.request_stop(signum)
       return fn(*args)
 
     return wrapped
