@@ -181,7 +181,7 @@ _SCRIPT = textwrap.dedent("""
     """)
 
 
-@pytest.mark.slow  # three fresh processes: about 40 s of CPU, 90 s on a busy machine
+# Three fresh processes sharing a compilation cache: about 40 s.
 def test_real_sigterm_then_kill_9_then_resume_equals_straight_run(tmp_path, straight_run):
   script = tmp_path / "run.py"
   script.write_text(_SCRIPT.format(tests=TESTS, seed=SEED, overrides=OVERRIDES))
