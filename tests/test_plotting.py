@@ -79,8 +79,9 @@ def test_evaluation_and_calibration_curves(tmp_path):
 
 def test_area_of_a_drawn_curve():
   # The legend's AUSUC: a triangle below the diagonal has half the square.
-  assert plotting._area([0, 100], [100, 0]) == pytest.approx(50.0)  # pylint: disable=protected-access
-  assert plotting._area([0, 0, 100, 100], [100, 100, 100, 0]) == pytest.approx(100.0)  # pylint: disable=protected-access
+  area = plotting._area  # pylint: disable=protected-access
+  assert area([0, 100], [100, 0]) == pytest.approx(50.0)
+  assert area([0, 0, 100, 100], [100, 100, 100, 0]) == pytest.approx(100.0)
 
 
 def test_pca_projection_equals_the_top_two_principal_directions():

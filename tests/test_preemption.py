@@ -2,9 +2,8 @@
 
 Every interrupted-then-resumed run must end with the same final parameters
 and results as an uninterrupted run of the same config. The in-process tests
-send this process a real signal during a chosen host call; the (slow)
-subprocess test sends SIGTERM, then SIGKILL, to a training process and
-resumes it.
+send this process a real signal during a chosen host call; the subprocess
+test sends SIGTERM, then SIGKILL, to a training process and resumes it.
 """
 
 import json
