@@ -1,0 +1,821 @@
+r"""Speed of stage 1 and of the final classifier at a dataset's real shapes.
+
+  python -m experiments.benchmark --config=experiments/configs/cub.py \
+      [--iterations=5] [--chunks=3] [--json_out=bench_cub.json] \
+      [--scaling=seeds,batch,seen,gm_classes,thetas | --skip_scaling] \
+      [--classifier_epochs=200 | --skip_classifier] [--config.<field>=...]
+
+The data are synthetic, in memory, with the real shapes of the config's
+dataset (`gmn_jax.data.synthetic.PRESETS`: CUB 150 seen / 50 unseen classes,
+7057 training features of 2048 dimensions; the embedding size follows
+`config.embedding`, e.g. 1336 for CUB's att+sent). Timing does not depend on
+the values.
+
+Measured, on the default device:
+
+* `ms_per_iteration`: median over `--chunks` timed calls of the jitted
+  `lax.scan` of `--iterations` generator iterations (one iteration = its
+  n_critic critic steps + the generator step with GM), after compilation;
+  `compile_s` is the ahead-of-time compilation of that program.
+* `flop_per_iteration`: XLA's cost analysis of ONE iteration. The analysis
+  counts a loop body once, so the iteration (whose critic steps are a scan)
+  is counted as cost(train_iteration) + (n_critic - 1) cost(critic_step),
+  and checked against `analytic_flop_per_iteration`, a count of the matrix
+  products alone (see `analytic_iteration_flops`).
+* `achieved_flops` and `fraction_of_matmul_peak`: that count over the
+  measured time, divided by the FLOP/s of a large float32 `jnp` matrix
+  product timed in the same run on the same device, right after each timed
+  call (median over calls); `fraction_of_matmul_peak_cpu_time` is the same
+  ratio of FLOPs per CPU-second of this process, which the load of a shared
+  machine disturbs much less than wall time.
+* `components`: one critic step, the generator step (value and gradient,
+  GM included) and GM alone, each jitted and timed by itself with its XLA
+  FLOP count and fractions: where the time goes.
+* `peak_memory_bytes`: the device's peak where it reports one, else the
+  process's maximum resident set size.
+* scaling rows (`--scaling`): parallel seeds 1/2/4/8 (stage 1 vmapped over
+  seeds), batch size 64..1024, seen classes (150, 300, 645), GM classes per
+  iteration (1, 5, 20), GM θ samples M (1, 2, 4).
+* `final_classifier`: `evaluate.train_final_classifier` on real seen +
+  synthetic unseen features, `eval.num_classifier_seeds` seeds at once, timed
+  for `--classifier_epochs` epochs (second call, after compilation) and
+  projected to `config.eval.epochs`.
+
+Prints a table and writes everything to --json_out. A bad flag or config
+prints one line to stderr and exits 2.
+"""
+
+import functools
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import ml_collections
+from ml_collections import config_flags
+import numpy as np
+
+from gmn_jax import config as gmn_config
+from gmn_jax import evaluate
+from gmn_jax import parallel_train
+from gmn_jax import train_state
+from gmn_jax import train_step
+from gmn_jax.data import synthetic
+from gmn_jax.data.dataset import ZSLDataset
+from gmn_jax.errors import ConfigError
+from gmn_jax.errors import GMNError
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "A dataset config, e.g. experiments/configs/cub.py.", lock_config=False)
+_ITERATIONS = flags.DEFINE_integer("iterations", 5, "Generator iterations per timed call.")
+_CHUNKS = flags.DEFINE_integer("chunks", 3, "Timed calls after compilation (median taken).")
+_JSON_OUT = flags.DEFINE_string("json_out", None, "Where to write the results as JSON.")
+_SCALING = flags.DEFINE_string(
+    "scaling", "seeds,batch,seen,gm_classes,thetas",
+    "Comma-separated scaling rows to run: " + ", ".join(
+        ("seeds", "batch", "seen", "gm_classes", "thetas")) + ".")
+_SKIP_SCALING = flags.DEFINE_bool("skip_scaling", False, "Run no scaling rows.")
+_SCALING_ITERATIONS = flags.DEFINE_integer(
+    "scaling_iterations", 0, "Iterations per timed call in scaling rows (0: --iterations).")
+_CLASSIFIER_EPOCHS = flags.DEFINE_integer(
+    "classifier_epochs", 0, "Final-classifier epochs actually timed (0: config.eval.epochs); "
+    "the time is projected to config.eval.epochs.")
+_SKIP_CLASSIFIER = flags.DEFINE_bool("skip_classifier", False, "Do not time the final classifier.")
+_SKIP_BREAKDOWN = flags.DEFINE_bool(
+    "skip_breakdown", False, "Do not time the critic step, generator step and GM alone.")
+_MATMUL_SIZE = flags.DEFINE_integer(
+    "matmul_size", 0, "Side of the square float32 matrix product that measures the device's "
+    "rate (0: 2048 on CPU, 8192 on accelerators).")
+
+SCALING_ROWS = ("seeds", "batch", "seen", "gm_classes", "thetas")
+SCALING_VALUES = {
+    "seeds": (1, 2, 4, 8),
+    "batch": (64, 128, 256, 512, 1024),
+    "seen": (150, 300, 645),
+    "gm_classes": (1, 5, 20),
+    "thetas": (1, 2, 4),
+}
+# Sentence embeddings of CUB (and FLO's only embedding) have 1024 dimensions.
+SENTENCE_DIM = 1024
+
+
+# --------------------------------------------------------------------------
+# Data of the real shapes.
+
+
+def embedding_dim_of(config: ml_collections.ConfigDict, shape: synthetic.DatasetShape) -> int:
+  """K for the config's embedding on a dataset of this shape.
+
+  Args:
+    config: the configuration (reads `embedding`).
+    shape: the dataset's preset.
+
+  Returns:
+    The embedding size.
+  """
+  if config.embedding == "sent":
+    return SENTENCE_DIM
+  if config.embedding == "att+sent":
+    return shape.embedding_dim + SENTENCE_DIM
+  return shape.embedding_dim
+
+
+def benchmark_dataset(config: ml_collections.ConfigDict, *, num_seen: Optional[int] = None,
+                      seed: int = 0) -> ZSLDataset:
+  """A synthetic dataset with the real shapes of `config.dataset`.
+
+  Args:
+    config: the configuration (reads `dataset` and `embedding`).
+    num_seen: replace the number of seen classes (the training features are
+      dealt round-robin over them); None keeps the preset's.
+    seed: random seed.
+
+  Returns:
+    The in-memory dataset.
+
+  Raises:
+    ConfigError: when the dataset has no preset.
+  """
+  name = str(config.dataset).upper()
+  if name not in synthetic.PRESETS:
+    raise ConfigError(f"config.dataset: expected one of {sorted(synthetic.PRESETS)} (a preset "
+                      f"of real shapes), found {config.dataset!r}")
+  shape = synthetic.PRESETS[name]
+  dataset = synthetic.synthetic_dataset(synthetic.preset_att_splits(name, seed=seed),
+                                        name=name, seed=seed)
+  k = embedding_dim_of(config, shape)
+  if num_seen is not None:
+    dataset = _with_seen_classes(dataset, num_seen)
+  if num_seen is not None or k != dataset.embedding_dim:
+    embeddings = synthetic.make_class_embeddings(dataset.num_classes, k, seed=seed)
+    dataset = dataset.replace(class_embeddings=embeddings.astype(np.float32))
+  return dataset
+
+
+def _with_seen_classes(dataset: ZSLDataset, num_seen: int) -> ZSLDataset:
+  """The same features relabelled: num_seen seen classes, then the unseen ones."""
+  rng = np.random.default_rng(num_seen)
+  num_unseen = dataset.unseen_classes.size
+  unseen_local = np.searchsorted(dataset.unseen_classes, dataset.test_unseen_labels)
+
+  def deal(n):
+    return rng.permutation(np.arange(n) % num_seen).astype(np.int32)
+
+  return dataset.replace(
+      train_labels=deal(dataset.train_labels.size),
+      test_seen_labels=deal(dataset.test_seen_labels.size),
+      test_unseen_labels=(num_seen + unseen_local).astype(np.int32),
+      class_embeddings=np.zeros((num_seen + num_unseen, dataset.embedding_dim), np.float32),
+      seen_classes=np.arange(num_seen, dtype=np.int32),
+      unseen_classes=np.arange(num_seen, num_seen + num_unseen, dtype=np.int32),
+      class_names=None)
+
+
+# --------------------------------------------------------------------------
+# FLOP counts.
+
+
+def _cost_flops(lowered) -> float:
+  """FLOPs of XLA's cost analysis of a lowered program (before optimisation)."""
+  analysis = lowered.cost_analysis()
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0] if analysis else {}
+  return float((analysis or {}).get("flops", float("nan")))
+
+
+def xla_iteration_flops(spec: train_state.TrainSpec, state, data, hyper, key) -> Dict[str, float]:
+  """XLA's FLOP count of one generator iteration, critic loop included.
+
+  Args:
+    spec: the run's settings.
+    state: a `TrainState` (only shapes matter).
+    data: the `TrainData`.
+    hyper: the `Hyperparameters`.
+    key: a PRNG key.
+
+  Returns:
+    {"train_iteration": the count of `train_step.train_iteration`, whose
+    critic scan body XLA counts once; "critic_step": one critic step;
+    "per_iteration": train_iteration + (n_critic - 1) critic_step}.
+  """
+  iteration = jax.jit(functools.partial(train_step.train_iteration, spec))
+  whole = _cost_flops(iteration.lower(state, data, hyper, key))
+  critic = jax.jit(functools.partial(train_step.critic_step, spec))
+  one_critic = _cost_flops(critic.lower(hyper, state.critic, state.critic_opt, state.generator,
+                                        data, key))
+  return {"train_iteration": whole, "critic_step": one_critic,
+          "per_iteration": whole + (spec.n_critic - 1) * one_critic}
+
+
+def _mlp_macs(widths: Sequence[int]) -> int:
+  """Multiply-adds per example of an MLP with these layer widths (in, ..., out)."""
+  return sum(a * b for a, b in zip(widths[:-1], widths[1:]))
+
+
+def analytic_iteration_flops(spec: train_state.TrainSpec) -> Dict[str, float]:
+  """Matrix-product FLOPs of one generator iteration, counted by hand.
+
+  A dense layer on B rows costs 2·B·in·out forward, the same again for its
+  weight gradient and again for its input gradient. The activations
+  (LeakyReLU, ReLU) have piecewise-constant derivatives, so a second-order
+  pass only goes back through the products of the first-order one.
+
+  Per critic step: the generator forward on B rows (no gradient); the critic
+  on the real and the fake batch, forward and weight gradient (2 × 2 ×
+  forward); the gradient penalty: forward (1 ×), input gradient (the
+  feature part of the first layer and the inner layers, call it I) and the
+  weight gradient of that input-gradient pass (I again). The generator
+  step: the generator forward and backward on B rows (3 ×), the critic
+  forward and input gradient (1 × + I); GM: the generator forward and
+  backward on the n·f·r fakes (3 ×), and per θ sample the classifier on the
+  n·r real rows (forward + weight gradient, 2 ×) and on the fakes (forward,
+  weight gradient, and the second-order pass through both, 5 ×).
+  Element-wise work, the optimisers and the θ sampler are left out.
+
+  Args:
+    spec: the run's settings.
+
+  Returns:
+    {"critic_step", "generator_step", "gm", "per_iteration"} in FLOPs.
+  """
+  k, d, z = spec.embedding_dim, spec.feature_dim, spec.noise_dim
+  if spec.generator_kind == "latent_noise":
+    generator = 2 * k * z + _mlp_macs((z,) + spec.generator_hidden + (d,))
+  else:
+    generator = _mlp_macs((z + k,) + spec.generator_hidden + (d,))
+  critic_in = d + (k if spec.variant.conditional_critic else 0)
+  critic_widths = spec.critic_hidden + (1,)
+  critic = _mlp_macs((critic_in,) + critic_widths)
+  critic_input_grad = d * critic_widths[0] + _mlp_macs(critic_widths)
+  b = spec.batch_size
+  critic_step = 2 * b * (generator + 2 * 2 * critic + critic + 2 * critic_input_grad)
+  generator_step = 2 * b * (3 * generator + critic + critic_input_grad)
+  gm = 0.0
+  if spec.variant.gradient_matching:
+    n, r, f = spec.gm_num_classes, spec.gm_real_per_class, spec.gm_fake_repeat
+    if spec.gm_classifier == "bilinear":
+      classifier = d * k + k * spec.num_seen
+    else:
+      classifier = d * spec.num_seen
+    gm = 2 * (3 * n * f * r * generator
+              + spec.num_theta_samples * (2 * n * r + 5 * n * f * r) * classifier)
+  return {"critic_step": float(critic_step), "generator_step": float(generator_step),
+          "gm": float(gm),
+          "per_iteration": float(spec.n_critic * critic_step + generator_step + gm)}
+
+
+# --------------------------------------------------------------------------
+# Timing.
+#
+# Every measurement records wall time and this process's CPU time (all its
+# threads, `time.process_time`). On a machine shared with other jobs the wall
+# time of everything stretches with the load; the FLOPs per CPU-second of the
+# training step and of the reference matrix product are much less affected,
+# so their ratio is the load-robust fraction (idle-spinning worker threads
+# count as CPU time, which can only lower it).
+
+
+def _timed(fn: Callable[[], Any]):
+  """(result, wall seconds, process CPU seconds) of fn(), blocking on its result."""
+  wall, cpu = time.perf_counter(), time.process_time()
+  out = jax.block_until_ready(fn())
+  return out, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def matmul_rate(size: int, repeats: int = 5) -> Dict[str, float]:
+  """FLOP/s of a square float32 `jnp` matrix product on the default device.
+
+  Args:
+    size: the side n of the (n, n) @ (n, n) product.
+    repeats: timed calls (the median is taken).
+
+  Returns:
+    {"size", "seconds", "cpu_seconds", "flops": 2n³ / seconds,
+    "flops_per_cpu_s": 2n³ / cpu_seconds}.
+  """
+  keys = jax.random.split(jax.random.key(0))
+  a = jax.random.normal(keys[0], (size, size), jnp.float32)
+  b = jax.random.normal(keys[1], (size, size), jnp.float32)
+  product = _MATMUL
+  jax.block_until_ready(product(a, b))
+  runs = [_timed(lambda: product(a, b))[1:] for _ in range(repeats)]
+  wall = statistics.median(r[0] for r in runs)
+  cpu = statistics.median(r[1] for r in runs)
+  flop = 2.0 * size**3
+  return {"size": size, "seconds": wall, "cpu_seconds": cpu, "flops": flop / wall,
+          "flops_per_cpu_s": flop / max(cpu, 1e-9)}
+
+
+_MATMUL = jax.jit(jnp.matmul)
+
+
+def peak_memory() -> Dict[str, Any]:
+  """The device's peak memory in use, or else the process's max resident set.
+
+  Returns:
+    {"bytes", "source": "device" | "process_max_rss"}.
+  """
+  stats = None
+  try:
+    stats = jax.devices()[0].memory_stats()
+  except Exception:  # pylint: disable=broad-except
+    stats = None  # Backends without memory statistics (CPU) raise or return None.
+  if stats and "peak_bytes_in_use" in stats:
+    return {"bytes": int(stats["peak_bytes_in_use"]), "source": "device"}
+  return {"bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024,
+          "source": "process_max_rss"}
+
+
+def init_states(spec: train_state.TrainSpec, data, num_seeds: int):
+  """Initial states of seeds 0..num_seeds-1 (stacked when num_seeds > 1).
+
+  Args:
+    spec: the run's settings.
+    data: the device `TrainData`.
+    num_seeds: how many.
+
+  Returns:
+    (states, train keys): one `TrainState` and key, or stacked ones with a
+    leading seed axis (made as `parallel_train` makes them).
+  """
+  keys = jax.random.split(jax.random.key(0), num_seeds)
+  train_keys = jax.random.split(jax.random.key(1), num_seeds)
+  if num_seeds == 1:
+    return train_state.init_train_state(keys[0], spec, data), train_keys[0]
+  return parallel_train.init_train_states(spec, data, keys), train_keys
+
+
+def stage1_program(spec: train_state.TrainSpec, num_iterations: int, num_seeds: int):
+  """The jitted stage-1 chunk that training uses (vmapped over seeds when S > 1).
+
+  Args:
+    spec: the run's settings.
+    num_iterations: generator iterations per call.
+    num_seeds: independent runs per call.
+
+  Returns:
+    `program(states, data, hyper, keys) -> (states, metrics)`.
+  """
+  if num_seeds > 1:
+    return parallel_train.jitted_parallel_chunk_fn(spec, num_iterations)
+  return train_step.jitted_chunk_fn(spec, num_iterations)
+
+
+def time_stage1(spec: train_state.TrainSpec, dataset: ZSLDataset, hyper, *, iterations: int,
+                chunks: int, num_seeds: int = 1, count_flops: bool = False,
+                matmul_size: Optional[int] = None) -> Dict[str, Any]:
+  """Compiles and times stage 1 at one setting.
+
+  Args:
+    spec: the run's settings.
+    dataset: the dataset.
+    hyper: the `Hyperparameters`.
+    iterations: generator iterations per timed call.
+    chunks: timed calls (after one untimed warm-up call).
+    num_seeds: seeds per call (vmapped).
+    count_flops: also return XLA's FLOP count of one iteration.
+    matmul_size: when given, the reference matrix product is timed (3
+      calls) after every chunk, so that each chunk has a rate measured under
+      the same load.
+
+  Returns:
+    {"ms_per_iteration" (wall, all seeds together), "cpu_ms_per_iteration",
+    "ms_per_iteration_per_seed", "chunk_seconds", "chunk_cpu_seconds",
+    "compile_s", "num_seeds", "iterations_per_chunk",
+    "analytic_flop_per_iteration" (all seeds), with count_flops "flops":
+    {"xla": ..., "analytic": ...}, with matmul_size "matmul_after_chunks"}.
+  """
+  data = jax.device_put(train_state.make_train_data(dataset, spec))
+  hyper = jax.device_put(hyper)
+  states, keys = init_states(spec, data, num_seeds)
+  program = stage1_program(spec, iterations, num_seeds)
+  started = time.perf_counter()
+  compiled = program.lower(states, data, hyper, keys).compile()
+  compile_s = time.perf_counter() - started
+  states, _ = jax.block_until_ready(compiled(states, data, hyper, keys))
+  walls, cpus, matmuls = [], [], []
+  for _ in range(chunks):
+    (states, metrics), wall, cpu = _timed(lambda: compiled(states, data, hyper, keys))
+    walls.append(wall)
+    cpus.append(cpu)
+    if matmul_size:
+      matmuls.append(matmul_rate(matmul_size, repeats=3))
+  if not all(np.isfinite(np.asarray(v)).all() for v in metrics.values()):
+    # Random data may diverge; the timing is still valid, but say so.
+    print("note: non-finite training metrics on the synthetic data", file=sys.stderr)
+  ms = 1e3 * statistics.median(walls) / iterations
+  row = {"num_seeds": num_seeds, "iterations_per_chunk": iterations,
+         "chunk_seconds": walls, "chunk_cpu_seconds": cpus, "compile_s": compile_s,
+         "ms_per_iteration": ms, "ms_per_iteration_per_seed": ms / num_seeds,
+         "cpu_ms_per_iteration": 1e3 * statistics.median(cpus) / iterations,
+         "analytic_flop_per_iteration":
+             num_seeds * analytic_iteration_flops(spec)["per_iteration"]}
+  if matmul_size:
+    row["matmul_after_chunks"] = matmuls
+  if count_flops:
+    one_state = states if num_seeds == 1 else parallel_train.tree_slice(states, 0)
+    one_key = keys if num_seeds == 1 else keys[0]
+    row["flops"] = {"xla": xla_iteration_flops(spec, one_state, data, hyper, one_key),
+                    "analytic": analytic_iteration_flops(spec)}
+  return row
+
+
+def fractions_of_matmul(flop_per_iteration: float, row: Dict[str, Any]) -> Dict[str, float]:
+  """The step's FLOP rate over the reference product's, by wall and CPU time.
+
+  Args:
+    flop_per_iteration: FLOPs of one iteration (all seeds of the row).
+    row: from `time_stage1` with matmul_size given.
+
+  Returns:
+    {"wall": median over chunks of (chunk rate / the product's rate timed
+    right after it), "cpu_time": the same with CPU-time rates, "achieved_flops":
+    the median wall rate}.
+  """
+  n = row["iterations_per_chunk"]
+  wall = [flop_per_iteration * n / t / m["flops"]
+          for t, m in zip(row["chunk_seconds"], row["matmul_after_chunks"])]
+  cpu = [flop_per_iteration * n / max(t, 1e-9) / m["flops_per_cpu_s"]
+         for t, m in zip(row["chunk_cpu_seconds"], row["matmul_after_chunks"])]
+  return {"wall": statistics.median(wall), "cpu_time": statistics.median(cpu),
+          "achieved_flops": flop_per_iteration / (row["ms_per_iteration"] / 1e3)}
+
+
+def time_components(spec: train_state.TrainSpec, dataset: ZSLDataset, hyper, *,
+                    repeats: int, matmul_size: int) -> Dict[str, Dict[str, float]]:
+  """Where an iteration's time goes: its parts timed alone, with their FLOPs.
+
+  Parts: one critic step; the generator step's value and gradient (with GM);
+  GM's value and gradient w.r.t. the generator alone. Each is jitted alone,
+  counted by XLA's cost analysis and timed (median of `repeats` calls, each
+  followed by the reference product for its fraction).
+
+  Args:
+    spec: the run's settings.
+    dataset: the dataset.
+    hyper: the `Hyperparameters`.
+    repeats: timed calls per part.
+    matmul_size: the reference product's side.
+
+  Returns:
+    {part: {"ms", "cpu_ms", "flop", "fraction_wall", "fraction_cpu_time"}}.
+  """
+  data = jax.device_put(train_state.make_train_data(dataset, spec))
+  hyper = jax.device_put(hyper)
+  state = train_state.init_train_state(jax.random.key(0), spec, data)
+  key = jax.random.key(2)
+  thetas = {}
+  if spec.variant.gradient_matching:
+    thetas, _ = spec.theta_sampler(hyper).sample(state.theta_sampler, key, state.iteration)
+  batch = train_step.draw_generator_batch(spec, data, key, thetas)
+  parts = {
+      "critic_step": (functools.partial(train_step.critic_step, spec),
+                      (hyper, state.critic, state.critic_opt, state.generator, data, key)),
+      "generator_step": (jax.value_and_grad(train_step.generator_loss, has_aux=True),
+                         (state.generator, spec, hyper, state.critic, state.cls_classifier,
+                          data, batch)),
+  }
+  if spec.variant.gradient_matching:
+    parts["gm_only"] = (
+        jax.value_and_grad(lambda g, d, b: train_step.gradient_matching_loss(spec, g, d, b)),
+        (state.generator, data, batch))
+  out = {}
+  for name, (fn, args) in parts.items():
+    static = tuple(i for i, a in enumerate(args) if isinstance(a, train_state.TrainSpec))
+    jitted = jax.jit(fn, static_argnums=static)
+    flop = _cost_flops(jitted.lower(*args))
+    jax.block_until_ready(jitted(*args))
+    walls, cpus, fractions, cpu_fractions = [], [], [], []
+    for _ in range(repeats):
+      _, wall, cpu = _timed(lambda: jitted(*args))  # pylint: disable=cell-var-from-loop
+      matmul = matmul_rate(matmul_size, repeats=3)
+      walls.append(wall)
+      cpus.append(cpu)
+      fractions.append(flop / wall / matmul["flops"])
+      cpu_fractions.append(flop / max(cpu, 1e-9) / matmul["flops_per_cpu_s"])
+    out[name] = {"ms": 1e3 * statistics.median(walls), "cpu_ms": 1e3 * statistics.median(cpus),
+                 "flop": flop, "fraction_wall": statistics.median(fractions),
+                 "fraction_cpu_time": statistics.median(cpu_fractions)}
+  return out
+
+
+def time_final_classifier(config: ml_collections.ConfigDict, dataset: ZSLDataset, *,
+                          epochs: int) -> Dict[str, Any]:
+  """Times the final classifier stage (all classifier seeds at once).
+
+  The training set is the real seen features plus `eval.n_synth_unseen`
+  random features per unseen class (and seen classes topped up to
+  `eval.n_synth_seen`), as in `evaluate.evaluate_generator`; it is evaluated
+  on the test sets every epoch.
+
+  Args:
+    config: the configuration (its `eval` block).
+    dataset: the dataset.
+    epochs: epochs to time; the result is projected to `config.eval.epochs`.
+
+  Returns:
+    {"epochs_timed", "first_call_s" (includes compilation), "seconds",
+    "projected_s" (for config.eval.epochs), "num_classifier_seeds",
+    "num_train_rows"}.
+  """
+  counts = evaluate.synthetic_class_counts(dataset, config.eval.n_synth_unseen,
+                                           config.eval.n_synth_seen)
+  labels = np.concatenate([dataset.train_labels] + [np.full(n, c, np.int32)
+                                                     for c, n in counts.items()])
+  rng = np.random.default_rng(0)
+  synthetic_rows = np.abs(rng.standard_normal((labels.size - dataset.train_labels.size,
+                                               dataset.feature_dim), np.float32))
+  features = np.concatenate([dataset.train_features, synthetic_rows])
+  cfg = ml_collections.ConfigDict(config.eval.to_dict())
+  cfg.epochs = epochs
+
+  def run():
+    result = evaluate.train_final_classifier(jax.random.key(0), features, labels,
+                                             dataset.class_embeddings, dataset, cfg)
+    return result.last
+
+  started = time.perf_counter()
+  jax.block_until_ready(run())
+  first = time.perf_counter() - started
+  started = time.perf_counter()
+  jax.block_until_ready(run())
+  seconds = time.perf_counter() - started
+  return {"epochs_timed": epochs, "first_call_s": first, "seconds": seconds,
+          "projected_s": seconds * config.eval.epochs / epochs,
+          "epochs": int(config.eval.epochs),
+          "num_classifier_seeds": int(config.eval.num_classifier_seeds),
+          "num_train_rows": int(labels.size)}
+
+
+# --------------------------------------------------------------------------
+# Scaling rows.
+
+
+def _override(config: ml_collections.ConfigDict, path: str, value) -> ml_collections.ConfigDict:
+  copy = ml_collections.ConfigDict(config.to_dict())
+  section, name = path.split(".")
+  copy[section][name] = value
+  return copy
+
+
+def scaling_row(name: str, config: ml_collections.ConfigDict, dataset: ZSLDataset, *,
+                iterations: int, chunks: int, matmul_size: int,
+                on_result: Callable[[Dict], None]) -> List[Dict]:
+  """Times stage 1 over the values of one scaling row.
+
+  Args:
+    name: one of SCALING_ROWS.
+    config: the base configuration.
+    dataset: the base dataset.
+    iterations: generator iterations per timed call.
+    chunks: timed calls.
+    matmul_size: the reference product, timed after every chunk.
+    on_result: called with each point as it is measured (for progress).
+
+  Returns:
+    One dict per value: {"row", "value", **time_stage1(...), "fraction_wall",
+    "fraction_cpu_time"} (fractions of the product's rate from the analytic
+    FLOP count, comparable across points whatever the load did meanwhile); a
+    value the dataset cannot take (e.g. more GM classes than seen classes) is
+    skipped.
+  """
+  hyper = train_state.make_hyperparameters(config)
+  points = []
+  for value in SCALING_VALUES[name]:
+    point_config, point_dataset, num_seeds = config, dataset, 1
+    if name == "seeds":
+      num_seeds = value
+    elif name == "batch":
+      point_config = _override(config, "train.batch_size", value)
+    elif name == "seen":
+      point_dataset = benchmark_dataset(config, num_seen=value)
+    elif name == "gm_classes":
+      point_config = _override(config, "gm.num_classes", value)
+    elif name == "thetas":
+      point_config = _override(config, "gm.num_theta_samples", value)
+    try:
+      spec = train_state.make_train_spec(point_config, point_dataset)
+    except ConfigError as error:
+      print(f"skipping {name}={value}: {error}", file=sys.stderr)
+      continue
+    point = {"row": name, "value": value,
+             **time_stage1(spec, point_dataset, hyper, iterations=iterations, chunks=chunks,
+                           num_seeds=num_seeds, matmul_size=matmul_size)}
+    fractions = fractions_of_matmul(point["analytic_flop_per_iteration"], point)
+    point.update(fraction_wall=fractions["wall"], fraction_cpu_time=fractions["cpu_time"])
+    points.append(point)
+    on_result(point)
+  return points
+
+
+# --------------------------------------------------------------------------
+# The whole benchmark.
+
+
+def machine_description() -> Dict[str, Any]:
+  """Device, backend, JAX version, CPU count and load average.
+
+  Returns:
+    A JSON-ready dict.
+  """
+  device = jax.devices()[0]
+  return {"backend": jax.default_backend(), "device_kind": device.device_kind,
+          "device_count": jax.device_count(), "jax_version": jax.__version__,
+          "cpu_count": os.cpu_count(), "platform": platform.platform(),
+          "processor": platform.processor(),
+          "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+
+
+def run_benchmark(config: ml_collections.ConfigDict, *, iterations: int, chunks: int,
+                  scaling: Sequence[str], scaling_iterations: int, classifier_epochs: int,
+                  skip_classifier: bool, matmul_size: int, breakdown: bool = True,
+                  log: Callable[[str], None] = print) -> Dict[str, Any]:
+  """Runs every measurement and returns the JSON-ready results.
+
+  Args:
+    config: the configuration (a dataset preset plus overrides).
+    iterations: generator iterations per timed call.
+    chunks: timed calls.
+    scaling: which scaling rows to run (a subset of SCALING_ROWS).
+    scaling_iterations: iterations per timed call in scaling rows.
+    classifier_epochs: final-classifier epochs to time (0: config.eval.epochs).
+    skip_classifier: do not time the final classifier.
+    matmul_size: the reference matrix product's side (0: by backend).
+    breakdown: also time the iteration's parts alone (`time_components`).
+    log: where progress lines go.
+
+  Returns:
+    The results dict (see the module docstring).
+
+  Raises:
+    ConfigError: bad settings.
+  """
+  for flag, value in (("iterations", iterations), ("chunks", chunks),
+                      ("scaling_iterations", scaling_iterations)):
+    if value < 1:
+      raise ConfigError(f"--{flag}: expected a positive integer, found {value}")
+  unknown = [row for row in scaling if row not in SCALING_ROWS]
+  if unknown:
+    raise ConfigError(f"--scaling: expected names among {SCALING_ROWS}, found {unknown}")
+  gmn_config.validate_fields(config)
+  variant = gmn_config.get_variant(config)
+  if not variant.uses_generator:
+    raise ConfigError(f"config.method: expected a method with a generator, found "
+                      f"{config.method!r}")
+  if not matmul_size:
+    matmul_size = 2048 if jax.default_backend() == "cpu" else 8192
+  results = {"config": {"dataset": config.dataset, "method": config.method,
+                        "embedding": config.embedding, "precision": config.precision},
+             "machine": machine_description()}
+  log(f"machine: {results['machine']}")
+  results["matmul"] = matmul_rate(matmul_size)
+  log(f"float32 matmul {matmul_size}²: {results['matmul']['flops'] / 1e9:.1f} GFLOP/s")
+
+  dataset = benchmark_dataset(config)
+  spec = train_state.make_train_spec(config, dataset)
+  results["shapes"] = {"num_train": int(dataset.train_features.shape[0]),
+                       "feature_dim": dataset.feature_dim, "embedding_dim": spec.embedding_dim,
+                       "num_seen": spec.num_seen, "num_unseen": spec.num_unseen,
+                       "batch_size": spec.batch_size, "n_critic": spec.n_critic,
+                       "gm_num_classes": spec.gm_num_classes,
+                       "gm_real_per_class": spec.gm_real_per_class,
+                       "gm_fake_repeat": spec.gm_fake_repeat,
+                       "num_theta_samples": spec.num_theta_samples}
+  hyper = train_state.make_hyperparameters(config)
+  main_row = time_stage1(spec, dataset, hyper, iterations=iterations, chunks=chunks,
+                         count_flops=True, matmul_size=matmul_size)
+  flop = main_row["flops"]["xla"]["per_iteration"]
+  fractions = fractions_of_matmul(flop, main_row)
+  results["matmul"]["after_chunks"] = main_row["matmul_after_chunks"]
+  results["matmul"]["flops_next_to_chunks"] = statistics.median(
+      m["flops"] for m in main_row["matmul_after_chunks"])
+  results.update(
+      ms_per_iteration=main_row["ms_per_iteration"],
+      cpu_ms_per_iteration=main_row["cpu_ms_per_iteration"], compile_s=main_row["compile_s"],
+      chunk_seconds=main_row["chunk_seconds"], chunk_cpu_seconds=main_row["chunk_cpu_seconds"],
+      iterations_per_chunk=iterations,
+      flop_per_iteration=flop, flops_detail=main_row["flops"],
+      analytic_flop_per_iteration=main_row["flops"]["analytic"]["per_iteration"],
+      achieved_flops=fractions["achieved_flops"],
+      fraction_of_matmul_peak=fractions["wall"],
+      fraction_of_matmul_peak_cpu_time=fractions["cpu_time"],
+      projected_full_run_s=main_row["ms_per_iteration"] / 1e3 * config.train.num_iterations,
+      num_iterations=int(config.train.num_iterations))
+  log(f"stage 1: {results['ms_per_iteration']:.1f} ms/iteration, compile "
+      f"{results['compile_s']:.1f} s, {flop / 1e9:.1f} GFLOP/iteration (XLA; analytic "
+      f"{results['analytic_flop_per_iteration'] / 1e9:.1f}), "
+      f"{100 * results['fraction_of_matmul_peak']:.0f}% of the matmul rate (wall), "
+      f"{100 * results['fraction_of_matmul_peak_cpu_time']:.0f}% (CPU time)")
+  if breakdown:
+    results["components"] = time_components(spec, dataset, hyper, repeats=chunks,
+                                            matmul_size=matmul_size)
+    log(f"components: {results['components']}")
+  results["peak_memory"] = peak_memory()
+
+  results["scaling"] = []
+  for name in scaling:
+    results["scaling"] += scaling_row(
+        name, config, dataset, iterations=scaling_iterations, chunks=chunks,
+        matmul_size=matmul_size, on_result=lambda p: log(f"scaling {p['row']}={p['value']}: "
+                                f"{p['ms_per_iteration']:.1f} ms/iteration "
+                                f"(compile {p['compile_s']:.1f} s)"))
+  if not skip_classifier:
+    epochs = classifier_epochs or int(config.eval.epochs)
+    results["final_classifier"] = time_final_classifier(config, dataset, epochs=epochs)
+    log(f"final classifier: {results['final_classifier']}")
+  results["peak_memory"] = peak_memory()
+  return results
+
+
+def format_table(results: Dict[str, Any]) -> str:
+  """The printed summary of `run_benchmark`'s results.
+
+  Args:
+    results: from `run_benchmark`.
+
+  Returns:
+    A multi-line text.
+  """
+  m, c = results["machine"], results["config"]
+  lines = [f"{c['dataset']} {c['method']} ({c['embedding']}, {c['precision']}) on "
+           f"{m['device_kind']} ({m['backend']}, {m['cpu_count']} CPUs, load "
+           f"{m['load_average']}), JAX {m['jax_version']}",
+           f"{'measure':<38} {'value':>14}"]
+
+  def add(label, value):
+    lines.append(f"{label:<38} {value:>14}")
+
+  add("ms / generator iteration", f"{results['ms_per_iteration']:.1f}")
+  add("compile (s)", f"{results['compile_s']:.1f}")
+  add("GFLOP / iteration (XLA)", f"{results['flop_per_iteration'] / 1e9:.1f}")
+  add("GFLOP / iteration (analytic matmuls)",
+      f"{results['analytic_flop_per_iteration'] / 1e9:.1f}")
+  add("achieved GFLOP/s", f"{results['achieved_flops'] / 1e9:.1f}")
+  add(f"f32 matmul {results['matmul']['size']}² GFLOP/s (next to chunks)",
+      f"{results['matmul']['flops_next_to_chunks'] / 1e9:.1f}")
+  add("fraction of matmul rate (wall)", f"{100 * results['fraction_of_matmul_peak']:.1f}%")
+  add("fraction of matmul rate (CPU time)",
+      f"{100 * results['fraction_of_matmul_peak_cpu_time']:.1f}%")
+  add(f"projected {results['num_iterations']} iterations (min)",
+      f"{results['projected_full_run_s'] / 60:.1f}")
+  add(f"peak memory ({results['peak_memory']['source']}, MiB)",
+      f"{results['peak_memory']['bytes'] / 2**20:.0f}")
+  for name, part in results.get("components", {}).items():
+    add(f"{name}: ms / GFLOP / % wall / % CPU",
+        f"{part['ms']:.0f} / {part['flop'] / 1e9:.1f} / {100 * part['fraction_wall']:.0f} / "
+        f"{100 * part['fraction_cpu_time']:.0f}")
+  if results.get("scaling"):
+    lines.append(f"{'scaling':<12} {'value':>6} {'ms/iter':>9} {'ms/iter/seed':>13} "
+                 f"{'GFLOP':>7} {'% wall':>7} {'% CPU':>6} {'compile s':>10}")
+    for p in results["scaling"]:
+      lines.append(f"{p['row']:<12} {p['value']:>6} {p['ms_per_iteration']:>9.0f} "
+                   f"{p['ms_per_iteration_per_seed']:>13.0f} "
+                   f"{p['analytic_flop_per_iteration'] / 1e9:>7.1f} "
+                   f"{100 * p['fraction_wall']:>7.0f} {100 * p['fraction_cpu_time']:>6.0f} "
+                   f"{p['compile_s']:>10.1f}")
+  final = results.get("final_classifier")
+  if final:
+    add(f"final classifier {final['epochs_timed']} epochs (s)", f"{final['seconds']:.1f}")
+    add(f"final classifier {final['epochs']} epochs, projected (s)",
+        f"{final['projected_s']:.1f}")
+  return "\n".join(lines)
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    print(f"error: command line: expected only flags, found {' '.join(argv[1:])}",
+          file=sys.stderr)
+    sys.exit(2)
+  try:
+    config = _CONFIG.value
+    if config is None:
+      raise ConfigError("--config: expected a config file such as experiments/configs/cub.py, "
+                        "found nothing")
+    scaling = [] if _SKIP_SCALING.value else [
+        s.strip() for s in _SCALING.value.split(",") if s.strip()]
+    results = run_benchmark(
+        config, iterations=_ITERATIONS.value, chunks=_CHUNKS.value, scaling=scaling,
+        scaling_iterations=_SCALING_ITERATIONS.value or _ITERATIONS.value,
+        classifier_epochs=_CLASSIFIER_EPOCHS.value, skip_classifier=_SKIP_CLASSIFIER.value,
+        matmul_size=_MATMUL_SIZE.value, breakdown=not _SKIP_BREAKDOWN.value,
+        log=lambda line: print(line, file=sys.stderr))
+  except GMNError as error:
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
+  print(format_table(results))
+  if _JSON_OUT.value:
+    with open(_JSON_OUT.value, "w", encoding="utf-8") as f:
+      json.dump(results, f, indent=1)
+    print(f"results: {_JSON_OUT.value}")
+
+
+if __name__ == "__main__":
+  app.run(main)
