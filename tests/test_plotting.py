@@ -110,6 +110,9 @@ def test_tsne_keeps_well_separated_clusters_apart():
 
 def test_feature_projection_figure(tmp_path):
   assert_png_with_content(plotting.plot_feature_projections(samples(), str(tmp_path / "p.png")))
+  labels = np.array([5, 5, 1, 5, 1, 1, 1])
+  np.testing.assert_array_equal(
+      plotting._first_per_class(labels, 2), [0, 1, 2, 4])  # pylint: disable=protected-access
 
 
 def test_ablation_bars(tmp_path):
