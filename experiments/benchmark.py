@@ -66,6 +66,7 @@ import numpy as np
 from gmn_jax import config as gmn_config
 from gmn_jax import evaluate
 from gmn_jax import parallel_train
+from gmn_jax import train
 from gmn_jax import train_state
 from gmn_jax import train_step
 from gmn_jax.data import synthetic
@@ -73,27 +74,54 @@ from gmn_jax.data.dataset import ZSLDataset
 from gmn_jax.errors import ConfigError
 from gmn_jax.errors import GMNError
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "A dataset config, e.g. experiments/configs/cub.py.", lock_config=False)
-_ITERATIONS = flags.DEFINE_integer("iterations", 5, "Generator iterations per timed call.")
-_CHUNKS = flags.DEFINE_integer("chunks", 3, "Timed calls after compilation (median taken).")
-_JSON_OUT = flags.DEFINE_string("json_out", None, "Where to write the results as JSON.")
-_SCALING = flags.DEFINE_string(
-    "scaling", "seeds,batch,seen,gm_classes,thetas",
-    "Comma-separated scaling rows to run: " + ", ".join(
-        ("seeds", "batch", "seen", "gm_classes", "thetas")) + ".")
-_SKIP_SCALING = flags.DEFINE_bool("skip_scaling", False, "Run no scaling rows.")
-_SCALING_ITERATIONS = flags.DEFINE_integer(
-    "scaling_iterations", 0, "Iterations per timed call in scaling rows (0: --iterations).")
-_CLASSIFIER_EPOCHS = flags.DEFINE_integer(
-    "classifier_epochs", 0, "Final-classifier epochs actually timed (0: config.eval.epochs); "
-    "the time is projected to config.eval.epochs.")
-_SKIP_CLASSIFIER = flags.DEFINE_bool("skip_classifier", False, "Do not time the final classifier.")
-_SKIP_BREAKDOWN = flags.DEFINE_bool(
-    "skip_breakdown", False, "Do not time the critic step, generator step and GM alone.")
-_MATMUL_SIZE = flags.DEFINE_integer(
-    "matmul_size", 0, "Side of the square float32 matrix product that measures the device's "
-    "rate (0: 2048 on CPU, 8192 on accelerators).")
+_CONFIG = None
+_ITERATIONS = None
+_CHUNKS = None
+_JSON_OUT = None
+_SCALING = None
+_SKIP_SCALING = None
+_SCALING_ITERATIONS = None
+_CLASSIFIER_EPOCHS = None
+_SKIP_CLASSIFIER = None
+_SKIP_BREAKDOWN = None
+_MATMUL_SIZE = None
+
+
+def define_flags() -> None:
+  """Defines the command-line flags.
+
+  Called only when the module runs as a program, so that importing it (as
+  the tests do) defines no absl flags that could collide with another
+  binary's.
+  """
+  # pylint: disable=global-statement
+  global _CONFIG, _ITERATIONS, _CHUNKS, _JSON_OUT, _SCALING, _SKIP_SCALING
+  global _SCALING_ITERATIONS, _CLASSIFIER_EPOCHS, _SKIP_CLASSIFIER, _SKIP_BREAKDOWN
+  global _MATMUL_SIZE
+  # pylint: enable=global-statement
+  _CONFIG = config_flags.DEFINE_config_file(
+      "config", None, "A dataset config, e.g. experiments/configs/cub.py.", lock_config=False)
+  _ITERATIONS = flags.DEFINE_integer("iterations", 5, "Generator iterations per timed call.")
+  _CHUNKS = flags.DEFINE_integer("chunks", 3, "Timed calls after compilation (median taken).")
+  _JSON_OUT = flags.DEFINE_string("json_out", None, "Where to write the results as JSON.")
+  _SCALING = flags.DEFINE_string(
+      "scaling", "seeds,batch,seen,gm_classes,thetas",
+      "Comma-separated scaling rows to run: " + ", ".join(
+          ("seeds", "batch", "seen", "gm_classes", "thetas")) + ".")
+  _SKIP_SCALING = flags.DEFINE_bool("skip_scaling", False, "Run no scaling rows.")
+  _SCALING_ITERATIONS = flags.DEFINE_integer(
+      "scaling_iterations", 0, "Iterations per timed call in scaling rows (0: --iterations).")
+  _CLASSIFIER_EPOCHS = flags.DEFINE_integer(
+      "classifier_epochs", 0, "Final-classifier epochs actually timed (0: config.eval.epochs); "
+      "the time is projected to config.eval.epochs.")
+  _SKIP_CLASSIFIER = flags.DEFINE_bool("skip_classifier", False,
+                                       "Do not time the final classifier.")
+  _SKIP_BREAKDOWN = flags.DEFINE_bool(
+      "skip_breakdown", False, "Do not time the critic step, generator step and GM alone.")
+  _MATMUL_SIZE = flags.DEFINE_integer(
+      "matmul_size", 0, "Side of the square float32 matrix product that measures the device's "
+      "rate (0: 2048 on CPU, 8192 on accelerators).")
+
 
 SCALING_ROWS = ("seeds", "batch", "seen", "gm_classes", "thetas")
 SCALING_VALUES = {
@@ -791,6 +819,23 @@ def format_table(results: Dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
+def parse_flags(argv: Sequence[str]) -> Sequence[str]:
+  """absl's flag parsing, with a bad flag or override exiting 2 in one line.
+
+  Args:
+    argv: the command line.
+
+  Returns:
+    The arguments left after the flags.
+  """
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as error:
+    # config_flags reports an unknown or mistyped --config.<field> with these.
+    print(f"error: {train.command_line_error(error, argv)}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     print(f"error: command line: expected only flags, found {' '.join(argv[1:])}",
@@ -820,4 +865,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  define_flags()
+  app.run(main, flags_parser=parse_flags)

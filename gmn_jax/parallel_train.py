@@ -214,9 +214,9 @@ def train_generators(spec: train_state.TrainSpec, data: train_state.TrainData,
                          for k, v in jax.device_get(chunk_metrics).items()}
         elapsed = time.perf_counter() - call_started
         timings.append((length, elapsed))
+        all_finite = train._all_finite  # pylint: disable=protected-access
         with context():
-          finite = (jax.vmap(train._all_finite)(state) if vmapped  # pylint: disable=protected-access
-                    else train._all_finite(state))  # pylint: disable=protected-access
+          finite = jax.vmap(all_finite)(state) if vmapped else all_finite(state)
         finite = np.asarray(jax.device_get(finite)).reshape(num_seeds)
         for i, seed in enumerate(seeds):
           seed_metrics = {k: v[i] for k, v in chunk_metrics.items()}
@@ -234,7 +234,8 @@ def train_generators(spec: train_state.TrainSpec, data: train_state.TrainData,
                 f"of {num_iterations}; the run stopped, {kept}. Lower the learning rates or "
                 "the loss weights.")
           if writers[i] is not None:
-            for step, window in train._log_rows(seed_metrics, it, log_every):  # pylint: disable=protected-access
+            log_rows = train._log_rows  # pylint: disable=protected-access
+            for step, window in log_rows(seed_metrics, it, log_every):
               writers[i].write_scalars(step, {**{f"train/{k}": v for k, v in window.items()},
                                               "steps_per_sec": length / elapsed})
         it += length

@@ -422,7 +422,8 @@ def run_seed(config: ml_collections.ConfigDict, dataset: ZSLDataset, seed: int,
     spec = train_state.make_train_spec(config, dataset)
     data = train_state.make_train_data(dataset, spec)
     stage1 = train_generator(
-        spec, data, train_state.make_hyperparameters(config), seed=seed, num_iterations=config.train.num_iterations,
+        spec, data, train_state.make_hyperparameters(config), seed=seed,
+        num_iterations=config.train.num_iterations,
         iterations_per_call=config.train.iterations_per_call,
         checkpoint_every=config.train.checkpoint_every, log_every=config.train.log_every,
         checkpoint_dir=os.path.join(workdir, CHECKPOINT_DIR, f"seed_{seed}"),

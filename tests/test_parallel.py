@@ -145,7 +145,8 @@ def test_training_on_four_devices_equals_one_device(tmp_path):
   for got, want in zip(leaves(sharded["state"]), leaves(single["state"])):
     np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
   # Training moved the parameters, so the comparison is not of two inits.
-  init = train_state.init_train_state(train._seed_keys(3)[0], spec, data)  # pylint: disable=protected-access
+  init_key = train._seed_keys(3)[0]  # pylint: disable=protected-access
+  init = train_state.init_train_state(init_key, spec, data)
   assert not np.allclose(sharded["state"].generator["layers"]["layer_0"]["kernel"],
                          init.generator["layers"]["layer_0"]["kernel"])
   # The step really splits its batches: XLA sums partial gradients (checked
