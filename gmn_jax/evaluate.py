@@ -27,7 +27,7 @@ import dataclasses
 import functools
 import math
 import numbers
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import jax
 from jax import lax
@@ -55,6 +55,10 @@ ORACLE_CALIBRATION_NAMES = ("ausuc", "oracle_calibration_gamma", "oracle_calibra
 CALIBRATION_NAMES = ("calibration_gamma", "calibrated_gzsl_u", "calibrated_gzsl_s",
                      "calibrated_gzsl_h")
 _INPUT = "evaluation inputs"  # the "path" of in-memory arrays in errors
+# The most bytes of pooled training sets (N x D float32 per generator) that
+# `evaluate_generators` holds at once; more generators are split into batches.
+# 2 GiB holds five pooled sets of any xlsa17 benchmark (0.15-0.4 GB each).
+MAX_POOLED_BYTES = 2 ** 31
 
 
 # --------------------------------------------------------------------------
@@ -446,10 +450,9 @@ def _calibration(params, class_embeddings, eval_data, kind, gammas):
   return values, tuple(curves)
 
 
-@functools.partial(jax.jit, static_argnames=("kind", "epochs", "batch_size"))
-def _train_seeds(init_params, shuffle_keys, hyper, features, labels,
-                 class_embeddings, train_columns, eval_data, *, kind, epochs,
-                 batch_size):
+def _train_classifier_seeds(init_params, shuffle_keys, hyper, features, labels,
+                            class_embeddings, train_columns, eval_data, *, kind,
+                            epochs, batch_size):
   """Trains one classifier per seed (vmapped); returns (params, curves)."""
   _, apply_fn = models.get_classifier(kind)
   num_examples = features.shape[0]
@@ -492,6 +495,30 @@ def _train_seeds(init_params, shuffle_keys, hyper, features, labels,
     return params, curves
 
   return jax.vmap(one_seed)(init_params, shuffle_keys)
+
+
+_STATIC_TRAINING_ARGS = ("kind", "epochs", "batch_size")
+_train_seeds = jax.jit(_train_classifier_seeds, static_argnames=_STATIC_TRAINING_ARGS)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC_TRAINING_ARGS)
+def _train_generator_seeds(init_params, shuffle_keys, hyper, features, labels,
+                           class_embeddings, train_columns, eval_data, *, kind, epochs,
+                           batch_size):
+  """`_train_classifier_seeds` vmapped over a leading generator axis.
+
+  init_params, shuffle_keys and features carry a leading axis of G generators
+  (each generator's own pooled training set); labels, class embeddings and
+  evaluation sets are shared, as the pooled sets differ only in the synthetic
+  features' values.
+  """
+
+  def one_generator(params, keys, generator_features):
+    return _train_classifier_seeds(
+        params, keys, hyper, generator_features, labels, class_embeddings, train_columns,
+        eval_data, kind=kind, epochs=epochs, batch_size=batch_size)
+
+  return jax.vmap(one_generator)(init_params, shuffle_keys, features)
 
 
 # --------------------------------------------------------------------------
@@ -582,48 +609,142 @@ def train_final_classifier_from_keys(seed_keys, train_features, train_labels,
   _check_features(class_embeddings, "class_embeddings")
   num_examples, feature_dim = jnp.shape(train_features)
   num_classes, embedding_dim = jnp.shape(class_embeddings)
+  labels, columns = _training_labels(train_labels, num_examples, num_classes, train_classes)
+  eval_data = _prepare_eval_data(eval_sets, feature_dim, num_classes, eval_chunk_size)
+  init_params, shuffle_keys = _initial_classifiers(
+      settings.classifier, seed_keys, feature_dim, embedding_dim, num_classes)
+  class_embeddings = jnp.asarray(class_embeddings, jnp.float32)
+  params, curves = _train_seeds(
+      init_params, shuffle_keys, _hyperparameters(settings),
+      jnp.asarray(train_features, jnp.float32), jnp.asarray(labels), class_embeddings,
+      columns, eval_data, kind=settings.classifier, epochs=settings.epochs,
+      batch_size=settings.batch_size)
+  return _final_result(params, jax.device_get(curves), class_embeddings, eval_data,
+                       settings.classifier, gammas, _split_of(eval_sets))
+
+
+def train_final_classifier_group(seed_keys, train_features, train_labels,
+                                 class_embeddings, eval_sets, cfg, *,
+                                 train_classes=None, eval_chunk_size: int = 4096,
+                                 calibration_gamma=None) -> List[FinalClassifierResult]:
+  """The final classifiers of G generators' pooled training sets, all at once.
+
+  One jitted program trains G x S classifiers: `jax.vmap` over the G
+  training sets around the vmap over the S classifier seeds of
+  `train_final_classifier_from_keys`. Generator g's result equals
+  `train_final_classifier_from_keys(seed_keys[g], train_features[g], ...)` to
+  float tolerance (the vmapped products may round differently in the last
+  bits; docs/evaluation.md).
+
+  Args:
+    seed_keys: (G, S) PRNG keys, generator g's S classifier seeds in row g
+      (used as in `train_final_classifier_from_keys`).
+    train_features: (G, N, D) float features, one pooled training set per
+      generator.
+    train_labels: (N,) int global class ids, shared by the G training sets.
+    class_embeddings: (C, K) embeddings of ALL classes.
+    eval_sets: an `EvalSets`, a `ZSLDataset`, or None.
+    cfg: the evaluation config (see `classifier_settings`).
+    train_classes: optional global ids of the logit columns the training loss
+      sees (default: all classes).
+    eval_chunk_size: the most evaluation rows scored at once.
+    calibration_gamma: optional calibrated-stacking constant (a float, or one
+      per classifier seed), the same for every generator.
+
+  Returns:
+    G `FinalClassifierResult`s with S seeds each, in generator order.
+
+  Raises:
+    ConfigError: for a bad config.
+    DataError: for inconsistent arrays.
+  """
+  settings = classifier_settings(cfg)
+  shape = tuple(jnp.shape(train_features))
+  key_shape = tuple(jnp.shape(seed_keys))
+  if len(shape) != 3 or not key_shape or key_shape[0] != shape[0] or len(key_shape) < 2:
+    raise DataError(_INPUT, "train_features",
+                    "a (G, N, D) float array and (G, S) seed keys",
+                    f"features of shape {shape}, keys of shape {key_shape}")
+  num_generators, num_examples, feature_dim = shape
+  gammas = _calibration_gammas(calibration_gamma, key_shape[1])
+  _check_features(class_embeddings, "class_embeddings")
+  num_classes, embedding_dim = jnp.shape(class_embeddings)
+  labels, columns = _training_labels(train_labels, num_examples, num_classes, train_classes)
+  eval_data = _prepare_eval_data(eval_sets, feature_dim, num_classes, eval_chunk_size)
+  # Initialised generator by generator: the very arrays a one-generator call makes.
+  inits = [_initial_classifiers(settings.classifier, seed_keys[g], feature_dim,
+                                embedding_dim, num_classes) for g in range(num_generators)]
+  init_params = jax.tree.map(lambda *leaves: jnp.stack(leaves), *[i[0] for i in inits])
+  shuffle_keys = jnp.stack([i[1] for i in inits])
+  class_embeddings = jnp.asarray(class_embeddings, jnp.float32)
+  params, curves = _train_generator_seeds(
+      init_params, shuffle_keys, _hyperparameters(settings),
+      jnp.asarray(train_features, jnp.float32), jnp.asarray(labels), class_embeddings,
+      columns, eval_data, kind=settings.classifier, epochs=settings.epochs,
+      batch_size=settings.batch_size)
+  curves = jax.device_get(curves)
+  split = _split_of(eval_sets)
+  return [
+      _final_result(jax.tree.map(lambda leaf, g=g: leaf[g], params),
+                    {name: values[g] for name, values in curves.items()}, class_embeddings,
+                    eval_data, settings.classifier, gammas, split)
+      for g in range(num_generators)
+  ]
+
+
+def _training_labels(train_labels, num_examples, num_classes, train_classes):
+  """(labels as indices of the trained logit columns, those columns or None)."""
   labels = _as_int_array(train_labels, "train_labels")
   if labels.shape[0] != num_examples:
     raise DataError(_INPUT, "train_labels", f"{num_examples} labels", f"{labels.shape[0]}")
   if num_examples == 0:
     raise DataError(_INPUT, "train_features", "at least one example", "none")
   _check_ids(labels, "train_labels", num_classes)
-  columns = None
-  if train_classes is not None:
-    columns = _as_int_array(train_classes, "train_classes")
-    _check_ids(columns, "train_classes", num_classes)
-    local = np.full(num_classes, -1, np.int32)
-    local[columns] = np.arange(columns.size, dtype=np.int32)
-    labels = local[labels]
-    if (labels < 0).any():
-      raise DataError(_INPUT, "train_labels", "ids among train_classes",
-                      "labels of other classes")
-    columns = jnp.asarray(columns)
-  eval_data = _prepare_eval_data(eval_sets, feature_dim, num_classes, eval_chunk_size)
+  if train_classes is None:
+    return labels, None
+  columns = _as_int_array(train_classes, "train_classes")
+  _check_ids(columns, "train_classes", num_classes)
+  local = np.full(num_classes, -1, np.int32)
+  local[columns] = np.arange(columns.size, dtype=np.int32)
+  labels = local[labels]
+  if (labels < 0).any():
+    raise DataError(_INPUT, "train_labels", "ids among train_classes",
+                    "labels of other classes")
+  return labels, jnp.asarray(columns)
 
-  init_fn, _ = models.get_classifier(settings.classifier)
+
+def _initial_classifiers(kind, seed_keys, feature_dim, embedding_dim, num_classes):
+  """(initial parameters, shuffle keys), stacked over the seeds of seed_keys."""
+  init_fn, _ = models.get_classifier(kind)
   init_keys, shuffle_keys = jax.vmap(jax.random.split, out_axes=1)(seed_keys)
   init_params = jax.vmap(lambda k: init_fn(
       k, feature_dim=feature_dim, embedding_dim=embedding_dim,
       num_classes=num_classes))(init_keys)
-  hyper = {name: jnp.float32(getattr(settings, name))
-           for name in ("lr", "lr_decay", "weight_decay", "momentum")}
-  params, curves = _train_seeds(
-      init_params, shuffle_keys, hyper, jnp.asarray(train_features, jnp.float32),
-      jnp.asarray(labels), jnp.asarray(class_embeddings, jnp.float32), columns,
-      eval_data, kind=settings.classifier, epochs=settings.epochs,
-      batch_size=settings.batch_size)
+  return init_params, shuffle_keys
+
+
+def _hyperparameters(settings: ClassifierSettings) -> Dict[str, jnp.ndarray]:
+  # Traced, not static: a sweep over them reuses the compiled program.
+  return {name: jnp.float32(getattr(settings, name))
+          for name in ("lr", "lr_decay", "weight_decay", "momentum")}
+
+
+def _split_of(eval_sets) -> Optional[str]:
+  if isinstance(eval_sets, (EvalSets, ZSLDataset)):
+    return eval_sets.split
+  return None
+
+
+def _final_result(params, curves, class_embeddings, eval_data, kind, gammas,
+                  split) -> FinalClassifierResult:
+  """The `FinalClassifierResult` of trained params and their (S, epochs) curves."""
   curves = {name: np.asarray(values) for name, values in curves.items()}
   last = {name: values[:, -1] for name, values in curves.items()}
   seen_unseen_curves = None
   if eval_data is not None:
-    calibration, seen_unseen_curves = _calibration(
-        params, jnp.asarray(class_embeddings, jnp.float32), eval_data,
-        settings.classifier, gammas)
+    calibration, seen_unseen_curves = _calibration(params, class_embeddings, eval_data,
+                                                   kind, gammas)
     last.update(calibration)
-  split = None
-  if isinstance(eval_sets, (EvalSets, ZSLDataset)):
-    split = eval_sets.split
   return FinalClassifierResult(last=last, curves=curves, params=params, split=split,
                                seen_unseen_curves=seen_unseen_curves)
 
@@ -811,23 +932,130 @@ def evaluate_generator(sample_fn, dataset: ZSLDataset, cfg, key, *,
   settings = classifier_settings(cfg)
   num_seeds = _positive_int(cfg, "num_classifier_seeds")
   synth_key, train_key = jax.random.split(key)
-  features = jnp.asarray(dataset.train_features)
-  labels = jnp.asarray(dataset.train_labels)
   train_classes = None
   if sample_fn is None:
+    features = jnp.asarray(dataset.train_features)
+    labels = jnp.asarray(dataset.train_labels)
     if settings.classifier == "bilinear":
       train_classes = dataset.seen_classes
   else:
-    counts = synthetic_class_counts(dataset, _non_negative_int(cfg, "n_synth_unseen"),
-                                    _non_negative_int(cfg, "n_synth_seen"))
-    ids = [c for c, n in counts.items() if n > 0]
-    fake_features, fake_labels = synthesize(
-        sample_fn, synth_key, np.asarray(ids, np.int32), dataset.class_embeddings,
-        np.asarray([counts[c] for c in ids], np.int64))
-    features = jnp.concatenate([features, fake_features])
-    labels = jnp.concatenate([labels, fake_labels])
+    features, labels = _pooled_training_set(sample_fn, dataset, _synthetic_plan(dataset, cfg),
+                                            synth_key)
   return train_final_classifier(
       train_key, features, labels, dataset.class_embeddings,
       EvalSets.from_dataset(dataset), cfg, num_seeds=num_seeds,
       train_classes=train_classes, eval_chunk_size=eval_chunk_size,
       calibration_gamma=calibration_gamma)
+
+
+def _synthetic_plan(dataset: ZSLDataset, cfg) -> Tuple[np.ndarray, np.ndarray]:
+  """(class ids, counts) of the synthetic features, classes with a count > 0."""
+  counts = synthetic_class_counts(dataset, _non_negative_int(cfg, "n_synth_unseen"),
+                                  _non_negative_int(cfg, "n_synth_seen"))
+  ids = [c for c, n in counts.items() if n > 0]
+  return np.asarray(ids, np.int32), np.asarray([counts[c] for c in ids], np.int64)
+
+
+def _pooled_training_set(sample_fn, dataset: ZSLDataset, plan, synth_key):
+  """Real seen training features pooled with the generator's synthetic ones."""
+  ids, counts = plan
+  fake_features, fake_labels = synthesize(sample_fn, synth_key, ids, dataset.class_embeddings,
+                                          counts)
+  features = jnp.concatenate([jnp.asarray(dataset.train_features), fake_features])
+  labels = jnp.concatenate([jnp.asarray(dataset.train_labels), fake_labels])
+  return features, labels
+
+
+def generator_batches(num_generators: int, bytes_per_generator: int,
+                      max_pooled_bytes: int = MAX_POOLED_BYTES) -> List[Tuple[int, int]]:
+  """How `evaluate_generators` splits G generators to bound memory.
+
+  Consecutive batches of at most max(1, max_pooled_bytes //
+  bytes_per_generator) generators, in order; only the last may be smaller.
+  A single pooled training set larger than the bound still runs, alone.
+
+  Args:
+    num_generators: G.
+    bytes_per_generator: the size of one pooled training set (N x D x 4).
+    max_pooled_bytes: the most bytes of pooled training sets at once.
+
+  Returns:
+    [(start, stop), ...] generator index ranges covering range(G).
+
+  Raises:
+    ConfigError: for a non-positive bound.
+  """
+  if (not isinstance(max_pooled_bytes, numbers.Integral) or isinstance(max_pooled_bytes, bool)
+      or max_pooled_bytes < 1):
+    raise ConfigError(f"max_pooled_bytes: expected a positive int, found {max_pooled_bytes!r}")
+  size = max(1, int(max_pooled_bytes) // max(1, int(bytes_per_generator)))
+  return [(start, min(start + size, num_generators))
+          for start in range(0, num_generators, size)]
+
+
+def evaluate_generators(sample_fns: Sequence[Callable], dataset: ZSLDataset, cfg, keys, *,
+                        eval_chunk_size: int = 4096, calibration_gamma=None,
+                        max_pooled_bytes: int = MAX_POOLED_BYTES
+                        ) -> List[FinalClassifierResult]:
+  """`evaluate_generator` for G generators, their classifiers trained at once.
+
+  Generator g synthesises its features with its own key (exactly as
+  `evaluate_generator(sample_fns[g], dataset, cfg, keys[g])` does: the same
+  synthesis and classifier keys), and the G x cfg.num_classifier_seeds final
+  classifiers are trained in one jitted program (`train_final_classifier_group`).
+  Result g equals that of `evaluate_generator` for generator g alone to float
+  tolerance (vmapped products may round differently in the last bits).
+
+  The G pooled training sets (N x D float32 each) live in memory together; when
+  they would exceed `max_pooled_bytes`, the generators are evaluated in
+  consecutive batches (`generator_batches`), one program per batch.
+
+  Args:
+    sample_fns: G sample functions (see `synthesize`), e.g. partials of
+      `models.apply_generator` with each generator's parameters. The real-only
+      baseline (no generator) has no group form: use `evaluate_generator`.
+    dataset: the dataset; its test_unseen / test_seen sets are measured.
+    cfg: the evaluation config (config.eval), as for `evaluate_generator`.
+    keys: G PRNG keys (a sequence or a stacked array), one per generator.
+    eval_chunk_size: the most evaluation rows scored at once.
+    calibration_gamma: optional calibrated-stacking constant, the same for
+      every generator (see `evaluate_generator`).
+    max_pooled_bytes: the most bytes of pooled training sets held at once.
+
+  Returns:
+    G `FinalClassifierResult`s over cfg.num_classifier_seeds seeds each, in the
+    order of sample_fns.
+
+  Raises:
+    ConfigError: for a bad config, no generators, a missing generator or a
+      key count that does not match.
+  """
+  classifier_settings(cfg)
+  num_seeds = _positive_int(cfg, "num_classifier_seeds")
+  sample_fns = list(sample_fns)
+  num_generators = len(sample_fns)
+  if num_generators == 0 or any(fn is None for fn in sample_fns):
+    raise ConfigError(
+        "sample_fns: expected one or more sample functions, found "
+        f"{'none' if not sample_fns else 'None among them'} (the real-only baseline is "
+        "evaluate_generator(None, ...))")
+  if len(keys) != num_generators:
+    raise ConfigError(f"keys: expected {num_generators} PRNG keys (one per generator), "
+                      f"found {len(keys)}")
+  plan = _synthetic_plan(dataset, cfg)
+  num_examples = int(np.shape(dataset.train_labels)[0] + plan[1].sum())
+  bytes_per_generator = num_examples * int(dataset.feature_dim) * 4
+  results = []
+  for start, stop in generator_batches(num_generators, bytes_per_generator, max_pooled_bytes):
+    features, seed_keys = [], []
+    for g in range(start, stop):
+      synth_key, train_key = jax.random.split(keys[g])
+      pooled, labels = _pooled_training_set(sample_fns[g], dataset, plan, synth_key)
+      features.append(pooled)
+      seed_keys.append(jax.random.split(train_key, num_seeds))
+    features = jnp.stack(features)  # the pieces are freed when the list goes
+    results.extend(train_final_classifier_group(
+        jnp.stack(seed_keys), features, labels, dataset.class_embeddings,
+        EvalSets.from_dataset(dataset), cfg, eval_chunk_size=eval_chunk_size,
+        calibration_gamma=calibration_gamma))
+  return results
