@@ -13,6 +13,9 @@ For every generator seed in `config.seeds`:
    features, train `eval.num_classifier_seeds` final classifiers); the seed's
    metrics are the mean over classifier seeds of the last epoch, saved
    atomically to `workdir/seed_<s>/result.json`, so a rerun skips the seed.
+   Seeds whose stage 1 ran together (`num_parallel_seeds` > 1) are evaluated
+   together too (`evaluate.evaluate_generators`: all their final classifiers
+   in one program), with the same per-seed results and files.
 
 Then `workdir/results.json` holds mean, std (over generator seeds, ddof 0)
 and per-seed values of every metric, in percent. Rerunning the same command
@@ -429,15 +432,76 @@ def run_seed(config: ml_collections.ConfigDict, dataset: ZSLDataset, seed: int,
         checkpoint_dir=os.path.join(workdir, CHECKPOINT_DIR, f"seed_{seed}"),
         metrics_dir=_seed_dir(workdir, seed))
   if variant.uses_generator:
-    timings.update(stage1_s=stage1["seconds"], stage1_start_iteration=stage1["start_iteration"],
-                   ms_per_iteration=stage1["ms_per_iteration"],
-                   stage1_first_call_s=stage1["first_call_s"])
-    sample_fn = functools.partial(models.apply_generator, stage1["state"].generator)
+    timings.update(_stage1_timings(stage1))
+    sample_fn = _sample_fn(stage1)
     _stop_if_requested(f"after stage 1 of seed {seed} (its final checkpoint is saved)")
   started = time.perf_counter()
   result = evaluate.evaluate_generator(sample_fn, dataset, config.eval, eval_key,
                                        calibration_gamma=calibration_gamma)
   timings["stage2_s"] = time.perf_counter() - started
+  return _save_seed_result(workdir, dataset, seed, result, sample_fn, timings)
+
+
+def run_seed_group(config: ml_collections.ConfigDict, dataset: ZSLDataset,
+                   seeds: Sequence[int], stage1: Dict[int, Dict[str, Any]], workdir: str, *,
+                   calibration_gamma: Optional[float] = None) -> List[Dict[str, Any]]:
+  """Stage 2 of generator seeds trained together; returns (and saves) their results.
+
+  The final classifiers of all the seeds train in one program
+  (`evaluate.evaluate_generators`); each seed's result and files equal what
+  `run_seed` gives and writes for it alone, to float tolerance. Each seed's
+  `timings.stage2_s` is the group's stage-2 wall time divided by the group
+  size (its share, as for stage 1); `stage2_parallel_seeds` is the size.
+
+  Args:
+    config: the validated configuration (a variant with a generator).
+    dataset: the loaded dataset.
+    seeds: the generator seeds of the group.
+    stage1: {seed: its stage-1 result} from `parallel_train.train_generators`.
+    workdir: the run's directory.
+    calibration_gamma: a calibrated-stacking gamma chosen on a validation
+      split, or None.
+
+  Returns:
+    One `run_seed` result per seed, in the order of `seeds`.
+
+  Raises:
+    preemption.Interrupted: on a stop signal after stage 1 (whose final
+      checkpoints are saved).
+  """
+  seeds = [int(s) for s in seeds]
+  _stop_if_requested(f"after stage 1 of seeds {seeds} (their final checkpoints are saved)")
+  sample_fns = [_sample_fn(stage1[seed]) for seed in seeds]
+  started = time.perf_counter()
+  results = evaluate.evaluate_generators(
+      sample_fns, dataset, config.eval, [_seed_keys(seed)[2] for seed in seeds],
+      calibration_gamma=calibration_gamma)
+  share = (time.perf_counter() - started) / len(seeds)
+  return [
+      _save_seed_result(workdir, dataset, seed, result, sample_fn,
+                        {**_stage1_timings(stage1[seed]), "stage2_s": share,
+                         "stage2_parallel_seeds": len(seeds)})
+      for seed, result, sample_fn in zip(seeds, results, sample_fns)
+  ]
+
+
+def _stage1_timings(stage1: Dict[str, Any]) -> Dict[str, Any]:
+  return {"stage1_s": stage1["seconds"], "stage1_start_iteration": stage1["start_iteration"],
+          "ms_per_iteration": stage1["ms_per_iteration"],
+          "stage1_first_call_s": stage1["first_call_s"]}
+
+
+def _sample_fn(stage1: Dict[str, Any]):
+  # A partial over arrays: the generator weights are arguments of the compiled
+  # synthesis program, so every seed reuses it (evaluate.synthesize).
+  return functools.partial(models.apply_generator, stage1["state"].generator)
+
+
+def _save_seed_result(workdir: str, dataset: ZSLDataset, seed: int,
+                      result: evaluate.FinalClassifierResult, sample_fn,
+                      timings: Dict[str, Any]) -> Dict[str, Any]:
+  """A seed's result dict, saved with its eval curves and samples (process 0 only)."""
+  _, _, eval_key = _seed_keys(seed)
   names = METRIC_NAMES + tuple(n for n in CALIBRATION_METRIC_NAMES if n in result.last)
   curves = {name: np.mean(values, axis=0) for name, values in result.curves.items()}
   eval_dir = os.path.join(_seed_dir(workdir, seed), "eval")
@@ -526,8 +590,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
   """Runs both stages for every seed of `config` and writes results.json.
 
   Seeds are trained `config.num_parallel_seeds` at a time in one vmapped
-  program (`parallel_train.train_generators`; results equal separate runs to
-  float tolerance). With a mesh, stage 1 splits its batches over the mesh's
+  program (`parallel_train.train_generators`), and such a group's final
+  classifiers in one more (`run_seed_group`); results equal separate runs to
+  float tolerance. With a mesh, stage 1 splits its batches over the mesh's
   devices; in a multi-host run every process calls this with the same
   arguments and a workdir all of them can read, and only process 0 writes
   files (the checkpointer is collective).
@@ -599,12 +664,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
       group = pending[first:first + group_size]
       _stop_if_requested(f"before seeds {group}")
       stage1 = _train_group(config, dataset, group, workdir, mesh)
-      for seed in group:
-        seed_results[seed] = run_seed(config, dataset, seed, workdir,
-                                      calibration_gamma=calibration_gamma,
-                                      stage1=stage1.get(seed))
+      if len(group) > 1 and stage1:
+        finished = run_seed_group(config, dataset, group, stage1, workdir,
+                                  calibration_gamma=calibration_gamma)
+      else:  # One seed, or real_only: each seed on its own, as it finishes.
+        finished = (run_seed(config, dataset, seed, workdir, calibration_gamma=calibration_gamma,
+                             stage1=stage1.get(seed)) for seed in group)
+      for seed, result in zip(group, finished):
+        seed_results[seed] = result
         logging.info("seed %d: %s", seed, ", ".join(
-            f"{k}={v:.2f}" for k, v in seed_results[seed]["metrics"].items()))
+            f"{k}={v:.2f}" for k, v in result["metrics"].items()))
   seed_results = [seed_results[seed] for seed in config.seeds]
   summary = summarize(config, seed_results, dataset)
   if parallel.is_primary():

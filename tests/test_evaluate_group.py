@@ -1,0 +1,288 @@
+"""Grouped stage 2: G generators' final classifiers trained in one program.
+
+`evaluate.evaluate_generators` must give, for every generator, what
+`evaluate.evaluate_generator` gives for it alone with its own key, and
+`train.train_and_evaluate` with num_parallel_seeds > 1 (which uses it) must
+give the results of one seed at a time, also after an interruption between
+the stages.
+"""
+
+import functools
+import json
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from gmn_jax import evaluate
+from gmn_jax import models
+from gmn_jax import train
+from gmn_jax.errors import ConfigError, DataError
+from test_evaluate import EMBEDDING_DIM, EVAL_CHUNK, FEATURE_DIM, make_cfg, make_dataset
+from test_train_support import tiny_config, tiny_dataset
+
+NUM_GENERATORS = 3
+# Vmapping over generators may round products differently in the last bits
+# (XLA picks batched kernels); after 3 epochs of SGD that stays below 1e-5
+# relative. Another generator's or key's classifier differs by orders more
+# (checked below), so these tolerances still catch a swap.
+PARAM_TOLERANCE = dict(rtol=1e-5, atol=1e-6)
+METRIC_TOLERANCE = dict(rtol=1e-5, atol=1e-4)
+
+
+def _generators(num=NUM_GENERATORS):
+  """Sample functions of `num` differently initialised generators of one architecture."""
+  return [
+      functools.partial(models.apply_generator, models.init_generator(
+          jax.random.key(100 + g), kind="latent_noise", embedding_dim=EMBEDDING_DIM,
+          feature_dim=FEATURE_DIM, noise_dim=3, hidden_dims=(8,)))
+      for g in range(num)
+  ]
+
+
+def _keys(num=NUM_GENERATORS):
+  return [jax.random.fold_in(jax.random.key(7), g) for g in range(num)]
+
+
+def _assert_results_close(got, want):
+  for name in want.params:
+    np.testing.assert_allclose(got.params[name], want.params[name], err_msg=name,
+                               **PARAM_TOLERANCE)
+  assert set(got.curves) == set(want.curves)
+  for name, values in want.curves.items():
+    np.testing.assert_allclose(got.curves[name], values, err_msg=name, **METRIC_TOLERANCE)
+  assert set(got.last) == set(want.last)
+  for name, values in want.last.items():
+    np.testing.assert_allclose(got.last[name], values, err_msg=name, **METRIC_TOLERANCE)
+  assert got.split == want.split
+  for a, b in zip(got.seen_unseen_curves, want.seen_unseen_curves):
+    np.testing.assert_allclose(a.unseen, b.unseen, **METRIC_TOLERANCE)
+    np.testing.assert_allclose(a.seen, b.seen, **METRIC_TOLERANCE)
+
+
+# The two configurations cover both classifiers and the seen-class top-up (7
+# real training examples per seen class: n_synth_seen=9 adds 2 synthetic ones).
+CONFIGS = {"bilinear": dict(classifier="bilinear"),
+           "softmax_top_up": dict(classifier="softmax", n_synth_seen=9)}
+
+
+def _alone(dataset, cfg, **kwargs):
+  return [evaluate.evaluate_generator(fn, dataset, cfg, key, eval_chunk_size=EVAL_CHUNK,
+                                      **kwargs)
+          for fn, key in zip(_generators(), _keys())]
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_group_equals_each_generator_evaluated_alone(name):
+  dataset, _ = make_dataset()
+  cfg = make_cfg(**CONFIGS[name])
+  sample_fns, keys = _generators(), _keys()
+  group = evaluate.evaluate_generators(sample_fns, dataset, cfg, keys,
+                                       eval_chunk_size=EVAL_CHUNK, calibration_gamma=0.5)
+  assert len(group) == NUM_GENERATORS
+  alone = _alone(dataset, cfg, calibration_gamma=0.5)
+  for got, want in zip(group, alone):
+    _assert_results_close(got, want)
+    assert got.params["kernel"].shape[0] == cfg.num_classifier_seeds
+  # A mixed-up generator or key would be caught: their classifiers differ far
+  # beyond the tolerance.
+  for i, j in ((0, 1), (1, 2)):
+    gap = np.abs(group[i].params["kernel"] - alone[j].params["kernel"]).max()
+    assert gap > 1e3 * PARAM_TOLERANCE["atol"], (i, j, gap)
+  swapped_key = evaluate.evaluate_generator(sample_fns[0], dataset, cfg, keys[1],
+                                            eval_chunk_size=EVAL_CHUNK)
+  assert np.abs(swapped_key.params["kernel"] - group[0].params["kernel"]).max() > 1e-3
+
+
+def test_group_synthesises_with_each_generators_own_key(monkeypatch):
+  dataset, _ = make_dataset()
+  cfg = make_cfg(n_synth_seen=9)
+  pooled = []
+
+  def spy(seed_keys, features, labels, *args, **kwargs):
+    del args, kwargs  # Only the inputs matter here; training is tested above.
+    pooled.append((np.asarray(jax.random.key_data(seed_keys)), np.asarray(features),
+                   np.asarray(labels)))
+    return [None] * features.shape[0]
+
+  monkeypatch.setattr(evaluate, "train_final_classifier_group", spy)
+  sample_fns, keys = _generators(2), _keys(2)
+  assert evaluate.evaluate_generators(sample_fns, dataset, cfg, keys) == [None, None]
+  (seed_keys, features, labels), = pooled
+  ids, counts = evaluate._synthetic_plan(dataset, cfg)  # pylint: disable=protected-access
+  for g, (fn, key) in enumerate(zip(sample_fns, keys)):
+    synth_key, train_key = jax.random.split(key)
+    fake, fake_labels = evaluate.synthesize(fn, synth_key, ids, dataset.class_embeddings,
+                                            counts)
+    np.testing.assert_array_equal(features[g], np.concatenate([dataset.train_features, fake]))
+    np.testing.assert_array_equal(labels, np.concatenate([dataset.train_labels, fake_labels]))
+    np.testing.assert_array_equal(
+        seed_keys[g], jax.random.key_data(jax.random.split(train_key, cfg.num_classifier_seeds)))
+  assert not np.array_equal(features[0], features[1])
+
+
+@pytest.mark.parametrize("num, size, bound, expected", [
+    (5, 100, 250, [(0, 2), (2, 4), (4, 5)]),
+    (3, 100, 10_000, [(0, 3)]),
+    (3, 100, 50, [(0, 1), (1, 2), (2, 3)]),  # one set above the bound still runs
+    (4, 100, 200, [(0, 2), (2, 4)]),
+])
+def test_generator_batches_bound_the_pooled_bytes(num, size, bound, expected):
+  assert evaluate.generator_batches(num, size, bound) == expected
+
+
+def test_a_group_over_the_memory_bound_is_split_with_the_same_results(monkeypatch):
+  dataset, _ = make_dataset()
+  cfg = make_cfg(**CONFIGS["bilinear"])
+  sizes = []
+  real_group = evaluate.train_final_classifier_group
+
+  def spy(seed_keys, features, *args, **kwargs):
+    sizes.append(features.shape[0])
+    return real_group(seed_keys, features, *args, **kwargs)
+
+  monkeypatch.setattr(evaluate, "train_final_classifier_group", spy)
+  pooled_bytes = (dataset.train_labels.size + 2 * cfg.n_synth_unseen) * FEATURE_DIM * 4
+  split = evaluate.evaluate_generators(_generators(), dataset, cfg, _keys(),
+                                       eval_chunk_size=EVAL_CHUNK,
+                                       max_pooled_bytes=pooled_bytes + 1)
+  assert sizes == [1, 1, 1]
+  for got, want in zip(split, _alone(dataset, cfg)):
+    _assert_results_close(got, want)
+
+
+def test_bad_group_inputs_raise_clear_errors():
+  dataset, _ = make_dataset()
+  cfg = make_cfg()
+  with pytest.raises(ConfigError, match="sample_fns"):
+    evaluate.evaluate_generators([], dataset, cfg, [])
+  with pytest.raises(ConfigError, match="real-only"):
+    evaluate.evaluate_generators([None], dataset, cfg, _keys(1))
+  with pytest.raises(ConfigError, match="expected 2 PRNG keys"):
+    evaluate.evaluate_generators(_generators(2), dataset, cfg, _keys(3))
+  with pytest.raises(ConfigError, match="max_pooled_bytes"):
+    evaluate.evaluate_generators(_generators(1), dataset, cfg, _keys(1), max_pooled_bytes=0)
+  features = np.zeros((2, dataset.train_labels.size, FEATURE_DIM), np.float32)
+  keys = jax.random.split(jax.random.key(0), (3, 2))
+  with pytest.raises(DataError, match=r"\(G, N, D\)"):
+    evaluate.train_final_classifier_group(keys, features, dataset.train_labels,
+                                          dataset.class_embeddings, dataset, cfg)
+
+
+# --------------------------------------------------------------------------
+# train_and_evaluate with num_parallel_seeds > 1.
+
+SEEDS = (3, 5)
+
+
+def _comparable(results):
+  """results.json without wall-clock timings and the parallelism setting."""
+  out = json.loads(json.dumps(results))
+  del out["timings"], out["config"]["num_parallel_seeds"]
+  for seed_result in out["per_seed"]:
+    del seed_result["timings"]
+  return out
+
+
+def _assert_same_results(got, want):
+  """Equal structure and keys; numbers equal to float tolerance."""
+  got_leaves, got_tree = jax.tree_util.tree_flatten(_comparable(got))
+  want_leaves, want_tree = jax.tree_util.tree_flatten(_comparable(want))
+  assert got_tree == want_tree
+  for a, b in zip(got_leaves, want_leaves):
+    if isinstance(b, float):
+      np.testing.assert_allclose(a, b, **METRIC_TOLERANCE)
+    else:
+      assert a == b
+
+
+@pytest.fixture(scope="module")
+def grouped(tmp_path_factory):
+  """A tiny run with num_parallel_seeds=2: (workdir, results, group sizes evaluated)."""
+  workdir = tmp_path_factory.mktemp("grouped")
+  calls = []
+  real_group = evaluate.evaluate_generators
+
+  def spy(sample_fns, *args, **kwargs):
+    calls.append(len(sample_fns))
+    return real_group(sample_fns, *args, **kwargs)
+
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(evaluate, "evaluate_generators", spy)
+    patch.setattr(evaluate, "evaluate_generator", None)  # never called per seed
+    results = train.train_and_evaluate(GROUP_CONFIG, workdir, dataset=tiny_dataset())
+  return workdir, results, calls
+
+
+GROUP_CONFIG = tiny_config(seeds=SEEDS, num_parallel_seeds=2)
+
+
+class _Crash(Exception):
+  pass
+
+
+def test_parallel_seeds_are_evaluated_in_one_call(grouped):
+  workdir, results, calls = grouped
+  assert calls == [2]
+  assert json.loads((workdir / "results.json").read_text()) == json.loads(json.dumps(results))
+  for index, seed in enumerate(SEEDS):
+    assert results["per_seed"][index]["seed"] == seed
+    assert results["per_seed"][index]["timings"]["stage2_parallel_seeds"] == 2
+    assert (workdir / f"seed_{seed}" / train.SAMPLES_FILE).is_file()
+    records = train.metric_writers.read_jsonl(workdir / f"seed_{seed}" / "eval" /
+                                              "metrics.jsonl")
+    assert [r["step"] for r in records] == [1, 2, 3]
+
+
+def test_grouped_stage_2_gives_the_results_of_one_seed_at_a_time(tmp_path, grouped):
+  # The same stage-1 generators (their final checkpoints, copied), then
+  # num_parallel_seeds=1: each seed restores its generator and runs
+  # evaluate_generator on its own. (That grouped and separate stage 1 agree
+  # is test_parallel_seeds' concern.)
+  workdir, results, _ = grouped
+  shutil.copytree(workdir / train.CHECKPOINT_DIR, tmp_path / train.CHECKPOINT_DIR)
+  one_at_a_time = train.train_and_evaluate(tiny_config(seeds=SEEDS), tmp_path,
+                                           dataset=tiny_dataset())
+  assert [r["timings"]["stage1_start_iteration"] for r in one_at_a_time["per_seed"]] == [4, 4]
+  assert "stage2_parallel_seeds" not in one_at_a_time["per_seed"][0]["timings"]
+  _assert_same_results(results, one_at_a_time)
+  # The two seeds' generators really differ.
+  per_seed = results["metrics"]["gzsl_h"]["per_seed"]
+  curves = [r["curves"]["train_loss"] for r in results["per_seed"]]
+  assert per_seed[0] != per_seed[1] or curves[0] != curves[1]
+
+
+def test_group_resumes_after_a_crash_between_the_stages(tmp_path, monkeypatch, grouped):
+
+  def crash(*args, **kwargs):
+    raise _Crash()
+
+  real_group = evaluate.evaluate_generators
+  monkeypatch.setattr(evaluate, "evaluate_generators", crash)
+  with pytest.raises(_Crash):
+    train.train_and_evaluate(GROUP_CONFIG, tmp_path, dataset=tiny_dataset())
+  assert not list(tmp_path.glob("seed_*/result.json"))
+  monkeypatch.setattr(evaluate, "evaluate_generators", real_group)
+  resumed = train.train_and_evaluate(GROUP_CONFIG, tmp_path, dataset=tiny_dataset())
+  # Stage 1 was restored from its final checkpoints, not repeated, and the
+  # same programs ran on the same values: equal bit for bit.
+  assert [r["timings"]["stage1_start_iteration"] for r in resumed["per_seed"]] == [4, 4]
+  assert _comparable(resumed) == _comparable(grouped[1])
+
+  # Finished seeds are not evaluated again; a new calibration gamma
+  # re-evaluates the group (stage 2 only), still in one call.
+  calls = []
+
+  def spy(sample_fns, *args, **kwargs):
+    calls.append(len(sample_fns))
+    return real_group(sample_fns, *args, **kwargs)
+
+  monkeypatch.setattr(evaluate, "evaluate_generators", spy)
+  again = train.train_and_evaluate(GROUP_CONFIG, tmp_path, dataset=tiny_dataset())
+  assert calls == [] and again["metrics"] == resumed["metrics"]
+  calibrated = train.train_and_evaluate(GROUP_CONFIG, tmp_path, dataset=tiny_dataset(),
+                                        calibration_gamma=0.25)
+  assert calls == [2]
+  assert calibrated["metrics"]["calibration_gamma"]["per_seed"] == [0.25, 0.25]
+  assert [r["timings"]["stage1_start_iteration"] for r in calibrated["per_seed"]] == [4, 4]
