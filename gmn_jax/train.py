@@ -451,7 +451,7 @@ def run_seed_group(config: ml_collections.ConfigDict, dataset: ZSLDataset,
   (`evaluate.evaluate_generators`); each seed's result and files equal what
   `run_seed` gives and writes for it alone, to float tolerance. Each seed's
   `timings.stage2_s` is the group's stage-2 wall time divided by the group
-  size (its share, as for stage 1); `stage2_parallel_seeds` is the size.
+  size (its share, as for stage 1); `timings.parallel_seeds` is the size.
 
   Args:
     config: the validated configuration (a variant with a generator).
@@ -479,16 +479,18 @@ def run_seed_group(config: ml_collections.ConfigDict, dataset: ZSLDataset,
   share = (time.perf_counter() - started) / len(seeds)
   return [
       _save_seed_result(workdir, dataset, seed, result, sample_fn,
-                        {**_stage1_timings(stage1[seed]), "stage2_s": share,
-                         "stage2_parallel_seeds": len(seeds)})
+                        {**_stage1_timings(stage1[seed]), "stage2_s": share})
       for seed, result, sample_fn in zip(seeds, results, sample_fns)
   ]
 
 
 def _stage1_timings(stage1: Dict[str, Any]) -> Dict[str, Any]:
-  return {"stage1_s": stage1["seconds"], "stage1_start_iteration": stage1["start_iteration"],
-          "ms_per_iteration": stage1["ms_per_iteration"],
-          "stage1_first_call_s": stage1["first_call_s"]}
+  timings = {"stage1_s": stage1["seconds"], "stage1_start_iteration": stage1["start_iteration"],
+             "ms_per_iteration": stage1["ms_per_iteration"],
+             "stage1_first_call_s": stage1["first_call_s"]}
+  if "parallel_seeds" in stage1:  # trained by parallel_train: the group's size
+    timings["parallel_seeds"] = stage1["parallel_seeds"]
+  return timings
 
 
 def _sample_fn(stage1: Dict[str, Any]):

@@ -215,7 +215,7 @@ def grouped(tmp_path_factory):
   return workdir, results, calls
 
 
-GROUP_CONFIG = tiny_config(seeds=SEEDS, num_parallel_seeds=2)
+GROUP_CONFIG = tiny_config("cwgan", seeds=SEEDS, num_parallel_seeds=2)
 
 
 class _Crash(Exception):
@@ -228,7 +228,7 @@ def test_parallel_seeds_are_evaluated_in_one_call(grouped):
   assert json.loads((workdir / "results.json").read_text()) == json.loads(json.dumps(results))
   for index, seed in enumerate(SEEDS):
     assert results["per_seed"][index]["seed"] == seed
-    assert results["per_seed"][index]["timings"]["stage2_parallel_seeds"] == 2
+    assert results["per_seed"][index]["timings"]["parallel_seeds"] == 2
     assert (workdir / f"seed_{seed}" / train.SAMPLES_FILE).is_file()
     records = train.metric_writers.read_jsonl(workdir / f"seed_{seed}" / "eval" /
                                               "metrics.jsonl")
@@ -242,10 +242,10 @@ def test_grouped_stage_2_gives_the_results_of_one_seed_at_a_time(tmp_path, group
   # is test_parallel_seeds' concern.)
   workdir, results, _ = grouped
   shutil.copytree(workdir / train.CHECKPOINT_DIR, tmp_path / train.CHECKPOINT_DIR)
-  one_at_a_time = train.train_and_evaluate(tiny_config(seeds=SEEDS), tmp_path,
+  one_at_a_time = train.train_and_evaluate(tiny_config("cwgan", seeds=SEEDS), tmp_path,
                                            dataset=tiny_dataset())
   assert [r["timings"]["stage1_start_iteration"] for r in one_at_a_time["per_seed"]] == [4, 4]
-  assert "stage2_parallel_seeds" not in one_at_a_time["per_seed"][0]["timings"]
+  assert "parallel_seeds" not in one_at_a_time["per_seed"][0]["timings"]
   _assert_same_results(results, one_at_a_time)
   # The two seeds' generators really differ.
   per_seed = results["metrics"]["gzsl_h"]["per_seed"]
