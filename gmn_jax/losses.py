@@ -161,38 +161,100 @@ def generator_adversarial_loss(critic_params, fake, embeddings):
 # Gradient matching.
 
 
-def _cosine(dot, real_squares, fake_squares, eps):
-  """dot / (max(|r|, eps) max(|s|, eps)), torch's cosine_similarity rule."""
+def cosine_from_terms(dot, real_squares, fake_squares, eps):
+  """dot / (max(|r|, eps) max(|s|, eps)), torch's cosine_similarity rule.
+
+  The norms use a zero-safe square root, so the value and its gradient stay
+  finite when a vector is exactly zero (a squared norm that rounding made
+  slightly negative counts as zero).
+
+  Args:
+    dot: <r, s>, any shape.
+    real_squares: |r|^2, broadcastable with dot.
+    fake_squares: |s|^2, broadcastable with dot.
+    eps: the positive lower bound on each norm.
+
+  Returns:
+    The cosine(s), shaped like dot.
+  """
   real_norm = jnp.maximum(_safe_sqrt(real_squares), eps)
   fake_norm = jnp.maximum(_safe_sqrt(fake_squares), eps)
   return dot / (real_norm * fake_norm)
 
 
-def _leaf_cosine_terms(real, fake, axes):
+def leaf_cosine_terms(real, fake, axes):
+  """The three sums a cosine needs: (<r, s>, |r|^2, |s|^2) over `axes`.
+
+  Args:
+    real: an array.
+    fake: an array of the same shape.
+    axes: the axes to sum over (None: all).
+
+  Returns:
+    (dot, real_squares, fake_squares), each shaped like the remaining axes.
+  """
   return (jnp.sum(real * fake, axis=axes), jnp.sum(jnp.square(real), axis=axes),
           jnp.sum(jnp.square(fake), axis=axes))
 
 
-def _gradient_distance(real_grads, fake_grads, granularity, eps):
-  """Cosine distance between two gradient pytrees of the same structure."""
+def gradient_distance(real_grads, fake_grads, granularity, eps):
+  """Cosine distance between two gradient pytrees of the same structure.
+
+  Args:
+    real_grads: the real gradient pytree.
+    fake_grads: the fake gradient pytree.
+    granularity: "row", "tensor" or "global" (see `gradient_matching`).
+    eps: the cosine's lower bound on each norm.
+
+  Returns:
+    The scalar distance.
+  """
   real_leaves = jax.tree_util.tree_leaves(real_grads)
   fake_leaves = jax.tree_util.tree_leaves(fake_grads)
   if granularity == "global":
-    terms = [_leaf_cosine_terms(r, s, None) for r, s in zip(real_leaves, fake_leaves)]
+    terms = [leaf_cosine_terms(r, s, None) for r, s in zip(real_leaves, fake_leaves)]
     dot, real_squares, fake_squares = (sum(parts) for parts in zip(*terms))
-    return 1.0 - _cosine(dot, real_squares, fake_squares, eps)
+    return 1.0 - cosine_from_terms(dot, real_squares, fake_squares, eps)
   distance = 0.0
   for real, fake in zip(real_leaves, fake_leaves):
     if granularity == "row" and real.ndim >= 2:
       # One cosine per index of the last (output) axis, over all other axes.
       axes = tuple(range(real.ndim - 1))
-      distance += 1.0 - jnp.mean(_cosine(*_leaf_cosine_terms(real, fake, axes), eps))
+      distance += 1.0 - jnp.mean(cosine_from_terms(*leaf_cosine_terms(real, fake, axes), eps))
     else:
-      distance += 1.0 - _cosine(*_leaf_cosine_terms(real, fake, None), eps)
+      distance += 1.0 - cosine_from_terms(*leaf_cosine_terms(real, fake, None), eps)
   return distance
 
 
-def _sample_count(thetas):
+def check_gradient_matching_settings(granularity, eps):
+  """Checks the granularity and eps of a gradient matching loss.
+
+  Args:
+    granularity: expected one of GRANULARITIES.
+    eps: expected a positive real number.
+
+  Raises:
+    ConfigError: naming the bad setting, expected vs found.
+  """
+  if granularity not in GRANULARITIES:
+    raise ConfigError(
+        f"gradient_matching granularity: expected one of {GRANULARITIES}, found {granularity!r}")
+  if not isinstance(eps, numbers.Real) or not eps > 0:
+    raise ConfigError(f"gradient_matching eps: expected a positive float, found {eps!r}")
+
+
+def sample_count(thetas):
+  """M, the common leading axis of a pytree of sampled parameter sets.
+
+  Args:
+    thetas: a pytree whose array leaves all carry a leading axis of M.
+
+  Returns:
+    M.
+
+  Raises:
+    ConfigError: when there is no leaf or the leading axes differ.
+  """
   leaves = jax.tree_util.tree_leaves(thetas)
   if not leaves:
     raise ConfigError("gradient_matching thetas: expected a pytree with at least one "
@@ -276,12 +338,8 @@ def gradient_matching(loss_fn, thetas, real_batch, fake_batch, *, granularity="r
     ConfigError: for an unknown granularity, a non-positive eps or thetas
       without a common leading axis.
   """
-  if granularity not in GRANULARITIES:
-    raise ConfigError(
-        f"gradient_matching granularity: expected one of {GRANULARITIES}, found {granularity!r}")
-  if not isinstance(eps, numbers.Real) or not eps > 0:
-    raise ConfigError(f"gradient_matching eps: expected a positive float, found {eps!r}")
-  _sample_count(thetas)
+  check_gradient_matching_settings(granularity, eps)
+  sample_count(thetas)
   loss_grad = jax.grad(loss_fn)
   constant_real_batch = lax.stop_gradient(real_batch)
 
@@ -291,7 +349,7 @@ def gradient_matching(loss_fn, thetas, real_batch, fake_batch, *, granularity="r
     # whatever loss_fn closes over.
     real_grads = lax.stop_gradient(loss_grad(lax.stop_gradient(theta), constant_real_batch))
     fake_grads = loss_grad(theta, fake_batch)
-    return _gradient_distance(real_grads, fake_grads, granularity, eps)
+    return gradient_distance(real_grads, fake_grads, granularity, eps)
 
   return jnp.mean(jax.vmap(distance_at)(thetas))
 

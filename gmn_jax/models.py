@@ -357,7 +357,21 @@ def apply_bilinear_classifier(params, features, class_embeddings):
   Returns:
     (B, C) logits.
   """
-  projected = features @ params["kernel"]
+  return bilinear_head(params, features @ params["kernel"], class_embeddings)
+
+
+def bilinear_head(params, projected, class_embeddings):
+  """Bilinear logits from the projected features H = features @ kernel.
+
+  Args:
+    params: the classifier's parameters; only "bias" is read (the kernel may
+      be left out).
+    projected: (B, K) features times the kernel.
+    class_embeddings: (C, K), the classes to score.
+
+  Returns:
+    (B, C) logits, equal to `apply_bilinear_classifier`'s.
+  """
   if params["bias"].ndim == 0:
     return projected @ class_embeddings.T + params["bias"]
   return (projected + params["bias"]) @ class_embeddings.T
@@ -400,11 +414,30 @@ def apply_softmax_classifier(params, features, class_embeddings=None):
   Raises:
     ConfigError: when class_embeddings has the wrong number of rows.
   """
-  num_classes = params["kernel"].shape[1]
+  return softmax_head(params, features @ params["kernel"], class_embeddings)
+
+
+def softmax_head(params, projected, class_embeddings=None):
+  """Softmax logits from the projected features H = features @ kernel.
+
+  Args:
+    params: the classifier's parameters; only "bias" is read (the kernel may
+      be left out).
+    projected: (B, C) features times the kernel.
+    class_embeddings: as in `apply_softmax_classifier` (only its row count is
+      checked).
+
+  Returns:
+    (B, C) logits, equal to `apply_softmax_classifier`'s.
+
+  Raises:
+    ConfigError: when class_embeddings has the wrong number of rows.
+  """
+  num_classes = projected.shape[-1]
   if class_embeddings is not None and class_embeddings.shape[0] != num_classes:
     raise ConfigError(f"softmax classifier class_embeddings: expected {num_classes} rows "
                       f"(one per class), found {class_embeddings.shape[0]}")
-  return _apply_dense(params, features)
+  return projected + params["bias"]
 
 
 def get_classifier(kind, *, bilinear_bias="vector") -> tuple[Callable, Callable]:
@@ -443,3 +476,28 @@ def get_classifier(kind, *, bilinear_bias="vector") -> tuple[Callable, Callable]
 
     return init_softmax, apply_softmax_classifier
   raise ConfigError(f"classifier kind: expected one of {CLASSIFIER_KINDS}, found {kind!r}")
+
+
+def get_classifier_head(kind) -> Callable:
+  """The part of a classifier after its kernel: logits from features @ kernel.
+
+  Every classifier kind reads the features only through H = features @
+  params["kernel"], so `apply_fn(params, x, E) == head(params, x @
+  params["kernel"], E)`; gradient matching uses that to work with the small
+  (B, B') Gram matrices of the features instead of D x K kernel gradients
+  (`gmn_jax.gram_gradient_matching`).
+
+  Args:
+    kind: "bilinear" or "softmax".
+
+  Returns:
+    `head(params, projected, class_embeddings) -> (B, C)` logits; it reads
+    every parameter except the kernel.
+
+  Raises:
+    ConfigError: for an unknown kind.
+  """
+  heads = {"bilinear": bilinear_head, "softmax": softmax_head}
+  if kind not in heads:
+    raise ConfigError(f"classifier kind: expected one of {CLASSIFIER_KINDS}, found {kind!r}")
+  return heads[kind]
