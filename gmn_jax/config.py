@@ -133,6 +133,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.gm.real_per_class = 60  # per_class_batch_size
   c.gm.fake_repeat = 2  # fake batch = fake_repeat x real batch
   c.gm.granularity = "row"  # row | tensor | global
+  # gram | autodiff: the same loss, from Gram matrices or by autodiff.
+  c.gm.implementation = "gram"
   c.gm.num_theta_samples = 1  # M; 1 reproduces the reference
   c.gm.theta_sampling = "random_init"  # random_init | trajectory
   c.gm.trajectory_reset_every = 100  # R, for theta_sampling=trajectory
@@ -182,6 +184,7 @@ def config_rules() -> List[config_utils.Rule]:
   # pylint: disable=g-import-not-at-top
   from gmn_jax import classifier_sampling
   from gmn_jax import evaluate
+  from gmn_jax import gram_gradient_matching
   from gmn_jax import losses
   from gmn_jax import models
   from gmn_jax.data import preprocessing
@@ -220,6 +223,7 @@ def config_rules() -> List[config_utils.Rule]:
       u.positive_int("gm.real_per_class"),
       u.positive_int("gm.fake_repeat"),
       u.one_of("gm.granularity", losses.GRANULARITIES),
+      u.one_of("gm.implementation", gram_gradient_matching.IMPLEMENTATIONS),
       u.positive_int("gm.num_theta_samples"),
       u.one_of("gm.theta_sampling", classifier_sampling.SAMPLER_KINDS),
       u.positive_int("gm.trajectory_reset_every"),

@@ -29,6 +29,7 @@ import optax
 
 from gmn_jax import classifier_sampling
 from gmn_jax import config as gmn_config
+from gmn_jax import gram_gradient_matching
 from gmn_jax import losses
 from gmn_jax import models
 from gmn_jax import precision
@@ -63,6 +64,8 @@ class TrainSpec:
     gm_real_per_class: real examples per GM class.
     gm_fake_repeat: fake batch = this × the real batch.
     gm_granularity: "row" | "tensor" | "global".
+    gm_implementation: "gram" | "autodiff", how L_GM is computed (the same
+      loss; see `gmn_jax.gram_gradient_matching`).
     theta_sampling: "random_init" | "trajectory".
     num_theta_samples: M.
     trajectory_reset_every: R.
@@ -98,6 +101,7 @@ class TrainSpec:
   cls_pretrain_epochs: int
   cls_pretrain_lr: float
   precision: str = "float32"
+  gm_implementation: str = "gram"
 
   @property
   def num_generated_classes(self) -> int:
@@ -289,6 +293,8 @@ def make_train_spec(config: ml_collections.ConfigDict, dataset: ZSLDataset) -> T
       cls_pretrain_epochs=_positive_int("config.cls.pretrain_epochs", cls.pretrain_epochs),
       cls_pretrain_lr=_non_negative("config.cls.pretrain_lr", cls.pretrain_lr),
       precision=_one_of("config.precision", config.precision, precision.PRECISIONS),
+      gm_implementation=_one_of("config.gm.implementation", gm.implementation,
+                                gram_gradient_matching.IMPLEMENTATIONS),
   )
 
 

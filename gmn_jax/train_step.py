@@ -38,6 +38,7 @@ from jax import lax
 import jax.numpy as jnp
 import optax
 
+from gmn_jax import gram_gradient_matching
 from gmn_jax import losses
 from gmn_jax import models
 from gmn_jax import parallel
@@ -228,9 +229,33 @@ def gm_classifier_loss_fn(spec: TrainSpec, data: TrainData) -> Callable:
   return loss_fn
 
 
+def gm_head_loss_fn(spec: TrainSpec, data: TrainData) -> Callable:
+  """`gm_classifier_loss_fn` written after the classifier's kernel, for the Gram path.
+
+  Args:
+    spec: the run's settings.
+    data: the training data.
+
+  Returns:
+    `head_loss_fn(theta_without_kernel, features @ kernel, labels)`, equal to
+    `gm_classifier_loss_fn(spec, data)(theta, (features, labels))`.
+  """
+  head = models.get_classifier_head(spec.gm_classifier)
+
+  def head_loss_fn(theta, projected, labels):
+    return losses.cross_entropy(head(theta, projected, data.seen_embeddings), labels)
+
+  return head_loss_fn
+
+
 def gradient_matching_loss(spec: TrainSpec, generator, data: TrainData,
                            batch: GeneratorBatch) -> jax.Array:
-  """L_GM: `losses.per_class_gradient_matching` over this step's classes.
+  """L_GM: per-class gradient matching over this step's classes.
+
+  `spec.gm_implementation` picks how: "gram" (exact, from the batches' Gram
+  matrices, `gram_gradient_matching.per_class_linear_head_gradient_matching`)
+  or "autodiff" (`losses.per_class_gradient_matching` on the classifier
+  loss). Both compute the same loss.
 
   Args:
     spec: the run's settings.
@@ -245,9 +270,14 @@ def gradient_matching_loss(spec: TrainSpec, generator, data: TrainData,
   n, real_count = batch.gm_real_features.shape[:2]
   real_labels = jnp.broadcast_to(batch.gm_classes[:, None], (n, real_count))
   fake_labels = jnp.broadcast_to(batch.gm_classes[:, None], (n, fake.shape[1]))
+  real_batches = (batch.gm_real_features, real_labels)
+  fake_batches = (fake, fake_labels)
+  if spec.gm_implementation == "gram":
+    return gram_gradient_matching.per_class_linear_head_gradient_matching(
+        gm_head_loss_fn(spec, data), batch.thetas, real_batches, fake_batches,
+        granularity=spec.gm_granularity)
   return losses.per_class_gradient_matching(
-      gm_classifier_loss_fn(spec, data), batch.thetas,
-      (batch.gm_real_features, real_labels), (fake, fake_labels),
+      gm_classifier_loss_fn(spec, data), batch.thetas, real_batches, fake_batches,
       granularity=spec.gm_granularity)
 
 
