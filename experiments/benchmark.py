@@ -248,6 +248,24 @@ def _mlp_macs(widths: Sequence[int]) -> int:
   return sum(a * b for a, b in zip(widths[:-1], widths[1:]))
 
 
+def _gm_classifier_macs(spec: train_state.TrainSpec) -> int:
+  """Multiply-adds of GM's classifier gradients (all classes and θ samples)."""
+  n, r, m = spec.gm_num_classes, spec.gm_real_per_class, spec.num_theta_samples
+  fakes = spec.gm_fake_repeat * r
+  d, k, s = spec.feature_dim, spec.embedding_dim, spec.num_seen
+  bilinear = spec.gm_classifier == "bilinear"
+  projection = d * (k if bilinear else s)
+  head = k * s if bilinear else 0
+  if spec.gm_implementation == "autodiff":
+    return m * n * (2 * r + 5 * fakes) * (projection + head)
+  outputs = k if bilinear else s
+  grams_forward = r * r + r * fakes + fakes * fakes
+  grams_backward = r * fakes + fakes * fakes
+  per_theta = (r * (projection + 2 * head) + fakes * (2 * projection + 4 * head)
+               + outputs * (grams_forward + 2 * grams_backward))
+  return n * (d * (grams_forward + grams_backward) + m * per_theta)
+
+
 def analytic_iteration_flops(spec: train_state.TrainSpec) -> Dict[str, float]:
   """Matrix-product FLOPs of one generator iteration, counted by hand.
 
@@ -263,9 +281,21 @@ def analytic_iteration_flops(spec: train_state.TrainSpec) -> Dict[str, float]:
   weight gradient of that input-gradient pass (I again). The generator
   step: the generator forward and backward on B rows (3 ×), the critic
   forward and input gradient (1 × + I); GM: the generator forward and
-  backward on the n·f·r fakes (3 ×), and per θ sample the classifier on the
-  n·r real rows (forward + weight gradient, 2 ×) and on the fakes (forward,
-  weight gradient, and the second-order pass through both, 5 ×).
+  backward on the n·f·r fakes (3 ×), and then, as `spec.gm_implementation`
+  says:
+
+  * "autodiff": per θ sample the classifier on the n·r real rows (forward +
+    weight gradient, 2 ×) and on the fakes (forward, weight gradient, and the
+    second-order pass through both, 5 ×);
+  * "gram": per class the Gram matrices X_r X_rᵀ, X_r X_sᵀ, X_s X_sᵀ (r or
+    f·r rows each side, depth D) and the backward of the two with fakes; per
+    θ sample the projection X W on the real rows (1 ×) and on the fakes
+    (forward and input gradient, 2 ×), the classifier after the kernel (the
+    bilinear K × S product; none for softmax) on the real rows (forward and
+    dH, 2 ×) and on the fakes (4 ×: forward, dH, and the second-order pass
+    through both), and the quadratic forms of the Gram matrices with dH
+    (depth O = K or S; the fake ones also backward, 2 ×).
+
   Element-wise work, the optimisers and the θ sampler are left out.
 
   Args:
@@ -288,13 +318,8 @@ def analytic_iteration_flops(spec: train_state.TrainSpec) -> Dict[str, float]:
   generator_step = 2 * b * (3 * generator + critic + critic_input_grad)
   gm = 0.0
   if spec.variant.gradient_matching:
-    n, r, f = spec.gm_num_classes, spec.gm_real_per_class, spec.gm_fake_repeat
-    if spec.gm_classifier == "bilinear":
-      classifier = d * k + k * spec.num_seen
-    else:
-      classifier = d * spec.num_seen
-    gm = 2 * (3 * n * f * r * generator
-              + spec.num_theta_samples * (2 * n * r + 5 * n * f * r) * classifier)
+    gm = 2 * (3 * spec.gm_num_classes * spec.gm_fake_repeat * spec.gm_real_per_class
+              * generator + _gm_classifier_macs(spec))
   return {"critic_step": float(critic_step), "generator_step": float(generator_step),
           "gm": float(gm),
           "per_iteration": float(spec.n_critic * critic_step + generator_step + gm)}
