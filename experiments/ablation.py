@@ -22,6 +22,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from experiments import cli
 from gmn_jax import config as gmn_config
 from gmn_jax import plotting
 from gmn_jax import preemption
@@ -82,46 +83,9 @@ def format_ablation_table(rows: Sequence[Dict[str, Any]], *, title: str = "",
   return "\n".join(lines) + "\n"
 
 
-def fail(error: Exception) -> None:
-  """Prints the one-line error to stderr and exits with status 2."""
-  print(f"error: {error}", file=sys.stderr)
-  sys.exit(2)
-
-
-def parse_flags(argv: Sequence[str]) -> Sequence[str]:
-  """absl's flag parsing, with a bad flag or override exiting 2 in one line.
-
-  Args:
-    argv: the command line.
-
-  Returns:
-    The arguments left after the flags.
-  """
-  try:
-    return flags.FLAGS(argv)
-  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as error:
-    # config_flags reports an unknown or mistyped --config.<field> with these.
-    fail(train.command_line_error(error, argv))
-
-
-def load_config():
-  """The --config value, with a missing or broken file as a ConfigError.
-
-  Returns:
-    The ConfigDict.
-
-  Raises:
-    ConfigError: when --config is absent or its file cannot be loaded.
-  """
-  try:
-    config = _CONFIG.value
-    if config is None:
-      raise ConfigError("--config: expected a config file such as "
-                        "experiments/configs/digits.py, found nothing")
-    config.keys()  # config_flags reports a failed load lazily, on first use.
-  except OSError as error:
-    raise ConfigError(f"--config: {' '.join(str(error).split())}") from error
-  return config
+# Shared by the binaries (tests drive them through these names).
+fail = cli.fail
+parse_flags = cli.parse_flags
 
 
 def run_ablation(config, workdir: str, methods: Sequence[str], *, overwrite: bool = False,
@@ -156,11 +120,10 @@ def run_ablation(config, workdir: str, methods: Sequence[str], *, overwrite: boo
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    fail(ConfigError(f"command line: expected only flags, found {' '.join(argv[1:])}"))
+  cli.reject_arguments(argv)
   train.quiet_checkpoint_logs()
   try:
-    config = load_config()
+    config = cli.load_config(_CONFIG)
     if not _WORKDIR.value:
       raise ConfigError("--workdir: expected a directory for the runs, found nothing")
     results = run_ablation(config, _WORKDIR.value, _METHODS.value,
@@ -168,8 +131,7 @@ def main(argv: Sequence[str]) -> None:
   except GMNError as error:
     fail(error)
   except preemption.Interrupted as interrupted:
-    print(f"interrupted: {interrupted}", file=sys.stderr)
-    sys.exit(interrupted.exit_code)
+    cli.stop(interrupted)
   command = "python -m experiments.ablation " + " ".join(sys.argv[1:])
   table = format_ablation_table(
       results, title=f"Ablation on {config.dataset}", command=command)

@@ -26,87 +26,62 @@ finished run with --config.split=validation chose (best H on its validation
 split) and reports u, s, H at that gamma beside the test-split oracle.
 """
 
-import sys
 from typing import Sequence
 
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from experiments import cli
 from gmn_jax import parallel
 from gmn_jax import preemption
 from gmn_jax import train
 from gmn_jax.errors import ConfigError
 from gmn_jax.errors import GMNError
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "A config file, e.g. experiments/configs/digits.py; override fields with "
-    "--config.<field>=<value>.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the run's outputs.")
-_OVERWRITE = flags.DEFINE_bool(
-    "overwrite", False, "Delete this project's outputs in --workdir and start afresh "
-    "instead of resuming.")
-_CALIBRATION_FROM = flags.DEFINE_string(
-    "calibration_gamma_from", None, "Workdir of a finished run with "
-    "--config.split=validation; its best-H calibration gamma is applied to this run.")
-_NUM_DEVICES = flags.DEFINE_integer(
-    "num_devices", 1, "Devices that stage 1 splits its batches over (data parallelism); "
-    "0 uses every device. Ignored with --multihost, which uses all of them.")
-_MULTIHOST = flags.DEFINE_bool(
-    "multihost", None, "Join a multi-host run with jax.distributed.initialize() (default: "
-    "the GMN_MULTIHOST environment variable).")
+_CONFIG = None
+_WORKDIR = None
+_OVERWRITE = None
+_CALIBRATION_FROM = None
+_NUM_DEVICES = None
+_MULTIHOST = None
 
-def fail(error: Exception) -> None:
-  """Prints the one-line error to stderr and exits with status 2."""
-  print(f"error: {error}", file=sys.stderr)
-  sys.exit(2)
+# Shared by the binaries (tests drive them through these names).
+fail = cli.fail
+stop = cli.stop
+parse_flags = cli.parse_flags
 
 
-def stop(interrupted: preemption.Interrupted) -> None:
-  """Prints why the run stopped and exits with status 128 + signal number."""
-  print(f"interrupted: {interrupted}", file=sys.stderr)
-  sys.exit(interrupted.exit_code)
+def define_flags() -> None:
+  """Defines the command-line flags.
 
-
-def parse_flags(argv: Sequence[str]) -> Sequence[str]:
-  """absl's flag parsing, with a bad flag or override exiting 2 in one line.
-
-  Args:
-    argv: the command line.
-
-  Returns:
-    The arguments left after the flags.
+  Called only when the module runs as a program, so that importing it (as
+  the tests do, several binaries into one process) defines no absl flags
+  and two binaries' flags of the same name never collide.
   """
-  try:
-    return flags.FLAGS(argv)
-  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as error:
-    # config_flags reports an unknown or mistyped --config.<field> with these.
-    fail(train.command_line_error(error, argv))
-
-
-def load_config():
-  """The --config value, with a missing or broken file as a ConfigError.
-
-  Returns:
-    The ConfigDict.
-
-  Raises:
-    ConfigError: when --config is absent or its file cannot be loaded.
-  """
-  try:
-    config = _CONFIG.value
-    if config is None:
-      raise ConfigError("--config: expected a config file such as "
-                        "experiments/configs/digits.py, found nothing")
-    config.keys()  # config_flags reports a failed load lazily, on first use.
-  except OSError as error:
-    raise ConfigError(f"--config: {' '.join(str(error).split())}") from error
-  return config
+  # pylint: disable=global-statement
+  global _CONFIG, _WORKDIR, _OVERWRITE, _CALIBRATION_FROM, _NUM_DEVICES, _MULTIHOST
+  # pylint: enable=global-statement
+  _CONFIG = config_flags.DEFINE_config_file(
+      "config", None, "A config file, e.g. experiments/configs/digits.py; override fields with "
+      "--config.<field>=<value>.", lock_config=True)
+  _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the run's outputs.")
+  _OVERWRITE = flags.DEFINE_bool(
+      "overwrite", False, "Delete this project's outputs in --workdir and start afresh "
+      "instead of resuming.")
+  _CALIBRATION_FROM = flags.DEFINE_string(
+      "calibration_gamma_from", None, "Workdir of a finished run with "
+      "--config.split=validation; its best-H calibration gamma is applied to this run.")
+  _NUM_DEVICES = flags.DEFINE_integer(
+      "num_devices", 1, "Devices that stage 1 splits its batches over (data parallelism); "
+      "0 uses every device. Ignored with --multihost, which uses all of them.")
+  _MULTIHOST = flags.DEFINE_bool(
+      "multihost", None, "Join a multi-host run with jax.distributed.initialize() (default: "
+      "the GMN_MULTIHOST environment variable).")
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    fail(ConfigError(f"command line: expected only flags, found {' '.join(argv[1:])}"))
+  cli.reject_arguments(argv)
   train.quiet_checkpoint_logs()
   try:
     # Before anything touches a device.
@@ -114,7 +89,7 @@ def main(argv: Sequence[str]) -> None:
     mesh = None
     if multihost or _NUM_DEVICES.value != 1:
       mesh = parallel.make_mesh(None if multihost else (_NUM_DEVICES.value or None))
-    config = load_config()
+    config = cli.load_config(_CONFIG)
     if not _WORKDIR.value:
       raise ConfigError("--workdir: expected a directory for the run's outputs, found nothing")
     gamma = None
@@ -133,4 +108,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main, flags_parser=parse_flags)
