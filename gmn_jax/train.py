@@ -81,7 +81,10 @@ SAMPLE_CLASSES, SAMPLES_PER_CLASS = 5, 200
 CURVE_POINTS = 101  # points per seen-unseen curve kept in results.json
 # Fields that only change how a run reports, never what it computes: a rerun
 # may change them and still resume.
-RESUME_SAFE_FIELDS = ("train.log_every",)
+# Fields a run may change between a stop and its resume: logging, and how GM
+# is computed (both implementations compute the same loss; workdirs written
+# before gm.implementation existed resume with the default).
+RESUME_SAFE_FIELDS = ("train.log_every", "gm.implementation")
 
 # Sub-keys of a seed's PRNG key (fold_in constants), one per consumer.
 _INIT_STREAM, _TRAIN_STREAM, _EVAL_STREAM = 0, 1, 2

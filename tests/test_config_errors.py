@@ -19,6 +19,7 @@ import pytest
 from experiments.configs import digits
 from gmn_jax import config_utils
 from gmn_jax import train
+from gmn_jax.errors import ConfigError
 from test_train_support import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -179,3 +180,16 @@ def test_fields_that_only_change_reporting_may_differ_on_resume(tmp_path):
   stored = json.loads((tmp_path / "config.json").read_text())
   assert config_utils.diff_configs(stored, config_utils.config_fingerprint(
       tiny_config(**{"train.log_every": 3}))) == []
+
+
+def test_a_workdir_resumes_across_gm_implementations_and_from_before_the_field(tmp_path):
+  train.prepare_workdir(tiny_config(**{"gm.implementation": "autodiff"}), str(tmp_path))
+  train.prepare_workdir(tiny_config(**{"gm.implementation": "gram"}), str(tmp_path))
+  # A workdir written before gm.implementation existed.
+  stored = json.loads((tmp_path / "config.json").read_text())
+  del stored["gm.implementation"]
+  (tmp_path / "config.json").write_text(json.dumps(stored))
+  train.prepare_workdir(tiny_config(), str(tmp_path))
+  # Any other GM field still refuses.
+  with pytest.raises(ConfigError, match="gm.weight"):
+    train.prepare_workdir(tiny_config(**{"gm.weight": 3.0}), str(tmp_path))
