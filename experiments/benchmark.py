@@ -21,7 +21,10 @@ Measured, on the default device:
   counts a loop body once, so the iteration (whose critic steps are a scan)
   is counted as cost(train_iteration) + (n_critic - 1) cost(critic_step),
   and checked against `analytic_flop_per_iteration`, a count of the matrix
-  products alone (see `analytic_iteration_flops`).
+  products alone (see `analytic_iteration_flops`). `flop_source` says where
+  the count came from: "xla" (the device's analysis), "xla_cpu_lowering"
+  (the same program lowered for the CPU, where the device's backend gives
+  no analysis, as the CUDA plugin does) or "analytic" (neither did).
 * `achieved_flops` and `fraction_of_matmul_peak`: that count over the
   measured time, divided by the FLOP/s of a large float32 `jnp` matrix
   product timed in the same run on the same device, right after each timed
@@ -29,8 +32,8 @@ Measured, on the default device:
   ratio of FLOPs per CPU-second of this process, which the load of a shared
   machine disturbs much less than wall time.
 * `components`: one critic step, the generator step (value and gradient,
-  GM included) and GM alone, each jitted and timed by itself with its XLA
-  FLOP count and fractions: where the time goes.
+  GM included) and GM alone, each jitted and timed by itself with its FLOP
+  count (and `flop_source`, as above) and fractions: where the time goes.
 * `peak_memory_bytes`: the device's peak where it reports one, else the
   process's maximum resident set size.
 * scaling rows (`--scaling`): parallel seeds 1/2/4/8 (stage 1 vmapped over
@@ -53,7 +56,7 @@ import resource
 import statistics
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from absl import app
 from absl import flags
@@ -211,15 +214,73 @@ def _with_seen_classes(dataset: ZSLDataset, num_seen: int) -> ZSLDataset:
 # FLOP counts.
 
 
-def _cost_flops(lowered) -> float:
-  """FLOPs of XLA's cost analysis of a lowered program (before optimisation)."""
-  analysis = lowered.cost_analysis()
-  if isinstance(analysis, (list, tuple)):
-    analysis = analysis[0] if analysis else {}
-  return float((analysis or {}).get("flops", float("nan")))
+FLOP_SOURCES = ("xla", "xla_cpu_lowering", "analytic")
 
 
-def xla_iteration_flops(spec: train_state.TrainSpec, state, data, hyper, key) -> Dict[str, float]:
+def _analysis_flops(analysis) -> Optional[float]:
+  """The "flops" entry of a cost analysis, or None where it gives none."""
+  if isinstance(analysis, (list, tuple)):  # Older JAX: one dict per program.
+    analysis = analysis[0] if analysis else None
+  flop = (analysis or {}).get("flops")
+  if flop is None or not np.isfinite(flop) or flop < 0:
+    return None
+  return float(flop)
+
+
+def cpu_abstract_args(args: Sequence[Any]) -> List[Any]:
+  """The arguments' shapes and dtypes, placed on a CPU device.
+
+  Args:
+    args: pytrees of arrays (other leaves, such as Python numbers, are kept).
+
+  Returns:
+    The same pytrees with every array replaced by a `jax.ShapeDtypeStruct`
+    committed to the first CPU device.
+
+  Raises:
+    RuntimeError: when JAX has no CPU backend (JAX_PLATFORMS without cpu).
+  """
+  cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+
+  def abstract(leaf):
+    if not hasattr(leaf, "shape") or not hasattr(leaf, "dtype"):
+      return leaf
+    return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=cpu)
+
+  return [jax.tree_util.tree_map(abstract, arg) for arg in args]
+
+
+def xla_flops(jitted, *args) -> Tuple[Optional[float], Optional[str]]:
+  """XLA's FLOP count of a jitted program before optimisation, and its source.
+
+  The default backend's analysis of the lowered program comes first
+  ("xla"). Backends reached through the PJRT C API (the CUDA plugin, for
+  one) give none: `Lowered.cost_analysis` returns None there. The count
+  then comes from the same program lowered with its arguments on a CPU
+  device ("xla_cpu_lowering"): that is the backend-independent count of
+  the unoptimised HLO that "xla" gives on a CPU. (`.trace(...).lower(
+  lowering_platforms=("cpu",))` does not do it: the analysis still goes to
+  the backend of the devices the arguments are on.)
+
+  Args:
+    jitted: a `jax.jit`-wrapped function.
+    *args: its arguments (only shapes and dtypes matter).
+
+  Returns:
+    (FLOPs, "xla" | "xla_cpu_lowering"), or (None, None) when neither
+    analysis gives a count.
+  """
+  flop = _analysis_flops(jitted.lower(*args).cost_analysis())
+  if flop is not None:
+    return flop, "xla"
+  try:
+    flop = _analysis_flops(jitted.lower(*cpu_abstract_args(args)).cost_analysis())
+  except RuntimeError:  # No CPU backend in this process.
+    flop = None
+  return (flop, "xla_cpu_lowering") if flop is not None else (None, None)
+
+
+def xla_iteration_flops(spec: train_state.TrainSpec, state, data, hyper, key) -> Dict[str, Any]:
   """XLA's FLOP count of one generator iteration, critic loop included.
 
   Args:
@@ -232,15 +293,37 @@ def xla_iteration_flops(spec: train_state.TrainSpec, state, data, hyper, key) ->
   Returns:
     {"train_iteration": the count of `train_step.train_iteration`, whose
     critic scan body XLA counts once; "critic_step": one critic step;
-    "per_iteration": train_iteration + (n_critic - 1) critic_step}.
+    "per_iteration": train_iteration + (n_critic - 1) critic_step; "source":
+    "xla" or "xla_cpu_lowering" (see `xla_flops`)}. Where no analysis gives
+    a count, the counts and the source are None.
   """
   iteration = jax.jit(functools.partial(train_step.train_iteration, spec))
-  whole = _cost_flops(iteration.lower(state, data, hyper, key))
+  whole, whole_source = xla_flops(iteration, state, data, hyper, key)
   critic = jax.jit(functools.partial(train_step.critic_step, spec))
-  one_critic = _cost_flops(critic.lower(hyper, state.critic, state.critic_opt, state.generator,
-                                        data, key))
+  one_critic, critic_source = xla_flops(critic, hyper, state.critic, state.critic_opt,
+                                        state.generator, data, key)
+  if whole is None or one_critic is None:
+    return {"train_iteration": whole, "critic_step": one_critic, "per_iteration": None,
+            "source": None}
+  # The weaker of the two sources, should the backend count one and not the other.
+  source = max(whole_source, critic_source, key=FLOP_SOURCES.index)
   return {"train_iteration": whole, "critic_step": one_critic,
-          "per_iteration": whole + (spec.n_critic - 1) * one_critic}
+          "per_iteration": whole + (spec.n_critic - 1) * one_critic, "source": source}
+
+
+def iteration_flop_count(counts: Dict[str, Dict[str, Any]]) -> Tuple[float, str]:
+  """The FLOPs of one iteration that the fractions use, and where they came from.
+
+  Args:
+    counts: {"xla": from `xla_iteration_flops`, "analytic": from
+      `analytic_iteration_flops`}.
+
+  Returns:
+    (FLOPs, source): XLA's count where there is one, else the analytic one.
+  """
+  if counts["xla"]["per_iteration"] is not None:
+    return counts["xla"]["per_iteration"], counts["xla"]["source"]
+  return counts["analytic"]["per_iteration"], "analytic"
 
 
 def _mlp_macs(widths: Sequence[int]) -> int:
@@ -508,8 +591,9 @@ def time_components(spec: train_state.TrainSpec, dataset: ZSLDataset, hyper, *,
 
   Parts: one critic step; the generator step's value and gradient (with GM);
   GM's value and gradient w.r.t. the generator alone. Each is jitted alone,
-  counted by XLA's cost analysis and timed (median of `repeats` calls, each
-  followed by the reference product for its fraction).
+  counted by XLA's cost analysis (`xla_flops`; the part's analytic count
+  where XLA gives none) and timed (median of `repeats` calls, each followed
+  by the reference product for its fraction).
 
   Args:
     spec: the run's settings.
@@ -519,7 +603,8 @@ def time_components(spec: train_state.TrainSpec, dataset: ZSLDataset, hyper, *,
     matmul_size: the reference product's side.
 
   Returns:
-    {part: {"ms", "cpu_ms", "flop", "fraction_wall", "fraction_cpu_time"}}.
+    {part: {"ms", "cpu_ms", "flop", "flop_source" (one of FLOP_SOURCES),
+    "fraction_wall", "fraction_cpu_time"}}.
   """
   data = jax.device_put(train_state.make_train_data(dataset, spec))
   hyper = jax.device_put(hyper)
@@ -529,6 +614,10 @@ def time_components(spec: train_state.TrainSpec, dataset: ZSLDataset, hyper, *,
   if spec.variant.gradient_matching:
     thetas, _ = spec.theta_sampler(hyper).sample(state.theta_sampler, key, state.iteration)
   batch = train_step.draw_generator_batch(spec, data, key, thetas)
+  analytic = analytic_iteration_flops(spec)
+  analytic_counts = {"critic_step": analytic["critic_step"],
+                     "generator_step": analytic["generator_step"] + analytic["gm"],
+                     "gm_only": analytic["gm"]}
   parts = {
       "critic_step": (functools.partial(train_step.critic_step, spec),
                       (hyper, state.critic, state.critic_opt, state.generator, data, key)),
@@ -544,7 +633,9 @@ def time_components(spec: train_state.TrainSpec, dataset: ZSLDataset, hyper, *,
   for name, (fn, args) in parts.items():
     static = tuple(i for i, a in enumerate(args) if isinstance(a, train_state.TrainSpec))
     jitted = jax.jit(fn, static_argnums=static)
-    flop = _cost_flops(jitted.lower(*args))
+    flop, source = xla_flops(jitted, *args)
+    if flop is None:
+      flop, source = analytic_counts[name], "analytic"
     jax.block_until_ready(jitted(*args))
     walls, cpus, fractions, cpu_fractions = [], [], [], []
     for _ in range(repeats):
@@ -555,7 +646,8 @@ def time_components(spec: train_state.TrainSpec, dataset: ZSLDataset, hyper, *,
       fractions.append(flop / wall / matmul["flops"])
       cpu_fractions.append(flop / max(cpu, 1e-9) / matmul["flops_per_cpu_s"])
     out[name] = {"ms": 1e3 * statistics.median(walls), "cpu_ms": 1e3 * statistics.median(cpus),
-                 "flop": flop, "fraction_wall": statistics.median(fractions),
+                 "flop": flop, "flop_source": source,
+                 "fraction_wall": statistics.median(fractions),
                  "fraction_cpu_time": statistics.median(cpu_fractions)}
   return out
 
@@ -745,7 +837,7 @@ def run_benchmark(config: ml_collections.ConfigDict, *, iterations: int, chunks:
   hyper = train_state.make_hyperparameters(config)
   main_row = time_stage1(spec, dataset, hyper, iterations=iterations, chunks=chunks,
                          count_flops=True, matmul_size=matmul_size)
-  flop = main_row["flops"]["xla"]["per_iteration"]
+  flop, flop_source = iteration_flop_count(main_row["flops"])
   fractions = fractions_of_matmul(flop, main_row)
   results["matmul"]["after_chunks"] = main_row["matmul_after_chunks"]
   results["matmul"]["flops_next_to_chunks"] = statistics.median(
@@ -755,7 +847,7 @@ def run_benchmark(config: ml_collections.ConfigDict, *, iterations: int, chunks:
       cpu_ms_per_iteration=main_row["cpu_ms_per_iteration"], compile_s=main_row["compile_s"],
       chunk_seconds=main_row["chunk_seconds"], chunk_cpu_seconds=main_row["chunk_cpu_seconds"],
       iterations_per_chunk=iterations,
-      flop_per_iteration=flop, flops_detail=main_row["flops"],
+      flop_per_iteration=flop, flop_source=flop_source, flops_detail=main_row["flops"],
       analytic_flop_per_iteration=main_row["flops"]["analytic"]["per_iteration"],
       achieved_flops=fractions["achieved_flops"],
       fraction_of_matmul_peak=fractions["wall"],
@@ -763,10 +855,10 @@ def run_benchmark(config: ml_collections.ConfigDict, *, iterations: int, chunks:
       projected_full_run_s=main_row["ms_per_iteration"] / 1e3 * config.train.num_iterations,
       num_iterations=int(config.train.num_iterations))
   log(f"stage 1: {results['ms_per_iteration']:.1f} ms/iteration, compile "
-      f"{results['compile_s']:.1f} s, {flop / 1e9:.1f} GFLOP/iteration (XLA; analytic "
+      f"{results['compile_s']:.1f} s, {flop / 1e9:.1f} GFLOP/iteration ({flop_source}; analytic "
       f"{results['analytic_flop_per_iteration'] / 1e9:.1f}), "
-      f"{100 * results['fraction_of_matmul_peak']:.0f}% of the matmul rate (wall), "
-      f"{100 * results['fraction_of_matmul_peak_cpu_time']:.0f}% (CPU time)")
+      f"{percent(results['fraction_of_matmul_peak'], 0)} of the matmul rate (wall), "
+      f"{percent(results['fraction_of_matmul_peak_cpu_time'], 0)} (CPU time)")
   results["peak_memory_stage1"] = peak_memory()  # Before the scaling rows.
   if breakdown:
     results["components"] = time_components(spec, dataset, hyper, repeats=chunks,
@@ -786,6 +878,21 @@ def run_benchmark(config: ml_collections.ConfigDict, *, iterations: int, chunks:
     log(f"final classifier: {results['final_classifier']}")
   results["peak_memory"] = peak_memory()
   return results
+
+
+def percent(fraction: Optional[float], digits: int = 1) -> str:
+  """A fraction as a percentage, or "n/a" where it is missing or not finite.
+
+  Args:
+    fraction: the fraction (None allowed).
+    digits: decimals.
+
+  Returns:
+    E.g. "12.5%".
+  """
+  if fraction is None or not np.isfinite(fraction):
+    return "n/a"
+  return f"{100 * fraction:.{digits}f}%"
 
 
 def format_table(results: Dict[str, Any]) -> str:
@@ -808,15 +915,15 @@ def format_table(results: Dict[str, Any]) -> str:
 
   add("ms / generator iteration", f"{results['ms_per_iteration']:.1f}")
   add("compile (s)", f"{results['compile_s']:.1f}")
-  add("GFLOP / iteration (XLA)", f"{results['flop_per_iteration'] / 1e9:.1f}")
+  add(f"GFLOP / iteration ({results['flop_source']})",
+      f"{results['flop_per_iteration'] / 1e9:.1f}")
   add("GFLOP / iteration (analytic matmuls)",
       f"{results['analytic_flop_per_iteration'] / 1e9:.1f}")
   add("achieved GFLOP/s", f"{results['achieved_flops'] / 1e9:.1f}")
   add(f"f32 matmul {results['matmul']['size']}² GFLOP/s (next to chunks)",
       f"{results['matmul']['flops_next_to_chunks'] / 1e9:.1f}")
-  add("fraction of matmul rate (wall)", f"{100 * results['fraction_of_matmul_peak']:.1f}%")
-  add("fraction of matmul rate (CPU time)",
-      f"{100 * results['fraction_of_matmul_peak_cpu_time']:.1f}%")
+  add("fraction of matmul rate (wall)", percent(results["fraction_of_matmul_peak"]))
+  add("fraction of matmul rate (CPU time)", percent(results["fraction_of_matmul_peak_cpu_time"]))
   add(f"projected {results['num_iterations']} iterations (min)",
       f"{results['projected_full_run_s'] / 60:.1f}")
   add(f"peak memory, stage 1 ({results['peak_memory_stage1']['source']}, MiB)",
@@ -824,9 +931,9 @@ def format_table(results: Dict[str, Any]) -> str:
   add(f"peak memory, whole run ({results['peak_memory']['source']}, MiB)",
       f"{results['peak_memory']['bytes'] / 2**20:.0f}")
   for name, part in results.get("components", {}).items():
-    add(f"{name}: ms / GFLOP / % wall / % CPU",
-        f"{part['ms']:.0f} / {part['flop'] / 1e9:.1f} / {100 * part['fraction_wall']:.0f} / "
-        f"{100 * part['fraction_cpu_time']:.0f}")
+    add(f"{name}: ms / GFLOP ({part['flop_source']}) / wall / CPU",
+        f"{part['ms']:.1f} / {part['flop'] / 1e9:.1f} / {percent(part['fraction_wall'], 0)} / "
+        f"{percent(part['fraction_cpu_time'], 0)}")
   if results.get("scaling"):
     lines.append(f"{'scaling':<12} {'value':>6} {'ms/iter':>9} {'ms/iter/seed':>13} "
                  f"{'GFLOP':>7} {'% wall':>7} {'% CPU':>6} {'compile s':>10}")
