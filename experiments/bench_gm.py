@@ -21,7 +21,6 @@ bad flags.
 """
 
 import statistics
-import sys
 import time
 from typing import Sequence
 
@@ -30,6 +29,7 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 
+from experiments import cli
 from gmn_jax import losses
 from gmn_jax import models
 from gmn_jax.errors import ConfigError
@@ -193,16 +193,13 @@ def run(*, repeats, num_thetas, granularity, classes, real_per_class, fake_repea
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    print(f"bench_gm: unexpected arguments {argv[1:]}", file=sys.stderr)
-    sys.exit(2)
+  cli.reject_arguments(argv)
   try:
     results = run(repeats=_REPEATS.value, num_thetas=_NUM_THETAS.value,
                   granularity=_GRANULARITY.value, classes=_CLASSES.value,
                   real_per_class=_REAL_PER_CLASS.value, fake_repeat=_FAKE_REPEAT.value)
   except GMNError as error:
-    print(error, file=sys.stderr)
-    sys.exit(2)
+    cli.fail(error)
   fake = _CLASSES.value * _FAKE_REPEAT.value * _REAL_PER_CLASS.value
   print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), "
         f"M={_NUM_THETAS.value}, granularity={_GRANULARITY.value}, "
@@ -219,4 +216,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

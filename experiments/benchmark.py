@@ -66,10 +66,10 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
+from experiments import cli
 from gmn_jax import config as gmn_config
 from gmn_jax import evaluate
 from gmn_jax import parallel_train
-from gmn_jax import train
 from gmn_jax import train_state
 from gmn_jax import train_step
 from gmn_jax.data import synthetic
@@ -951,33 +951,10 @@ def format_table(results: Dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
-def parse_flags(argv: Sequence[str]) -> Sequence[str]:
-  """absl's flag parsing, with a bad flag or override exiting 2 in one line.
-
-  Args:
-    argv: the command line.
-
-  Returns:
-    The arguments left after the flags.
-  """
-  try:
-    return flags.FLAGS(argv)
-  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as error:
-    # config_flags reports an unknown or mistyped --config.<field> with these.
-    print(f"error: {train.command_line_error(error, argv)}", file=sys.stderr)
-    sys.exit(2)
-
-
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    print(f"error: command line: expected only flags, found {' '.join(argv[1:])}",
-          file=sys.stderr)
-    sys.exit(2)
+  cli.reject_arguments(argv)
   try:
-    config = _CONFIG.value
-    if config is None:
-      raise ConfigError("--config: expected a config file such as experiments/configs/cub.py, "
-                        "found nothing")
+    config = cli.load_config(_CONFIG, example="experiments/configs/cub.py")
     scaling = [] if _SKIP_SCALING.value else [
         s.strip() for s in _SCALING.value.split(",") if s.strip()]
     results = run_benchmark(
@@ -987,8 +964,7 @@ def main(argv: Sequence[str]) -> None:
         matmul_size=_MATMUL_SIZE.value, breakdown=not _SKIP_BREAKDOWN.value,
         log=lambda line: print(line, file=sys.stderr))
   except GMNError as error:
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail(error)
   print(format_table(results))
   if _JSON_OUT.value:
     with open(_JSON_OUT.value, "w", encoding="utf-8") as f:
@@ -998,4 +974,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

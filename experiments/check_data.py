@@ -8,13 +8,13 @@ Exits 0 and prints the summary when the directory is valid; otherwise prints
 the one-line error to stderr and exits 2. Never imports JAX.
 """
 
-import sys
 from typing import Sequence
 
 from absl import app
 from absl import flags
 import numpy as np
 
+from experiments import cli
 from gmn_jax.data import registry
 from gmn_jax.data import xlsa17
 from gmn_jax.data.dataset import ZSLDataset
@@ -82,8 +82,7 @@ def summarize(dataset: ZSLDataset) -> str:
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  cli.reject_arguments(argv)
   try:
     if not _DATA_DIR.value:
       raise ConfigError("--data_dir: expected a dataset directory or builtin:digits, found nothing")
@@ -92,11 +91,10 @@ def main(argv: Sequence[str]) -> None:
         feature_norm=_FEATURE_NORM.value, validation_fraction=_VALIDATION_FRACTION.value,
         seed=_SEED.value)
   except GMNError as error:
-    print(error, file=sys.stderr)
-    sys.exit(2)
+    cli.fail(error)
   print(summarize(dataset))
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

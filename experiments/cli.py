@@ -6,26 +6,30 @@ signal ends with `interrupted: ...` and status 128 + the signal number.
 """
 
 import sys
-from typing import NoReturn, Sequence
+from typing import TYPE_CHECKING, NoReturn, Sequence
 
 from absl import flags
 
-from gmn_jax import preemption
-from gmn_jax import train
 from gmn_jax.errors import ConfigError
+
+if TYPE_CHECKING:
+  # Imported for the annotation only: the data binaries (check_data) use this
+  # module and must not import JAX, which gmn_jax.preemption does.
+  from gmn_jax import preemption  # pylint: disable=g-bad-import-order
 
 
 def fail(error: Exception) -> NoReturn:
   """Prints the one-line error to stderr and exits with status 2.
 
   Args:
-    error: the error; its str() is the line.
+    error: the error; its str() is the line (line breaks become spaces).
   """
-  print(f"error: {error}", file=sys.stderr)
+  text = str(error).replace("\n", " ")
+  print(f"error: {text}", file=sys.stderr)
   sys.exit(2)
 
 
-def stop(interrupted: preemption.Interrupted) -> NoReturn:
+def stop(interrupted: "preemption.Interrupted") -> NoReturn:
   """Prints why the run stopped and exits with status 128 + signal number.
 
   Args:
@@ -50,6 +54,8 @@ def parse_flags(argv: Sequence[str]) -> Sequence[str]:
     return flags.FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as error:
     # config_flags reports an unknown or mistyped --config.<field> with these.
+    # Imported here: gmn_jax.train imports JAX, which check_data must not.
+    from gmn_jax import train  # pylint: disable=g-import-not-at-top
     fail(train.command_line_error(error, argv))
 
 

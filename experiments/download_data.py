@@ -15,6 +15,7 @@ from typing import List, Sequence
 from absl import app
 from absl import flags
 
+from experiments import cli
 from gmn_jax.data import download
 from gmn_jax.errors import ConfigError
 from gmn_jax.errors import GMNError
@@ -93,13 +94,11 @@ def run(datasets: Sequence[str]) -> None:
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  cli.reject_arguments(argv)
   try:
     run(parse_datasets(_DATASET.value))
   except GMNError as error:
-    print(str(error).replace("\n", " "), file=sys.stderr)
-    sys.exit(2)
+    cli.fail(error)
   except KeyboardInterrupt:
     print("interrupted; run the same command again to resume the download",
           file=sys.stderr)
@@ -107,4 +106,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

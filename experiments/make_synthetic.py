@@ -12,13 +12,13 @@ one line to stderr and exits 2. See docs/synthetic_data.md.
 """
 
 import pathlib
-import sys
 import time
 from typing import Sequence
 
 from absl import app
 from absl import flags
 
+from experiments import cli
 from gmn_jax.data import synthetic
 from gmn_jax.errors import ConfigError
 from gmn_jax.errors import GMNError
@@ -87,18 +87,16 @@ def make(att_splits, preset, out_dir, *, seed=0, feature_dim=2048, overwrite=Fal
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  cli.reject_arguments(argv)
   start = time.time()
   try:
     path = make(_ATT_SPLITS.value, _PRESET.value, _OUT_DIR.value, seed=_SEED.value,
                 feature_dim=_FEATURE_DIM.value, overwrite=_OVERWRITE.value)
   except GMNError as error:
-    print(error, file=sys.stderr)
-    sys.exit(2)
+    cli.fail(error)
   print(f"wrote {path} ({time.time() - start:.1f} s)")
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -12,12 +12,12 @@ each row's figures. Figures whose inputs do not exist yet are skipped with a
 note. A missing workdir prints one line to stderr and exits with status 2.
 """
 
-import sys
 from typing import Sequence
 
 from absl import app
 from absl import flags
 
+from experiments import cli
 from gmn_jax import plotting
 from gmn_jax.errors import GMNError
 
@@ -40,10 +40,7 @@ def define_flags() -> None:
 
 def main(argv: Sequence[str]) -> None:
   """Draws the figures; prints the written and skipped ones."""
-  if len(argv) > 1:
-    print(f"error: command line: expected only flags, found {' '.join(argv[1:])}",
-          file=sys.stderr)
-    sys.exit(2)
+  cli.reject_arguments(argv)
   try:
     if not _WORKDIR.value:
       raise plotting.errors.ConfigError("--workdir: expected a run's directory, found nothing")
@@ -53,8 +50,7 @@ def main(argv: Sequence[str]) -> None:
           f"--projections: expected names among pca, tsne, found {unknown}")
     written, skipped = plotting.plot_workdir(_WORKDIR.value, projections=_PROJECTIONS.value)
   except GMNError as error:
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail(error)
   for path in written:
     print(f"written: {path}")
   for note in skipped:
@@ -63,4 +59,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -14,7 +14,6 @@ docs/synthetic_data.md was made.
 """
 
 import pathlib
-import sys
 import time
 from typing import Sequence
 
@@ -22,6 +21,7 @@ from absl import app
 from absl import flags
 import scipy.io
 
+from experiments import cli
 from gmn_jax.data import baseline
 from gmn_jax.data import synthetic
 from gmn_jax.errors import ConfigError
@@ -89,8 +89,7 @@ def _semi_real(path: pathlib.Path, name: str):
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  cli.reject_arguments(argv)
   try:
     _difficulty()  # Checks the flag before any work.
     jobs = list(_jobs(_PRESET.value, _ATT_SPLITS.value, _REAL_DIR.value))
@@ -102,9 +101,8 @@ def main(argv: Sequence[str]) -> None:
             f"{result.gzsl_h:6.1f}{result.train_accuracy:7.1f}{time.time() - start:9.1f}",
             flush=True)
   except GMNError as error:
-    print(error, file=sys.stderr)
-    sys.exit(2)
+    cli.fail(error)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

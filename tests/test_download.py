@@ -424,7 +424,7 @@ def test_binary_exits_2_with_one_line_on_a_corrupt_archive(server, tmp_path):
   assert result.returncode == 2, result.stderr
   assert "Traceback" not in result.stderr
   last_line = result.stderr.rstrip("\n").splitlines()[-1]
-  assert last_line.startswith(str(tmp_path / "garbage.zip"))
+  assert last_line.startswith(f"error: {tmp_path / 'garbage.zip'}")
   assert "expected a readable zip archive" in last_line
   assert _files_under(tmp_path) == []
 
@@ -447,5 +447,5 @@ def test_binary_downloads_and_validates(server, tmp_path):
 def test_binary_rejects_bad_flags(tmp_path, flags, message):
   result = _run_binary(*flags, f"--out={tmp_path}")
   assert result.returncode == 2
-  assert result.stderr.strip().splitlines() == [message]
+  assert result.stderr.strip().splitlines() == [f"error: {message}"]
   assert _files_under(tmp_path) == []

@@ -310,7 +310,7 @@ def test_make_synthetic_binary_prints_one_line_and_exits_2(tmp_path):
                         f"--att_splits={tmp_path / 'nope.mat'}", f"--out_dir={tmp_path}"],
                        capture_output=True, text=True, timeout=120, check=False)
   assert run.returncode == 2
-  expected = f"{tmp_path / 'nope.mat'}: expected an att_splits.mat file, found no such file"
+  expected = f"error: {tmp_path / 'nope.mat'}: expected an att_splits.mat file, found no such file"
   assert run.stderr.strip().splitlines() == [expected]
 
 

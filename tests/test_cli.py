@@ -1,0 +1,61 @@
+"""experiments/cli.py and the binaries that share it: one-line errors, status 2."""
+
+import os
+import subprocess
+import sys
+import types
+
+import pytest
+
+from experiments import cli
+from gmn_jax.errors import ConfigError
+from gmn_jax.errors import DataError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Every absl binary under experiments/ except train and ablation (tested with theirs).
+BINARIES = ("benchmark", "bench_gm", "check_data", "download_data", "make_synthetic", "plot",
+            "synthetic_baseline")
+
+
+def _run(module, *args):
+  return subprocess.run([sys.executable, "-m", f"experiments.{module}", *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=120, check=False,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+
+
+def test_fail_prints_one_line_and_exits_2(capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    cli.fail(DataError("a.mat", "labels", "a vector", "a\nmatrix"))
+  assert exit_info.value.code == 2
+  assert capsys.readouterr().err == "error: a.mat [labels]: expected a vector, found a matrix\n"
+
+
+def test_reject_arguments_allows_the_program_name_only(capsys):
+  cli.reject_arguments(["prog"])
+  with pytest.raises(SystemExit) as exit_info:
+    cli.reject_arguments(["prog", "x", "y"])
+  assert exit_info.value.code == 2
+  assert capsys.readouterr().err == "error: command line: expected only flags, found x y\n"
+
+
+def test_load_config_names_the_example_when_the_flag_is_missing():
+  holder = types.SimpleNamespace(value=None)  # What an unset config flag holds.
+  with pytest.raises(ConfigError, match="--config: expected a config file such as "
+                     "experiments/configs/cub.py, found nothing"):
+    cli.load_config(holder, example="experiments/configs/cub.py")
+
+
+@pytest.mark.parametrize("module", BINARIES)
+def test_binaries_reject_positional_arguments_in_one_line(module):
+  result = _run(module, "stray")
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert result.stderr.splitlines() == [
+      "error: command line: expected only flags, found stray"]
+
+
+@pytest.mark.parametrize("module", ["check_data", "plot", "benchmark"])
+def test_binaries_reject_unknown_flags_in_one_line(module):
+  result = _run(module, "--colour=blue")
+  assert result.returncode == 2, result.stderr[-2000:]
+  lines = result.stderr.splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: ") and "colour" in lines[0]
