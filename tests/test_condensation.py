@@ -301,4 +301,4 @@ def test_binary_prints_one_line_and_exits_2_on_bad_flags(binary_flags, capsys, f
     with pytest.raises(SystemExit) as exit_info:
       condensation.main(["condensation"])
   assert exit_info.value.code == 2
-  assert capsys.readouterr().err == message + "\n"
+  assert capsys.readouterr().err == "error: " + message + "\n"

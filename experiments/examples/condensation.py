@@ -35,7 +35,6 @@ fixed stratified 70/30 split of the 1,797 images (seed 0) whatever --seed is.
 import dataclasses
 import functools
 import os
-import sys
 import time
 from typing import Any, NamedTuple, Sequence
 
@@ -50,6 +49,7 @@ import sklearn.cluster
 import sklearn.datasets
 import sklearn.model_selection
 
+from experiments import cli
 from gmn_jax.errors import ConfigError
 from gmn_jax.errors import GMNError
 from gmn_jax.losses import cross_entropy
@@ -776,8 +776,7 @@ def _parse_ipcs(values):
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  cli.reject_arguments(argv)
   start = time.time()
   try:
     ipcs = _parse_ipcs(_IPC.value)
@@ -796,8 +795,7 @@ def main(argv: Sequence[str]) -> None:
     rows, condensed = run_comparison(jax.random.key(_SEED.value), data, ipcs, EvalConfig(),
                                      make_config, _NUM_EVAL.value, _NUM_SETS.value)
   except GMNError as error:
-    print(error, file=sys.stderr)
-    sys.exit(2)
+    cli.fail(error)
   print(format_table(rows))
   print(f"({time.time() - start:.0f} s on {jax.devices()[0].platform})")
   if _OUT_DIR.value:
@@ -809,4 +807,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)
