@@ -3,7 +3,8 @@ r"""Speed of stage 1 and of the final classifier at a dataset's real shapes.
   python -m experiments.benchmark --config=experiments/configs/cub.py \
       [--iterations=5] [--chunks=3] [--json_out=bench_cub.json] \
       [--scaling=seeds,batch,seen,gm_classes,thetas | --skip_scaling] \
-      [--classifier_epochs=200 | --skip_classifier] [--config.<field>=...]
+      [--classifier_epochs=200 | --skip_classifier] [--seed_counts=1,2,4,8] \
+      [--profile_dir=DIR] [--dump_hlo_dir=DIR] [--config.<field>=...]
 
 The data are synthetic, in memory, with the real shapes of the config's
 dataset (`gmn_jax.data.synthetic.PRESETS`: CUB 150 seen / 50 unseen classes,
@@ -43,6 +44,19 @@ Measured, on the default device:
   synthetic unseen features, `eval.num_classifier_seeds` seeds at once, timed
   for `--classifier_epochs` epochs (second call, after compilation) and
   projected to `config.eval.epochs`.
+* `--profile_dir=DIR`: after the timed chunks of the main setting and of
+  every scaling point, one more (untimed) chunk runs inside
+  `jax.profiler.trace(DIR/<point>)`, `<point>` being `main` or
+  `<row>_<value>` (e.g. `seeds_2`); each row's `profile` entry says where
+  its trace went, which files the profiler wrote and how long the profiled
+  chunk took. On a GPU, XLA runs command buffers (CUDA graphs) op by op while
+  a trace is active unless XLA_FLAGS has
+  `--xla_enable_command_buffers_during_profiling=true`.
+* `--dump_hlo_dir=DIR`: XLA dumps the stage-1 chunk programs it compiles
+  (HLO text before and after optimisation, and whatever else the backend
+  dumps) into DIR/<point>, through that compilation's own options, so no
+  other program is dumped. A program found in JAX's persistent compilation
+  cache is not compiled, hence not dumped.
 
 Prints a table and writes everything to --json_out. A bad flag or config
 prints one line to stderr and exits 2.
@@ -88,6 +102,9 @@ _CLASSIFIER_EPOCHS = None
 _SKIP_CLASSIFIER = None
 _SKIP_BREAKDOWN = None
 _MATMUL_SIZE = None
+_SEED_COUNTS = None
+_PROFILE_DIR = None
+_DUMP_HLO_DIR = None
 
 
 def define_flags() -> None:
@@ -100,7 +117,7 @@ def define_flags() -> None:
   # pylint: disable=global-statement
   global _CONFIG, _ITERATIONS, _CHUNKS, _JSON_OUT, _SCALING, _SKIP_SCALING
   global _SCALING_ITERATIONS, _CLASSIFIER_EPOCHS, _SKIP_CLASSIFIER, _SKIP_BREAKDOWN
-  global _MATMUL_SIZE
+  global _MATMUL_SIZE, _SEED_COUNTS, _PROFILE_DIR, _DUMP_HLO_DIR
   # pylint: enable=global-statement
   _CONFIG = config_flags.DEFINE_config_file(
       "config", None, "A dataset config, e.g. experiments/configs/cub.py.", lock_config=False)
@@ -124,6 +141,14 @@ def define_flags() -> None:
   _MATMUL_SIZE = flags.DEFINE_integer(
       "matmul_size", 0, "Side of the square float32 matrix product that measures the device's "
       "rate (0: 2048 on CPU, 8192 on accelerators).")
+  _SEED_COUNTS = flags.DEFINE_string(
+      "seed_counts", ",".join(map(str, SCALING_VALUES["seeds"])),
+      "Comma-separated numbers of parallel seeds that the seeds scaling row times.")
+  _PROFILE_DIR = flags.DEFINE_string(
+      "profile_dir", None, "Also run one untimed chunk of each stage-1 setting under "
+      "jax.profiler.trace(DIR/<point>).")
+  _DUMP_HLO_DIR = flags.DEFINE_string(
+      "dump_hlo_dir", None, "Dump the compiled stage-1 programs' HLO into DIR/<point>.")
 
 
 SCALING_ROWS = ("seeds", "batch", "seen", "gm_classes", "thetas")
@@ -470,6 +495,101 @@ def peak_memory() -> Dict[str, Any]:
           "source": "process_max_rss"}
 
 
+# --------------------------------------------------------------------------
+# Profiles and HLO dumps of the stage-1 program.
+
+# What jax.profiler writes under its log directory (plugins/profile/<time>/):
+# the XSpace protobuf that XProf / TensorBoard read and, from it, a Chrome
+# trace-event JSON that Perfetto and `experiments/scripts/probe_summary.py`
+# read.
+TRACE_FILE_SUFFIXES = (".xplane.pb", ".trace.json.gz")
+
+
+def point_name(row: Optional[str], value: Any = None) -> str:
+  """The directory name of one measured setting: "main" or "<row>_<value>".
+
+  Args:
+    row: a scaling row's name, or None for the main setting.
+    value: the row's value at this point.
+
+  Returns:
+    E.g. "main" or "seeds_2".
+  """
+  return "main" if row is None else f"{row}_{value}"
+
+
+def trace_files(directory: str) -> List[str]:
+  """The profiler's trace files anywhere under a directory.
+
+  Args:
+    directory: a `jax.profiler.trace` log directory.
+
+  Returns:
+    Their paths, sorted (empty when there are none).
+  """
+  found = []
+  for root, _, names in os.walk(directory):
+    found += [os.path.join(root, n) for n in names if n.endswith(TRACE_FILE_SUFFIXES)]
+  return sorted(found)
+
+
+def profile_call(fn: Callable[[], Any], directory: str) -> Dict[str, Any]:
+  """Calls fn() once inside `jax.profiler.trace(directory)`.
+
+  The profiler's start and its export of the trace are outside the timed
+  span, which covers fn() and waiting for its result.
+
+  Args:
+    fn: the call to profile (e.g. one stage-1 chunk).
+    directory: the trace's log directory (created if missing).
+
+  Returns:
+    {"dir", "files" (`trace_files`), "seconds", "cpu_seconds"}, or {"dir",
+    "error"} when the profiler could not trace (then fn may not have run).
+  """
+  os.makedirs(directory, exist_ok=True)
+  try:
+    with jax.profiler.trace(directory):
+      _, wall, cpu = _timed(fn)
+  except (RuntimeError, ImportError) as error:
+    # A profile is a diagnostic: losing it must not lose the timings.
+    return {"dir": directory, "error": f"{type(error).__name__}: {error}"}
+  return {"dir": directory, "files": trace_files(directory), "seconds": wall,
+          "cpu_seconds": cpu}
+
+
+def hlo_dump_options(directory: str) -> Dict[str, Any]:
+  """XLA options that dump one compilation's HLO as text into a directory.
+
+  Passed to `Lowered.compile(compiler_options=...)`, they apply to that
+  program alone, unlike XLA_FLAGS, which must be set before JAX starts its
+  backend and then dumps every program.
+
+  Args:
+    directory: where XLA writes module_<n>.<name>.*.txt.
+
+  Returns:
+    The compiler options.
+  """
+  return {"xla_dump_to": directory, "xla_dump_hlo_as_text": True}
+
+
+def dumped_hlo_files(directory: str) -> List[str]:
+  """The optimised-HLO text files of the modules dumped into a directory.
+
+  Args:
+    directory: an `hlo_dump_options` directory.
+
+  Returns:
+    Their paths, sorted (empty when nothing was dumped, e.g. a program that
+    came from the persistent compilation cache).
+  """
+  if not os.path.isdir(directory):
+    return []
+  return sorted(os.path.join(directory, n) for n in os.listdir(directory)
+                if n.endswith("after_optimizations.txt"))
+
+
 def init_states(spec: train_state.TrainSpec, data, num_seeds: int):
   """Initial states of seeds 0..num_seeds-1 (stacked when num_seeds > 1).
 
@@ -507,7 +627,8 @@ def stage1_program(spec: train_state.TrainSpec, num_iterations: int, num_seeds: 
 
 def time_stage1(spec: train_state.TrainSpec, dataset: ZSLDataset, hyper, *, iterations: int,
                 chunks: int, num_seeds: int = 1, count_flops: bool = False,
-                matmul_size: Optional[int] = None) -> Dict[str, Any]:
+                matmul_size: Optional[int] = None, profile_dir: Optional[str] = None,
+                dump_hlo_dir: Optional[str] = None) -> Dict[str, Any]:
   """Compiles and times stage 1 at one setting.
 
   Args:
@@ -521,20 +642,28 @@ def time_stage1(spec: train_state.TrainSpec, dataset: ZSLDataset, hyper, *, iter
     matmul_size: when given, the reference matrix product is timed (3
       calls) after every chunk, so that each chunk has a rate measured under
       the same load.
+    profile_dir: when given, one more chunk runs after the timed ones (and
+      their products) inside `jax.profiler.trace(profile_dir)`.
+    dump_hlo_dir: when given, the compilation dumps the program's HLO there
+      (`hlo_dump_options`); the dump's time counts in compile_s.
 
   Returns:
     {"ms_per_iteration" (wall, all seeds together), "cpu_ms_per_iteration",
     "ms_per_iteration_per_seed", "chunk_seconds", "chunk_cpu_seconds",
     "compile_s", "num_seeds", "iterations_per_chunk",
     "analytic_flop_per_iteration" (all seeds), with count_flops "flops":
-    {"xla": ..., "analytic": ...}, with matmul_size "matmul_after_chunks"}.
+    {"xla": ..., "analytic": ...}, with matmul_size "matmul_after_chunks",
+    with profile_dir "profile" (`profile_call`), with dump_hlo_dir
+    "hlo_dump": {"dir", "files" (`dumped_hlo_files`)}}; the profiled chunk
+    is in none of the timings.
   """
   data = jax.device_put(train_state.make_train_data(dataset, spec))
   hyper = jax.device_put(hyper)
   states, keys = init_states(spec, data, num_seeds)
   program = stage1_program(spec, iterations, num_seeds)
   started = time.perf_counter()
-  compiled = program.lower(states, data, hyper, keys).compile()
+  options = hlo_dump_options(dump_hlo_dir) if dump_hlo_dir else None
+  compiled = program.lower(states, data, hyper, keys).compile(compiler_options=options)
   compile_s = time.perf_counter() - started
   states, _ = jax.block_until_ready(compiled(states, data, hyper, keys))
   walls, cpus, matmuls = [], [], []
@@ -544,6 +673,9 @@ def time_stage1(spec: train_state.TrainSpec, dataset: ZSLDataset, hyper, *, iter
     cpus.append(cpu)
     if matmul_size:
       matmuls.append(matmul_rate(matmul_size, repeats=3))
+  profile = None
+  if profile_dir:
+    profile = profile_call(lambda: compiled(states, data, hyper, keys), profile_dir)
   if not all(np.isfinite(np.asarray(v)).all() for v in metrics.values()):
     # Random data may diverge; the timing is still valid, but say so.
     print("note: non-finite training metrics on the synthetic data", file=sys.stderr)
@@ -556,6 +688,10 @@ def time_stage1(spec: train_state.TrainSpec, dataset: ZSLDataset, hyper, *, iter
              num_seeds * analytic_iteration_flops(spec)["per_iteration"]}
   if matmul_size:
     row["matmul_after_chunks"] = matmuls
+  if profile_dir:
+    row["profile"] = profile
+  if dump_hlo_dir:
+    row["hlo_dump"] = {"dir": dump_hlo_dir, "files": dumped_hlo_files(dump_hlo_dir)}
   if count_flops:
     one_state = states if num_seeds == 1 else parallel_train.tree_slice(states, 0)
     one_key = keys if num_seeds == 1 else keys[0]
@@ -713,7 +849,9 @@ def _override(config: ml_collections.ConfigDict, path: str, value) -> ml_collect
 
 def scaling_row(name: str, config: ml_collections.ConfigDict, dataset: ZSLDataset, *,
                 iterations: int, chunks: int, matmul_size: int,
-                on_result: Callable[[Dict], None]) -> List[Dict]:
+                on_result: Callable[[Dict], None], values: Optional[Sequence[int]] = None,
+                profile_dir: Optional[str] = None,
+                dump_hlo_dir: Optional[str] = None) -> List[Dict]:
   """Times stage 1 over the values of one scaling row.
 
   Args:
@@ -724,6 +862,11 @@ def scaling_row(name: str, config: ml_collections.ConfigDict, dataset: ZSLDatase
     chunks: timed calls.
     matmul_size: the reference product, timed after every chunk.
     on_result: called with each point as it is measured (for progress).
+    values: the row's values (None: SCALING_VALUES[name]).
+    profile_dir: when given, each point's extra profiled chunk traces into
+      profile_dir/<point> (`point_name`).
+    dump_hlo_dir: when given, each point's program is dumped into
+      dump_hlo_dir/<point>.
 
   Returns:
     One dict per value: {"row", "value", **time_stage1(...), "fraction_wall",
@@ -734,7 +877,7 @@ def scaling_row(name: str, config: ml_collections.ConfigDict, dataset: ZSLDatase
   """
   hyper = train_state.make_hyperparameters(config)
   points = []
-  for value in SCALING_VALUES[name]:
+  for value in SCALING_VALUES[name] if values is None else values:
     point_config, point_dataset, num_seeds = config, dataset, 1
     if name == "seeds":
       num_seeds = value
@@ -751,14 +894,21 @@ def scaling_row(name: str, config: ml_collections.ConfigDict, dataset: ZSLDatase
     except ConfigError as error:
       print(f"skipping {name}={value}: {error}", file=sys.stderr)
       continue
+    where = point_name(name, value)
     point = {"row": name, "value": value,
              **time_stage1(spec, point_dataset, hyper, iterations=iterations, chunks=chunks,
-                           num_seeds=num_seeds, matmul_size=matmul_size)}
+                           num_seeds=num_seeds, matmul_size=matmul_size,
+                           profile_dir=_subdirectory(profile_dir, where),
+                           dump_hlo_dir=_subdirectory(dump_hlo_dir, where))}
     fractions = fractions_of_matmul(point["analytic_flop_per_iteration"], point)
     point.update(fraction_wall=fractions["wall"], fraction_cpu_time=fractions["cpu_time"])
     points.append(point)
     on_result(point)
   return points
+
+
+def _subdirectory(directory: Optional[str], name: str) -> Optional[str]:
+  return os.path.join(directory, name) if directory else None
 
 
 # --------------------------------------------------------------------------
@@ -782,6 +932,8 @@ def machine_description() -> Dict[str, Any]:
 def run_benchmark(config: ml_collections.ConfigDict, *, iterations: int, chunks: int,
                   scaling: Sequence[str], scaling_iterations: int, classifier_epochs: int,
                   skip_classifier: bool, matmul_size: int, breakdown: bool = True,
+                  seed_counts: Sequence[int] = SCALING_VALUES["seeds"],
+                  profile_dir: Optional[str] = None, dump_hlo_dir: Optional[str] = None,
                   log: Callable[[str], None] = print) -> Dict[str, Any]:
   """Runs every measurement and returns the JSON-ready results.
 
@@ -795,6 +947,11 @@ def run_benchmark(config: ml_collections.ConfigDict, *, iterations: int, chunks:
     skip_classifier: do not time the final classifier.
     matmul_size: the reference matrix product's side (0: by backend).
     breakdown: also time the iteration's parts alone (`time_components`).
+    seed_counts: the values of the "seeds" scaling row.
+    profile_dir: when given, one untimed, profiled chunk per stage-1 setting
+      (`time_stage1`), traced into profile_dir/<point>.
+    dump_hlo_dir: when given, the stage-1 programs' HLO goes to
+      dump_hlo_dir/<point>.
     log: where progress lines go.
 
   Returns:
@@ -810,6 +967,11 @@ def run_benchmark(config: ml_collections.ConfigDict, *, iterations: int, chunks:
   unknown = [row for row in scaling if row not in SCALING_ROWS]
   if unknown:
     raise ConfigError(f"--scaling: expected names among {SCALING_ROWS}, found {unknown}")
+  if not seed_counts or any(int(n) != n or n < 1 for n in seed_counts):
+    raise ConfigError(f"--seed_counts: expected positive integers, found {list(seed_counts)}")
+  for flag, directory in (("profile_dir", profile_dir), ("dump_hlo_dir", dump_hlo_dir)):
+    if directory and os.path.exists(directory) and not os.path.isdir(directory):
+      raise ConfigError(f"--{flag}: expected a directory, found the file {directory}")
   gmn_config.validate_fields(config)
   variant = gmn_config.get_variant(config)
   if not variant.uses_generator:
@@ -836,7 +998,9 @@ def run_benchmark(config: ml_collections.ConfigDict, *, iterations: int, chunks:
                        "num_theta_samples": spec.num_theta_samples}
   hyper = train_state.make_hyperparameters(config)
   main_row = time_stage1(spec, dataset, hyper, iterations=iterations, chunks=chunks,
-                         count_flops=True, matmul_size=matmul_size)
+                         count_flops=True, matmul_size=matmul_size,
+                         profile_dir=_subdirectory(profile_dir, point_name(None)),
+                         dump_hlo_dir=_subdirectory(dump_hlo_dir, point_name(None)))
   flop, flop_source = iteration_flop_count(main_row["flops"])
   fractions = fractions_of_matmul(flop, main_row)
   results["matmul"]["after_chunks"] = main_row["matmul_after_chunks"]
@@ -854,6 +1018,9 @@ def run_benchmark(config: ml_collections.ConfigDict, *, iterations: int, chunks:
       fraction_of_matmul_peak_cpu_time=fractions["cpu_time"],
       projected_full_run_s=main_row["ms_per_iteration"] / 1e3 * config.train.num_iterations,
       num_iterations=int(config.train.num_iterations))
+  for name in ("profile", "hlo_dump"):
+    if name in main_row:
+      results[name] = main_row[name]
   log(f"stage 1: {results['ms_per_iteration']:.1f} ms/iteration, compile "
       f"{results['compile_s']:.1f} s, {flop / 1e9:.1f} GFLOP/iteration ({flop_source}; analytic "
       f"{results['analytic_flop_per_iteration'] / 1e9:.1f}), "
@@ -865,19 +1032,58 @@ def run_benchmark(config: ml_collections.ConfigDict, *, iterations: int, chunks:
                                             matmul_size=matmul_size)
     log(f"components: {results['components']}")
 
+  if "profile" in main_row:
+    log(f"profile: {main_row['profile']}")
   results["scaling"] = []
   for name in scaling:
     results["scaling"] += scaling_row(
         name, config, dataset, iterations=scaling_iterations, chunks=chunks,
-        matmul_size=matmul_size, on_result=lambda p: log(f"scaling {p['row']}={p['value']}: "
-                                f"{p['ms_per_iteration']:.1f} ms/iteration "
-                                f"(compile {p['compile_s']:.1f} s)"))
+        matmul_size=matmul_size, on_result=lambda p: log(progress_line(p)),
+        values=seed_counts if name == "seeds" else None, profile_dir=profile_dir,
+        dump_hlo_dir=dump_hlo_dir)
   if not skip_classifier:
     epochs = classifier_epochs or int(config.eval.epochs)
     results["final_classifier"] = time_final_classifier(config, dataset, epochs=epochs)
     log(f"final classifier: {results['final_classifier']}")
   results["peak_memory"] = peak_memory()
   return results
+
+
+def progress_line(point: Dict[str, Any]) -> str:
+  """The line logged when a scaling point has been measured.
+
+  `experiments/scripts/probe_summary.py` reads these lines back when a run
+  was cut short before writing its JSON, so keep its pattern in step.
+
+  Args:
+    point: one entry of `scaling_row`'s result.
+
+  Returns:
+    E.g. "scaling seeds=2: 3.43 ms/iteration, 0.75 CPU ms/iteration
+    (compile 20.1 s)".
+  """
+  return (f"scaling {point['row']}={point['value']}: {point['ms_per_iteration']:.4g} "
+          f"ms/iteration, {point['cpu_ms_per_iteration']:.4g} CPU ms/iteration "
+          f"(compile {point['compile_s']:.1f} s)")
+
+
+def parse_counts(text: str, flag: str) -> List[int]:
+  """A comma-separated list of positive integers from a flag.
+
+  Args:
+    text: e.g. "1,2,4,8".
+    flag: the flag's name, for the error.
+
+  Returns:
+    The integers, in the given order.
+
+  Raises:
+    ConfigError: an entry is not a positive integer, or there is none.
+  """
+  entries = [t.strip() for t in text.split(",") if t.strip()]
+  if not entries or not all(e.isdigit() and int(e) > 0 for e in entries):
+    raise ConfigError(f"--{flag}: expected comma-separated positive integers, found {text!r}")
+  return [int(e) for e in entries]
 
 
 def percent(fraction: Optional[float], digits: int = 1) -> str:
@@ -943,6 +1149,9 @@ def format_table(results: Dict[str, Any]) -> str:
                    f"{p['analytic_flop_per_iteration'] / 1e9:>7.1f} "
                    f"{100 * p['fraction_wall']:>7.0f} {100 * p['fraction_cpu_time']:>6.0f} "
                    f"{p['compile_s']:>10.1f}")
+  for name, label in (("profile", "profiler traces in"), ("hlo_dump", "HLO dumps in")):
+    if results.get(name):  # One folder per setting: main, seeds_2, ...
+      add(label, os.path.dirname(results[name]["dir"]))
   final = results.get("final_classifier")
   if final:
     add(f"final classifier {final['epochs_timed']} epochs (s)", f"{final['seconds']:.1f}")
@@ -962,6 +1171,8 @@ def main(argv: Sequence[str]) -> None:
         scaling_iterations=_SCALING_ITERATIONS.value or _ITERATIONS.value,
         classifier_epochs=_CLASSIFIER_EPOCHS.value, skip_classifier=_SKIP_CLASSIFIER.value,
         matmul_size=_MATMUL_SIZE.value, breakdown=not _SKIP_BREAKDOWN.value,
+        seed_counts=parse_counts(_SEED_COUNTS.value, "seed_counts"),
+        profile_dir=_PROFILE_DIR.value, dump_hlo_dir=_DUMP_HLO_DIR.value,
         log=lambda line: print(line, file=sys.stderr))
   except GMNError as error:
     cli.fail(error)
