@@ -19,7 +19,8 @@ from absl import app
 from absl import flags
 
 from experiments import cli
-from gmn_jax.data import synthetic
+from gmn_jax.data import synthetic_presets
+from gmn_jax.data import synthetic_writer
 from gmn_jax.errors import ConfigError
 from gmn_jax.errors import GMNError
 
@@ -42,7 +43,7 @@ def define_flags() -> None:
   _ATT_SPLITS = flags.DEFINE_string(
       "att_splits", None, "A real att_splits.mat to build a semi-real dataset for.")
   _PRESET = flags.DEFINE_string(
-      "preset", None, f"One of {', '.join(synthetic.PRESETS)}: no input file needed.")
+      "preset", None, f"One of {', '.join(synthetic_presets.PRESETS)}: no input file needed.")
   _OUT_DIR = flags.DEFINE_string("out_dir", None, "Directory to write (created if missing).")
   _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
   _FEATURE_DIM = flags.DEFINE_integer("feature_dim", 2048, "Feature dimension D.")
@@ -75,15 +76,16 @@ def make(att_splits, preset, out_dir, *, seed=0, feature_dim=2048, overwrite=Fal
     raise ConfigError("--out_dir: expected a directory, found nothing")
   if feature_dim < 1:
     raise ConfigError(f"--feature_dim: expected a positive integer, found {feature_dim}")
-  if preset is not None and preset not in synthetic.PRESETS:
-    raise ConfigError(f"--preset: expected one of {', '.join(synthetic.PRESETS)}, found {preset!r}")
-  target = pathlib.Path(out_dir) / synthetic.FEATURES_FILE
+  if preset is not None and preset not in synthetic_presets.PRESETS:
+    raise ConfigError(f"--preset: expected one of {', '.join(synthetic_presets.PRESETS)}, "
+                      f"found {preset!r}")
+  target = pathlib.Path(out_dir) / synthetic_writer.FEATURES_FILE
   if target.exists() and not overwrite:
-    raise ConfigError(f"--out_dir: expected no {synthetic.FEATURES_FILE} there (or --overwrite), "
-                      f"found {target}")
+    raise ConfigError(f"--out_dir: expected no {synthetic_writer.FEATURES_FILE} there "
+                      f"(or --overwrite), found {target}")
   if preset is not None:
-    return synthetic.write_preset(preset, out_dir, seed=seed, feature_dim=feature_dim)
-  return synthetic.write_semi_real(att_splits, out_dir, seed=seed, feature_dim=feature_dim)
+    return synthetic_writer.write_preset(preset, out_dir, seed=seed, feature_dim=feature_dim)
+  return synthetic_writer.write_semi_real(att_splits, out_dir, seed=seed, feature_dim=feature_dim)
 
 
 def main(argv: Sequence[str]) -> None:

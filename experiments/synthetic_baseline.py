@@ -19,13 +19,14 @@ from typing import Sequence
 
 from absl import app
 from absl import flags
-import scipy.io
 
 from experiments import cli
 from gmn_jax.data import baseline
 from gmn_jax.data import synthetic
+from gmn_jax.data import synthetic_features
+from gmn_jax.data import synthetic_presets
+from gmn_jax.data import synthetic_split_files
 from gmn_jax.errors import ConfigError
-from gmn_jax.errors import DataError
 from gmn_jax.errors import GMNError
 
 _PRESET = flags.DEFINE_string("preset", None, "A preset name, 'all', or 'digits'.")
@@ -44,8 +45,8 @@ def _jobs(preset, att_splits, real_dir):
   if sum(x is not None for x in (preset, att_splits, real_dir)) == 0:
     raise ConfigError("--preset/--att_splits/--real_dir: expected at least one, found none")
   if real_dir is not None:
-    for name in synthetic.PRESETS:
-      path = pathlib.Path(real_dir) / name / synthetic.SPLITS_FILE
+    for name in synthetic_presets.PRESETS:
+      path = pathlib.Path(real_dir) / name / synthetic_split_files.SPLITS_FILE
       if path.is_file():
         yield f"{name} semi-real", (lambda p=path, n=name: _semi_real(p, n))
     return
@@ -57,35 +58,29 @@ def _jobs(preset, att_splits, real_dir):
     from gmn_jax.data import digits  # pylint: disable=g-import-not-at-top
     yield "digits", digits.load_digits
     return
-  names = list(synthetic.PRESETS) if preset == "all" else [preset]
+  names = list(synthetic_presets.PRESETS) if preset == "all" else [preset]
   for name in names:
-    if name not in synthetic.PRESETS:
-      raise ConfigError(f"--preset: expected one of {', '.join(synthetic.PRESETS)}, all or digits, "
-                        f"found {name!r}")
+    if name not in synthetic_presets.PRESETS:
+      raise ConfigError(f"--preset: expected one of {', '.join(synthetic_presets.PRESETS)}, "
+                        f"all or digits, found {name!r}")
     yield f"{name} preset", (lambda n=name: synthetic.synthetic_dataset(
-        synthetic.preset_att_splits(n, seed=_SEED.value), name=n, seed=_SEED.value,
+        synthetic_presets.preset_att_splits(n, seed=_SEED.value), name=n, seed=_SEED.value,
         feature_dim=_FEATURE_DIM.value, difficulty=_difficulty()))
 
 
 def _difficulty():
-  if _DIFFICULTY.value not in synthetic.DIFFICULTIES:
-    raise ConfigError(f"--difficulty: expected one of {', '.join(synthetic.DIFFICULTIES)}, "
-                      f"found {_DIFFICULTY.value!r}")
-  return synthetic.DIFFICULTIES[_DIFFICULTY.value]
+  if _DIFFICULTY.value not in synthetic_features.DIFFICULTIES:
+    raise ConfigError("--difficulty: expected one of "
+                      f"{', '.join(synthetic_features.DIFFICULTIES)}, found {_DIFFICULTY.value!r}")
+  return synthetic_features.DIFFICULTIES[_DIFFICULTY.value]
 
 
 def _semi_real(path: pathlib.Path, name: str):
-  if not path.is_file():
-    raise DataError(path, None, "an att_splits.mat file", "no such file")
-  try:
-    att_splits = scipy.io.loadmat(path)
-  except Exception as error:  # scipy raises many types on garbage input.
-    raise DataError(path, None, "a MATLAB .mat file",
-                    f"unreadable ({type(error).__name__})") from error
+  att_splits = synthetic_split_files.read_splits(path)
   return synthetic.synthetic_dataset(
       att_splits, name=name, seed=_SEED.value, feature_dim=_FEATURE_DIM.value,
       difficulty=_difficulty(),
-      unseen_classes=synthetic.unseen_from_class_lists(att_splits, path.parent))
+      unseen_classes=synthetic_split_files.unseen_from_class_lists(att_splits, path.parent))
 
 
 def main(argv: Sequence[str]) -> None:

@@ -1,4 +1,4 @@
-"""Tests of the synthetic / semi-real data generator and the linear baseline."""
+"""Tests of the synthetic / semi-real data generator (gmn_jax.data.synthetic*)."""
 
 import itertools
 import subprocess
@@ -12,6 +12,12 @@ import scipy.special
 from experiments import make_synthetic
 from gmn_jax.data import baseline
 from gmn_jax.data import synthetic
+from gmn_jax.data import synthetic_embeddings
+from gmn_jax.data import synthetic_features
+from gmn_jax.data import synthetic_labels
+from gmn_jax.data import synthetic_presets
+from gmn_jax.data import synthetic_split_files
+from gmn_jax.data import synthetic_writer
 from gmn_jax.data import xlsa17
 from gmn_jax.errors import ConfigError
 from gmn_jax.errors import DataError
@@ -46,17 +52,17 @@ def test_allocate_is_exact_proportional_and_positive():
   rng = np.random.default_rng(0)
   for total, size in [(100, 7), (20, 20), (7057, 150), (1000, 3)]:
     weights = np.exp(rng.standard_normal(size))
-    counts = synthetic._allocate(total, weights)
+    counts = synthetic_labels._allocate(total, weights)
     assert counts.sum() == total and counts.min() >= 1
     exact = 1 + (total - size) * weights / weights.sum()
     assert np.all(np.abs(counts - exact) < 1)
 
 
-@pytest.mark.parametrize("name", list(synthetic.PRESETS))
+@pytest.mark.parametrize("name", list(synthetic_presets.PRESETS))
 def test_preset_labels_agree_with_loc_arrays(name):
-  shape = synthetic.PRESETS[name]
-  att_splits = synthetic.preset_att_splits(name, seed=3)
-  labels = synthetic.labels_from_splits(att_splits, seed=3)
+  shape = synthetic_presets.PRESETS[name]
+  att_splits = synthetic_presets.preset_att_splits(name, seed=3)
+  labels = synthetic_labels.labels_from_splits(att_splits, seed=3)
   assert labels.dtype == np.int32 and labels.size == shape.num_images
   trainval, test_seen, test_unseen = _check_labels_agree(att_splits, labels)
   assert len(set(test_unseen)) == shape.num_unseen
@@ -73,20 +79,21 @@ def test_preset_labels_agree_with_loc_arrays(name):
 
 
 def test_real_files_labels(xlsa17_dir):
-  for name in synthetic.PRESETS:
+  for name in synthetic_presets.PRESETS:
     path = xlsa17_dir / name / "att_splits.mat"
-    att_splits = synthetic._with_companion_validation_locs(scipy.io.loadmat(path), path)
-    unseen = synthetic.unseen_from_class_lists(att_splits, path.parent)
-    labels = synthetic.labels_from_splits(att_splits, seed=0, unseen_classes=unseen)
+    att_splits = synthetic_split_files.with_companion_validation_locs(scipy.io.loadmat(path), path)
+    unseen = synthetic_split_files.unseen_from_class_lists(att_splits, path.parent)
+    labels = synthetic_labels.labels_from_splits(att_splits, seed=0, unseen_classes=unseen)
     _check_labels_agree(att_splits, labels)
     unseen_found = np.unique(labels[_locs(att_splits, "test_unseen_loc")])
-    assert unseen_found.size == synthetic.PRESETS[name].num_unseen
+    assert unseen_found.size == synthetic_presets.PRESETS[name].num_unseen
     if unseen is not None:
       np.testing.assert_array_equal(np.unique(labels[_locs(att_splits, "test_unseen_loc")]),
                                     sorted(unseen))
   # CUB's att_splits lacks train/val locs: they were borrowed from sent_splits.
   cub = xlsa17_dir / "CUB" / "att_splits.mat"
-  assert "val_loc" in synthetic._with_companion_validation_locs(scipy.io.loadmat(cub), cub)
+  borrowed = synthetic_split_files.with_companion_validation_locs(scipy.io.loadmat(cub), cub)
+  assert "val_loc" in borrowed
 
 
 def _tiny_splits():
@@ -109,7 +116,7 @@ def test_labels_reject_bad_splits(change, key):
   splits = _tiny_splits()
   change(splits)
   with pytest.raises(DataError) as error:
-    synthetic.labels_from_splits(splits, source="splits.mat")
+    synthetic_labels.labels_from_splits(splits, source="splits.mat")
   assert f"splits.mat [{key}]" in str(error.value)
 
 
@@ -117,16 +124,17 @@ def test_labels_need_an_image_per_class_and_split():
   splits = _tiny_splits()
   splits["att"] = np.ones((5, 6))
   with pytest.raises(DataError, match=r"s.mat \[test_seen_loc\]"):
-    synthetic.labels_from_splits(splits, unseen_classes=[0], source="s.mat")  # 3 images, 5 classes
-  labels = synthetic.labels_from_splits(splits, unseen_classes=[0, 1, 2])
+    # 3 images for 5 classes.
+    synthetic_labels.labels_from_splits(splits, unseen_classes=[0], source="s.mat")
+  labels = synthetic_labels.labels_from_splits(splits, unseen_classes=[0, 1, 2])
   _check_labels_agree(splits, labels)
 
 
-def _features(seed=0, dim=256, difficulty=synthetic.DEFAULT_DIFFICULTY):
-  att_splits = synthetic.preset_att_splits("AWA1", seed=0)
-  labels = synthetic.labels_from_splits(att_splits, seed=0)[:3000]
-  return synthetic.make_features(att_splits["att"].T, labels, feature_dim=dim, seed=seed,
-                                 difficulty=difficulty), labels
+def _features(seed=0, dim=256, difficulty=synthetic_features.DEFAULT_DIFFICULTY):
+  att_splits = synthetic_presets.preset_att_splits("AWA1", seed=0)
+  labels = synthetic_labels.labels_from_splits(att_splits, seed=0)[:3000]
+  return synthetic_features.make_features(att_splits["att"].T, labels, feature_dim=dim,
+                                          seed=seed, difficulty=difficulty), labels
 
 
 def test_features_look_like_pool5():
@@ -156,14 +164,15 @@ def test_features_deterministic_and_seed_dependent():
 
 
 def test_noise_free_features_match_the_documented_equations():
-  quiet = synthetic.Difficulty(unexplained_class_fraction=0.0, modes_per_class=1, mode_scale=0.0,
-                               nuisance_scale=0.0, noise_scale=0.0, noise_spread=0.0,
-                               feature_noise=0.0, embedding_gain=1.5)
+  quiet = synthetic_features.Difficulty(unexplained_class_fraction=0.0, modes_per_class=1,
+                                        mode_scale=0.0, nuisance_scale=0.0, noise_scale=0.0,
+                                        noise_spread=0.0, feature_noise=0.0, embedding_gain=1.5)
   rng = np.random.default_rng(1)
   embeddings = np.abs(rng.standard_normal((6, 10)))
   labels = np.array([0, 1, 2, 3, 4, 5, 5, 0])
-  features = synthetic.make_features(embeddings, labels, feature_dim=32, seed=2, difficulty=quiet)
-  fmap = synthetic._FeatureMap(10, 32, quiet, 2)
+  features = synthetic_features.make_features(embeddings, labels, feature_dim=32, seed=2,
+                                              difficulty=quiet)
+  fmap = synthetic_features._FeatureMap(10, 32, quiet, 2)
   # m_c = standardise(tanh(kappa * G^T (a_c - mean a) / spread + beta)).
   centred = embeddings - embeddings.mean(axis=0)
   centred /= np.sqrt(np.mean(np.sum(centred**2, axis=1)))
@@ -181,35 +190,36 @@ def test_noise_free_features_match_the_documented_equations():
 
 def test_make_features_rejects_bad_labels():
   with pytest.raises(ValueError, match="labels"):
-    synthetic.make_features(np.ones((3, 2)), np.array([0, 3]), feature_dim=4)
+    synthetic_features.make_features(np.ones((3, 2)), np.array([0, 3]), feature_dim=4)
 
 
 def test_baseline_lands_in_the_calibrated_band():
   # FLO's shape (the smallest training set) with 512 features and a shorter
   # schedule, for speed: lower numbers than the 2048-d table, same picture.
-  dataset = synthetic.synthetic_dataset(synthetic.preset_att_splits("FLO"), feature_dim=512)
+  dataset = synthetic.synthetic_dataset(synthetic_presets.preset_att_splits("FLO"), feature_dim=512)
   result = baseline.run_baseline(dataset, steps=150, learning_rate=2e-3)
   assert 35 < result.zsl_t1 < 75
   assert 3 < result.gzsl_unseen < result.gzsl_seen - 20
   assert 40 < result.gzsl_seen < 95
   # The naive generator is trivially easy: unseen classes are as easy as seen.
-  naive = synthetic.synthetic_dataset(synthetic.preset_att_splits("FLO"), feature_dim=512,
-                                      difficulty=synthetic.NAIVE_DIFFICULTY)
+  naive = synthetic.synthetic_dataset(synthetic_presets.preset_att_splits("FLO"), feature_dim=512,
+                                      difficulty=synthetic_features.NAIVE_DIFFICULTY)
   naive_result = baseline.run_baseline(naive, steps=50, learning_rate=2e-3)
   assert naive_result.zsl_t1 > 85 and naive_result.gzsl_h > result.gzsl_h + 40
 
 
 def test_preset_shapes_match_the_real_files(xlsa17_dir):
-  for name, shape in synthetic.PRESETS.items():
+  for name, shape in synthetic_presets.PRESETS.items():
     real = scipy.io.loadmat(xlsa17_dir / name / "att_splits.mat")
     assert real["att"].shape == (shape.embedding_dim, shape.num_classes)
     sizes = [real[k].size for k in _TEST_KEYS]
     assert sizes == [shape.trainval, shape.test_seen, shape.test_unseen]
-    assert synthetic.match_preset(real) is shape
+    assert synthetic_presets.match_preset(real) is shape
     listing = xlsa17_dir / name / "testclasses.txt"
     if listing.is_file():
       assert len(listing.read_text().split()) == shape.num_unseen
-    real = synthetic._with_companion_validation_locs(real, xlsa17_dir / name / "att_splits.mat")
+    real = synthetic_split_files.with_companion_validation_locs(
+        real, xlsa17_dir / name / "att_splits.mat")
     if "val_loc" in real:
       val = set(real["val_loc"].ravel())
       assert sum(i in val for i in real["trainval_loc"].ravel()) == shape.val_trainval
@@ -219,8 +229,8 @@ def test_preset_shapes_match_the_real_files(xlsa17_dir):
 
 @pytest.mark.parametrize("name", ["CUB", "APY", "FLO"])
 def test_preset_split_file_format_and_embeddings(name):
-  shape = synthetic.PRESETS[name]
-  splits = synthetic.preset_att_splits(name)
+  shape = synthetic_presets.PRESETS[name]
+  splits = synthetic_presets.preset_att_splits(name)
   for key in _TEST_KEYS + ("train_loc", "val_loc"):
     assert splits[key].dtype == np.uint16 and splits[key].shape[1] == 1 and splits[key].min() >= 1
   all_test = np.sort(np.concatenate([splits[k].ravel() for k in _TEST_KEYS]))
@@ -248,35 +258,35 @@ def test_preset_split_file_format_and_embeddings(name):
 
 
 def test_preset_round_trip_through_load_xlsa17(tmp_path):
-  path = synthetic.write_preset("APY", tmp_path, seed=1, feature_dim=8)
+  path = synthetic_writer.write_preset("APY", tmp_path, seed=1, feature_dim=8)
   mat = scipy.io.loadmat(path)
   assert mat["features"].shape == (8, 15339) and mat["features"].dtype == np.float32
   assert mat["labels"].shape == (15339, 1) and mat["labels"].min() == 1
   loaded = xlsa17.load_xlsa17(tmp_path)
-  expected = synthetic.synthetic_dataset(synthetic.preset_att_splits("APY", seed=1), seed=1,
-                                         feature_dim=8)
+  expected = synthetic.synthetic_dataset(synthetic_presets.preset_att_splits("APY", seed=1),
+                                         seed=1, feature_dim=8)
   for field in ("train_features", "train_labels", "test_seen_features", "test_seen_labels",
                 "test_unseen_features", "test_unseen_labels", "seen_classes", "unseen_classes"):
     np.testing.assert_array_equal(getattr(loaded, field), getattr(expected, field), err_msg=field)
   np.testing.assert_allclose(loaded.class_embeddings, expected.class_embeddings, rtol=1e-6)
   validation = xlsa17.load_xlsa17(tmp_path, split="validation")
-  assert validation.unseen_classes.size == synthetic.PRESETS["APY"].num_val_classes
+  assert validation.unseen_classes.size == synthetic_presets.PRESETS["APY"].num_val_classes
 
 
-@pytest.mark.parametrize("name", list(synthetic.PRESETS))
+@pytest.mark.parametrize("name", list(synthetic_presets.PRESETS))
 def test_every_real_split_file_gives_a_loadable_directory(xlsa17_dir, tmp_path, name):
-  synthetic.write_semi_real(xlsa17_dir / name / "att_splits.mat", tmp_path, feature_dim=2)
+  synthetic_writer.write_semi_real(xlsa17_dir / name / "att_splits.mat", tmp_path, feature_dim=2)
   for split in ("test", "validation"):
     dataset = xlsa17.load_xlsa17(tmp_path, split=split)
     assert dataset.feature_dim == 2 and dataset.train_features.min() >= 0
   test = xlsa17.load_xlsa17(tmp_path)
-  shape = synthetic.PRESETS[name]
+  shape = synthetic_presets.PRESETS[name]
   assert (test.seen_classes.size, test.unseen_classes.size) == (shape.num_seen, shape.num_unseen)
   assert test.test_unseen_labels.size == shape.test_unseen
 
 
 def test_semi_real_round_trip_with_sentences(xlsa17_dir, tmp_path):
-  synthetic.write_semi_real(xlsa17_dir / "CUB" / "att_splits.mat", tmp_path, feature_dim=4)
+  synthetic_writer.write_semi_real(xlsa17_dir / "CUB" / "att_splits.mat", tmp_path, feature_dim=4)
   assert (tmp_path / "sent_splits.mat").is_file() and (tmp_path / "testclasses.txt").is_file()
   for embedding in ("att", "sent"):
     for split in ("test", "validation"):
@@ -314,19 +324,17 @@ def test_make_synthetic_binary_prints_one_line_and_exits_2(tmp_path):
   assert run.stderr.strip().splitlines() == [expected]
 
 
-def test_per_class_accuracy_matches_a_loop():
-  rng = np.random.default_rng(0)
-  labels = rng.integers(5, size=200)
-  predictions = np.where(rng.random(200) < 0.6, labels, rng.integers(5, size=200))
-  per_class = [np.mean(predictions[labels == c] == c) for c in range(5)]
-  assert baseline.per_class_accuracy(labels, predictions) == pytest.approx(100 * np.mean(per_class))
-  assert baseline.harmonic_mean(20.0, 80.0) == pytest.approx(32.0)
-  assert baseline.harmonic_mean(0.0, 0.0) == 0.0
-
-
-@pytest.mark.parametrize("num_classes,dim", [(3, 7), (9, 4)])
-def test_compatibility_scores_both_orders(num_classes, dim):
-  rng = np.random.default_rng(0)
-  x, w, b, a = (rng.standard_normal(s) for s in [(5, 6), (6, dim), (dim,), (num_classes, dim)])
-  expected = np.einsum("nd,dk,ck->nc", x, w, a) + a @ b
-  np.testing.assert_allclose(baseline.compatibility_scores(x, w, b, a), expected, rtol=1e-10)
+def test_synthetic_keeps_every_public_name_of_its_modules():
+  homes = {
+      synthetic_features: ("Difficulty", "DEFAULT_DIFFICULTY", "NAIVE_DIFFICULTY", "DIFFICULTIES",
+                           "make_features"),
+      synthetic_embeddings: ("make_class_embeddings",),
+      synthetic_presets: ("DatasetShape", "PRESETS", "match_preset", "preset_att_splits"),
+      synthetic_labels: ("labels_from_splits",),
+      synthetic_split_files: ("SPLITS_FILE", "unseen_from_class_lists"),
+      synthetic_writer: ("FEATURES_FILE", "write_features_file", "write_semi_real",
+                         "write_preset"),
+  }
+  for module, names in homes.items():
+    for name in names:
+      assert getattr(synthetic, name) is getattr(module, name), (module.__name__, name)
