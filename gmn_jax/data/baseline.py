@@ -8,10 +8,11 @@ synthetic generator's difficulty is calibrated against it
 (docs/synthetic_data.md). Nothing here generates features, so the baseline
 is as good a yardstick on real data as on synthetic data.
 
-Metrics are per-class mean top-1 accuracies in percent:
-ZSL T1 (test_unseen, argmax over unseen classes), GZSL u (test_unseen,
-argmax over all classes), GZSL s (test_seen, argmax over all classes) and
-H = 2us / (u + s).
+Metrics are those of `gmn_jax.metrics`, the ones every GMN run reports:
+per-class mean top-1 accuracies in percent, ZSL T1 (test_unseen, argmax over
+unseen classes), GZSL u (test_unseen, argmax over all classes, averaged over
+the unseen classes), GZSL s (test_seen, argmax over all classes, averaged
+over the seen classes) and H = 2us / (u + s).
 """
 
 import functools
@@ -22,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gmn_jax import metrics
 from gmn_jax.data.dataset import ZSLDataset
 
 # Fixed once, before calibrating the generator, so that the calibration has a
@@ -48,31 +50,6 @@ class BaselineResult(NamedTuple):
   gzsl_seen: float
   gzsl_h: float
   train_accuracy: float
-
-
-def per_class_accuracy(labels: np.ndarray, predictions: np.ndarray) -> float:
-  """Mean over the classes present in `labels` of each class's top-1 accuracy.
-
-  Args:
-    labels: (N,) true class ids.
-    predictions: (N,) predicted class ids.
-
-  Returns:
-    The accuracy in percent (0 for an empty set).
-  """
-  labels = np.asarray(labels)
-  predictions = np.asarray(predictions)
-  classes, inverse = np.unique(labels, return_inverse=True)
-  if classes.size == 0:
-    return 0.0
-  correct = np.bincount(inverse, weights=(labels == predictions), minlength=classes.size)
-  total = np.bincount(inverse, minlength=classes.size)
-  return float(100.0 * np.mean(correct / total))
-
-
-def harmonic_mean(unseen: float, seen: float) -> float:
-  """2us / (u + s), 0 when both are 0."""
-  return 0.0 if unseen + seen == 0 else 2.0 * unseen * seen / (unseen + seen)
 
 
 def compatibility_scores(features, weights, bias, embeddings):
@@ -183,18 +160,18 @@ def evaluate_bilinear(params: BilinearParams, dataset: ZSLDataset) -> BaselineRe
   """
   embeddings = np.asarray(dataset.class_embeddings)
   all_classes = np.arange(dataset.num_classes)
-  zsl = per_class_accuracy(dataset.test_unseen_labels,
-                           predict(params, dataset.test_unseen_features, embeddings,
-                                   dataset.unseen_classes))
-  unseen = per_class_accuracy(dataset.test_unseen_labels,
-                              predict(params, dataset.test_unseen_features, embeddings,
-                                      all_classes))
-  seen = per_class_accuracy(dataset.test_seen_labels,
-                            predict(params, dataset.test_seen_features, embeddings, all_classes))
-  train = per_class_accuracy(dataset.train_labels,
-                             predict(params, dataset.train_features, embeddings,
-                                     dataset.seen_classes))
-  return BaselineResult(zsl, unseen, seen, harmonic_mean(unseen, seen), train)
+  gbu = metrics.gzsl_metrics_from_predictions(
+      predict(params, dataset.test_unseen_features, embeddings, dataset.unseen_classes),
+      predict(params, dataset.test_unseen_features, embeddings, all_classes),
+      dataset.test_unseen_labels,
+      predict(params, dataset.test_seen_features, embeddings, all_classes),
+      dataset.test_seen_labels, dataset.seen_classes, dataset.unseen_classes)
+  train = metrics.per_class_accuracy(
+      predict(params, dataset.train_features, embeddings, dataset.seen_classes),
+      dataset.train_labels, dataset.seen_classes)
+  return BaselineResult(zsl_t1=float(gbu["zsl_t1"]), gzsl_unseen=float(gbu["gzsl_u"]),
+                        gzsl_seen=float(gbu["gzsl_s"]), gzsl_h=float(gbu["gzsl_h"]),
+                        train_accuracy=float(train))
 
 
 def run_baseline(dataset: ZSLDataset,
