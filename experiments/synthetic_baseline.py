@@ -29,13 +29,31 @@ from gmn_jax.data import synthetic_split_files
 from gmn_jax.errors import ConfigError
 from gmn_jax.errors import GMNError
 
-_PRESET = flags.DEFINE_string("preset", None, "A preset name, 'all', or 'digits'.")
-_ATT_SPLITS = flags.DEFINE_string("att_splits", None, "A real att_splits.mat (semi-real).")
-_REAL_DIR = flags.DEFINE_string(
-    "real_dir", None, "Folder of <DS>/att_splits.mat (semi-real, all six).")
-_FEATURE_DIM = flags.DEFINE_integer("feature_dim", 2048, "Feature dimension D.")
-_SEED = flags.DEFINE_integer("seed", 0, "Generator seed.")
-_DIFFICULTY = flags.DEFINE_string("difficulty", "calibrated", "calibrated | naive")
+_PRESET = None
+_ATT_SPLITS = None
+_REAL_DIR = None
+_FEATURE_DIM = None
+_SEED = None
+_DIFFICULTY = None
+
+
+def define_flags() -> None:
+  """Defines the command-line flags.
+
+  Called only when the module runs as a program, so that importing it (as
+  the tests do, several binaries into one process) defines no absl flags.
+  """
+  # pylint: disable=global-statement
+  global _PRESET, _ATT_SPLITS, _REAL_DIR, _FEATURE_DIM, _SEED, _DIFFICULTY
+  # pylint: enable=global-statement
+  _PRESET = flags.DEFINE_string("preset", None, "A preset name, 'all', or 'digits'.")
+  _ATT_SPLITS = flags.DEFINE_string("att_splits", None, "A real att_splits.mat (semi-real).")
+  _REAL_DIR = flags.DEFINE_string(
+      "real_dir", None, "Folder of <DS>/att_splits.mat (semi-real, all six).")
+  _FEATURE_DIM = flags.DEFINE_integer("feature_dim", 2048, "Feature dimension D.")
+  _SEED = flags.DEFINE_integer("seed", 0, "Generator seed.")
+  _DIFFICULTY = flags.DEFINE_string("difficulty", "calibrated", "calibrated | naive")
+
 
 HEADER = f"{'dataset':<16}{'T1':>6}{'u':>6}{'s':>6}{'H':>6}{'train':>7}{'seconds':>9}"
 
@@ -100,4 +118,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main, flags_parser=cli.parse_flags)
