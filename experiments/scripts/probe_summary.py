@@ -19,7 +19,9 @@ Reads what the probe left in OUT_DIR and prints, plain text:
   (kernels, their summed busy time over the traced span), and the most
   frequent host and device event names.
 
-Needs no JAX and no accelerator, so the folder can be summarised anywhere.
+The folder may also be the probe's packed $OUT (probe_results.tar.gz,
+probe_hlo.tar.gz, trace_<point>.json.gz), as it comes back from a device
+machine. Needs no JAX and no accelerator, so it can be summarised anywhere.
 """
 
 import collections
@@ -27,7 +29,10 @@ import gzip
 import json
 import os
 import re
+import shutil
 import sys
+import tarfile
+import tempfile
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 # The probe's ways, in the order it runs them (each is <way>.json / .log).
@@ -247,7 +252,8 @@ def trace_summary(trace: Dict[str, Any], iterations: Optional[int] = None,
     HOST_EVENT_KINDS, "device_events", "device_busy_fraction" (summed
     device event time over the device's traced span; above 1 where streams
     overlap; None without device events), "top_host", "top_device": [(name,
-    events)]}.
+    events in the whole trace)], Python functions (the profiler's "$..."
+    events) left out of top_host}.
   """
   events = trace.get("traceEvents", [])
   process = {e["pid"]: e.get("args", {}).get("name", "") for e in events
@@ -272,7 +278,9 @@ def trace_summary(trace: Dict[str, Any], iterations: Optional[int] = None,
   return {"per": "iteration" if iterations else "chunk", "host": kinds,
           "device_events": scale * sum(device.values()),
           "device_busy_fraction": busy / span if span > 0 else None,
-          "top_host": host.most_common(top), "top_device": device.most_common(top)}
+          "top_host": [(name, n) for name, n in host.most_common()
+                       if not name.startswith("$")][:top],
+          "top_device": device.most_common(top)}
 
 
 def find_trace_json(directory: str) -> Optional[str]:
@@ -302,11 +310,11 @@ def format_trace(point: str, summary: Dict[str, Any]) -> List[str]:
   """
   host = ", ".join(f"{kind} {n:.1f}" for kind, n in summary["host"].items())
   busy = summary["device_busy_fraction"]
-  busy_text = "n/a" if busy is None else f"{100 * busy:.0f}%"
-  return [f"  {point:<10} per {summary['per']}: host {host}; device events "
-          f"{summary['device_events']:.1f}, device busy {busy_text}",
-          f"  {'':<10} top host: {summary['top_host']}",
-          f"  {'':<10} top device: {summary['top_device']}"]
+  device = ("no device events" if busy is None else
+            f"device events {summary['device_events']:.1f}, device busy {100 * busy:.0f}%")
+  return [f"  {point:<10} per {summary['per']}: host {host}; {device}",
+          f"  {'':<10} most frequent on the host (whole trace): {summary['top_host']}",
+          f"  {'':<10} most frequent on the device (whole trace): {summary['top_device']}"]
 
 
 # --------------------------------------------------------------------------
@@ -385,6 +393,50 @@ def summarize(out_dir: str) -> str:
   return "\n".join(lines)
 
 
+PACKED_RESULTS = "probe_results.tar.gz"
+PACKED_HLO = "probe_hlo.tar.gz"
+_PACKED_TRACE = re.compile(r"^trace_(\w+)\.json\.gz$")
+
+
+def unpack(out_dir: str, into: str) -> None:
+  """Lays the probe's packed $OUT out as the probe's working folder.
+
+  Args:
+    out_dir: a folder with the probe's archives and trace_<point>.json.gz.
+    into: an empty folder to fill: <way>.json/.log, hlo/<point>/...,
+      traces/<point>/<point>.trace.json.gz.
+  """
+  for archive in (PACKED_RESULTS, PACKED_HLO):
+    path = os.path.join(out_dir, archive)
+    if os.path.exists(path):
+      with tarfile.open(path) as tar:
+        # "data": plain files and folders only, all inside `into`.
+        tar.extractall(into, filter="data")
+  for name in os.listdir(out_dir):
+    match = _PACKED_TRACE.match(name)
+    if match:
+      folder = os.path.join(into, "traces", match.group(1))
+      os.makedirs(folder, exist_ok=True)
+      shutil.copy(os.path.join(out_dir, name),
+                  os.path.join(folder, f"{match.group(1)}.trace.json.gz"))
+
+
+def summarize_any(folder: str) -> str:
+  """`summarize` of the probe's working folder or of its packed $OUT.
+
+  Args:
+    folder: either layout.
+
+  Returns:
+    The summary text.
+  """
+  if not os.path.exists(os.path.join(folder, PACKED_RESULTS)):
+    return summarize(folder)
+  with tempfile.TemporaryDirectory() as scratch:
+    unpack(folder, scratch)
+    return summarize(scratch)
+
+
 def main(argv: Sequence[str]) -> int:
   """Prints the summary of the folder named on the command line.
 
@@ -398,7 +450,7 @@ def main(argv: Sequence[str]) -> int:
     print(f"error: usage: python -m experiments.scripts.probe_summary OUT_DIR (found "
           f"{' '.join(argv[1:]) or 'no argument'})", file=sys.stderr)
     return 2
-  print(summarize(argv[1]))
+  print(summarize_any(argv[1]))
   return 0
 
 
