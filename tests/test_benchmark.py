@@ -1,16 +1,22 @@
 """The benchmark's data shapes, FLOP counts and command line."""
 
+import gzip
+import json
 import os
+import shutil
 import subprocess
 import sys
+import tarfile
 
 import jax
 import numpy as np
 import pytest
 
 from experiments import benchmark
+from experiments.scripts import probe_summary
 from gmn_jax import config as gmn_config
 from gmn_jax import train_state
+from gmn_jax.errors import ConfigError
 from test_train_support import tiny_config, tiny_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -235,3 +241,312 @@ def test_binary_rejects_unknown_scaling_rows_in_one_line():
   lines = [l for l in result.stderr.splitlines() if l.startswith("error:")]
   assert len(lines) == 1 and "--scaling" in lines[0] and "colours" in lines[0]
   assert "Traceback" not in result.stderr
+
+
+# --------------------------------------------------------------------------
+# Profiles, HLO dumps and the GPU parallel-seeds probe.
+
+# What `time_stage1` returns without profile or dump (its docstring's keys).
+_STAGE1_KEYS = {"num_seeds", "iterations_per_chunk", "chunk_seconds", "chunk_cpu_seconds",
+                "compile_s", "ms_per_iteration", "ms_per_iteration_per_seed",
+                "cpu_ms_per_iteration", "analytic_flop_per_iteration"}
+
+
+def _trace_events(path):
+  with gzip.open(path, "rt", encoding="utf-8") as f:
+    return json.load(f)["traceEvents"]
+
+
+def test_profiled_and_dumped_stage1_keeps_its_timings(tmp_path):
+  config = tiny_config(**{"train.n_critic": 1})
+  dataset = tiny_dataset()
+  spec = train_state.make_train_spec(config, dataset)
+  hyper = train_state.make_hyperparameters(config)
+  row = benchmark.time_stage1(spec, dataset, hyper, iterations=2, chunks=2,
+                              profile_dir=str(tmp_path / "trace"),
+                              dump_hlo_dir=str(tmp_path / "hlo"))
+  # The profiled chunk adds entries, and no timed chunk.
+  assert set(row) == _STAGE1_KEYS | {"profile", "hlo_dump"}
+  assert len(row["chunk_seconds"]) == len(row["chunk_cpu_seconds"]) == 2
+  assert all(t > 0 for t in row["chunk_seconds"]) and row["ms_per_iteration"] > 0
+  # The dump holds the chunk program (its scan is a loop), and only it.
+  files = row["hlo_dump"]["files"]
+  assert len(files) == 1 and row["hlo_dump"]["dir"] == str(tmp_path / "hlo")
+  text = open(files[0], encoding="utf-8").read()
+  assert text.startswith("HloModule jit_chunk")
+  assert probe_summary.hlo_summary(text)["ops"]["while"]["all"] >= 1
+  profile = row["profile"]
+  if "error" in profile:
+    pytest.skip(f"jax.profiler cannot trace here: {profile['error']}")
+  assert profile["dir"] == str(tmp_path / "trace") and profile["seconds"] > 0
+  traces = [f for f in profile["files"] if f.endswith(".trace.json.gz")]
+  assert traces and all(os.path.getsize(f) > 0 for f in profile["files"])
+  assert set(profile["files"]) == set(benchmark.trace_files(str(tmp_path / "trace")))
+  names = {e.get("name", "") for e in _trace_events(traces[0]) if e.get("ph") == "X"}
+  assert any("chunk" in name for name in names), sorted(names)[:20]
+
+
+def test_a_profiler_failure_costs_the_trace_not_the_run(monkeypatch, tmp_path):
+  def refuse(directory):
+    raise RuntimeError("Only one trace may be collected at a time")
+
+  monkeypatch.setattr(jax.profiler, "trace", refuse)
+  result = benchmark.profile_call(lambda: 1, str(tmp_path / "p"))
+  assert result == {"dir": str(tmp_path / "p"),
+                    "error": "RuntimeError: Only one trace may be collected at a time"}
+
+
+@pytest.mark.parametrize("text, counts", [("1,2,4,8", [1, 2, 4, 8]), (" 2 ,1", [2, 1]),
+                                          ("8", [8])])
+def test_parse_counts(text, counts):
+  assert benchmark.parse_counts(text, "seed_counts") == counts
+
+
+@pytest.mark.parametrize("text", ["", "0", "1,-2", "1,two", "1.5"])
+def test_parse_counts_rejects_anything_but_positive_integers(text):
+  with pytest.raises(ConfigError, match="--seed_counts: expected comma-separated positive"):
+    benchmark.parse_counts(text, "seed_counts")
+
+
+def test_run_benchmark_rejects_bad_seed_counts_and_a_file_for_a_folder(tmp_path):
+  common = dict(iterations=1, chunks=1, scaling=["seeds"], scaling_iterations=1,
+                classifier_epochs=1, skip_classifier=True, matmul_size=8)
+  with pytest.raises(ConfigError, match="--seed_counts"):
+    benchmark.run_benchmark(tiny_config(), seed_counts=[1, 0], **common)
+  a_file = tmp_path / "not_a_folder"
+  a_file.write_text("x")
+  for flag in ("profile_dir", "dump_hlo_dir"):
+    with pytest.raises(ConfigError, match=f"--{flag}: expected a directory"):
+      benchmark.run_benchmark(tiny_config(), **{flag: str(a_file)}, **common)
+
+
+def test_point_names():
+  assert benchmark.point_name(None) == "main"
+  assert benchmark.point_name("seeds", 2) == "seeds_2"
+
+
+def test_summary_reads_back_the_progress_lines():
+  points = [{"row": "seeds", "value": 2, "ms_per_iteration": 3.4321, "cpu_ms_per_iteration": 0.75,
+             "compile_s": 20.12},
+            {"row": "batch", "value": 64, "ms_per_iteration": 1234.5,
+             "cpu_ms_per_iteration": 2e-05, "compile_s": 1.0}]
+  log = "noise\n" + "\n".join(benchmark.progress_line(p) for p in points) + "\nmore noise"
+  assert probe_summary.timing_points_from_log(log) == [
+      {"point": "seeds_2", "num_seeds": 2, "iterations": None, "ms": 3.432, "cpu_ms": 0.75,
+       "profiled_ms": None},
+      {"point": "batch_64", "num_seeds": 1, "iterations": None, "ms": 1234.0, "cpu_ms": 2e-05,
+       "profiled_ms": None}]
+
+
+# An optimised module in the shape XLA:GPU prints it: the command-buffer pass
+# has outlined the loop (whose body holds two fusions and a custom call) and
+# one fusion of the entry; another fusion and a conditional stay outside.
+_HLO = """HloModule jit_chunk, is_scheduled=true, entry_computation_layout={(f32[4]{0})->f32[4]{0}}
+
+%fused_a (p: f32[4]) -> f32[4] {
+  %p = f32[4]{0} parameter(0)
+  ROOT %n = f32[4]{0} negate(%p)
+}
+
+%body (t: (f32[4], s32[])) -> (f32[4], s32[]) {
+  %t = (f32[4]{0}, s32[]) parameter(0)
+  %x = f32[4]{0} get-tuple-element(%t), index=0
+  %f1 = f32[4]{0} fusion(%x), kind=kLoop, calls=%fused_a
+  %f2 = f32[4]{0} fusion(%f1), kind=kLoop, calls=%fused_a
+  %g = (f32[4]{0}, s8[64]{0}) custom-call(%f2), custom_call_target="__cublas$gemm"
+  %i = s32[] get-tuple-element(%t), index=1
+  ROOT %r = (f32[4]{0}, s32[]) tuple(%f2, %i)
+}
+
+%cond (t: (f32[4], s32[])) -> pred[] {
+  %t = (f32[4]{0}, s32[]) parameter(0)
+  %i = s32[] get-tuple-element(%t), index=1
+  %c = s32[] constant(100)
+  ROOT %lt = pred[] compare(%i, %c), direction=LT
+}
+
+%command_buffer (p0: f32[4]) -> f32[4] {
+  %p0 = f32[4]{0} parameter(0)
+  %f0 = f32[4]{0} fusion(%p0), kind=kLoop, calls=%fused_a
+  %z = s32[] constant(0)
+  %init = (f32[4]{0}, s32[]) tuple(%f0, %z)
+  %w = (f32[4]{0}, s32[]) while(%init), condition=%cond, body=%body
+  ROOT %out = f32[4]{0} get-tuple-element(%w), index=0
+}
+
+%branch_a (p: f32[4]) -> f32[4] {
+  ROOT %p = f32[4]{0} parameter(0)
+}
+
+ENTRY %main (x: f32[4]) -> f32[4] {
+  %x = f32[4]{0} parameter(0)
+  %cb = f32[4]{0} call(%x), to_apply=%command_buffer
+  %k = s32[] constant(0)
+  %b = f32[4]{0} conditional(%k, %cb), branch_computations={%branch_a, %branch_a}
+  ROOT %last = f32[4]{0} fusion(%b), kind=kLoop, calls=%fused_a
+}
+"""
+
+
+def test_hlo_summary_counts_what_command_buffers_reach():
+  summary = probe_summary.hlo_summary(_HLO)
+  assert summary["computations"] == 6 and summary["command_buffers"] == 1
+  assert summary["ops"] == {
+      "fusion": {"all": 4, "in_command_buffers": 3},
+      "custom-call": {"all": 1, "in_command_buffers": 1},
+      "while": {"all": 1, "in_command_buffers": 1},
+      "conditional": {"all": 1, "in_command_buffers": 0},
+      "call": {"all": 1, "in_command_buffers": 0}}
+  assert summary["raw"] == {"command_buffer": 2, "call(": 2}  # "custom-call(" has one.
+  # Without the pass, nothing is reached.
+  plain = probe_summary.hlo_summary(_HLO.replace("command_buffer", "outlined"))
+  assert plain["command_buffers"] == 0
+  assert all(c["in_command_buffers"] == 0 for c in plain["ops"].values())
+  assert plain["ops"]["fusion"]["all"] == 4
+
+
+def test_called_computations_reads_every_calling_attribute():
+  line = ("  %w = (f32[4]{0}) while(%t), condition=%cond.1, body=%body.2, "
+          "metadata={op_name=\"x\"}")
+  assert probe_summary.called_computations(line) == ["cond.1", "body.2"]
+  line = "  %b = f32[4] conditional(%k, %x, %y), branch_computations={%a.1, %b-2}"
+  assert probe_summary.called_computations(line) == ["a.1", "b-2"]
+  assert probe_summary.called_computations("  %c = f32[] add(%a, %b)") == []
+
+
+def _gpu_like_trace():
+  """Two iterations: the host launches 4 kernels and 2 graphs, syncs once."""
+  host, device = 7, 9
+  meta = [{"ph": "M", "pid": host, "name": "process_name", "args": {"name": "/host:CPU"}},
+          {"ph": "M", "pid": device, "name": "process_name",
+           "args": {"name": "/device:GPU:0"}}]
+  host_events = ([{"name": "cuLaunchKernelEx"}] * 3 + [{"name": "cudaLaunchKernel"}]
+                 + [{"name": "cuGraphLaunch"}] * 2 + [{"name": "cuStreamSynchronize"}]
+                 + [{"name": "cuMemcpyDtoHAsync"}]
+                 + [{"name": "WARNING: CommandBuffer disabled when profiling"}]
+                 + [{"name": "$builtins isinstance"}] * 9)
+  events = [dict(e, ph="X", pid=host, tid=1, ts=0.0, dur=1.0) for e in host_events]
+  # Kernels busy 2 + 3 + 1 = 6 us over the span 10 .. 22 us.
+  events += [{"ph": "X", "pid": device, "tid": 2, "name": "gemm", "ts": 10.0, "dur": 2.0},
+             {"ph": "X", "pid": device, "tid": 2, "name": "fusion_1", "ts": 15.0, "dur": 3.0},
+             {"ph": "X", "pid": device, "tid": 2, "name": "gemm", "ts": 21.0, "dur": 1.0},
+             {"ph": "i", "pid": device, "tid": 2, "name": "marker", "ts": 30.0}]
+  return {"traceEvents": meta + events}
+
+
+def test_trace_summary_counts_launches_per_iteration():
+  summary = probe_summary.trace_summary(_gpu_like_trace(), iterations=2, top=2)
+  assert summary["per"] == "iteration"
+  assert summary["host"] == {"kernel_launches": 2.0, "graph_launches": 1.0,
+                             "synchronisations": 0.5, "copies": 0.5,
+                             "command_buffer_notes": 0.5}
+  assert summary["device_events"] == 1.5
+  assert summary["device_busy_fraction"] == pytest.approx(6.0 / 12.0)
+  # Python's own events are not what the host's launching does.
+  assert summary["top_host"] == [("cuLaunchKernelEx", 3), ("cuGraphLaunch", 2)]
+  assert summary["top_device"] == [("gemm", 2), ("fusion_1", 1)]
+  totals = probe_summary.trace_summary(_gpu_like_trace())
+  assert totals["per"] == "chunk" and totals["host"]["kernel_launches"] == 4.0
+
+
+def _fake_results(ms_by_seeds, cpu_ms_by_seeds, iterations, profiled_s=None):
+  def profile(s):
+    return {} if profiled_s is None else {"profile": {"dir": "x", "seconds": profiled_s[s]}}
+  return {"ms_per_iteration": ms_by_seeds[1], "cpu_ms_per_iteration": cpu_ms_by_seeds[1],
+          "iterations_per_chunk": iterations, **profile(1),
+          "scaling": [{"row": "seeds", "value": s, "num_seeds": s, "ms_per_iteration": ms,
+                       "cpu_ms_per_iteration": cpu_ms_by_seeds[s],
+                       "iterations_per_chunk": iterations, **profile(s)}
+                      for s, ms in ms_by_seeds.items()]}
+
+
+def _probe_folder(root):
+  """A probe's working folder: default done, no_command_buffers cut short, profiled done."""
+  root.mkdir(parents=True, exist_ok=True)
+  (root / "default.json").write_text(json.dumps(
+      _fake_results({1: 2.0, 2: 3.2}, {1: 0.04, 2: 0.75}, 100)))
+  (root / "no_command_buffers.log").write_text(
+      "machine: ...\n" + benchmark.progress_line(
+          {"row": "seeds", "value": 1, "ms_per_iteration": 3.0, "cpu_ms_per_iteration": 2.5,
+           "compile_s": 17.0}) + "\nTerminated\n")
+  (root / "profiled.json").write_text(json.dumps(
+      _fake_results({1: 2.5, 2: 4.0}, {1: 0.1, 2: 1.0}, 20, profiled_s={1: 0.1, 2: 0.2})))
+  (root / "hlo" / "main").mkdir(parents=True)
+  (root / "hlo" / "main" / "module_0001.jit_chunk.sm_9.0_gpu_after_optimizations.txt"
+   ).write_text(_HLO)
+  (root / "traces" / "seeds_2" / "plugins" / "profile" / "t").mkdir(parents=True)
+  with gzip.open(root / "traces" / "seeds_2" / "plugins" / "profile" / "t" / "h.trace.json.gz",
+                 "wt", encoding="utf-8") as f:
+    json.dump(_gpu_like_trace(), f)
+  return root
+
+
+def _summary_lines(text, head):
+  return [l.split() for l in text.splitlines() if l.split()[:1] == [head]]
+
+
+def test_probe_summary_of_a_working_folder(tmp_path):
+  text = probe_summary.summarize(str(_probe_folder(tmp_path / "run")))
+  assert "default (default.json)" in text
+  assert "no_command_buffers (no_command_buffers.log, run cut short)" in text
+  # point, S, ms, x S=1, ms/seed, host CPU ms[, profiled ms]
+  assert _summary_lines(text, "seeds_2")[0] == ["seeds_2", "2", "3.200", "1.60", "1.600",
+                                                "0.750"]
+  assert ["seeds_1", "1", "3.000", "1.00", "3.000", "2.500"] in _summary_lines(text, "seeds_1")
+  # The profiled way: 0.2 s for a 20-iteration chunk is 10 ms per iteration.
+  assert ["seeds_2", "2", "4.000", "1.60", "2.000", "1.000", "10.000"] in _summary_lines(
+      text, "seeds_2")
+  assert "1 command-buffer computations of 6" in text and "while 1/1" in text
+  assert "fusion 3/4" in text
+  # Per iteration of the profiled way's 20-iteration chunks.
+  assert "kernel_launches 0.2, graph_launches 0.1" in text
+
+
+def test_probe_summary_of_the_packed_folder_is_the_same(tmp_path):
+  run = _probe_folder(tmp_path / "run")
+  out = tmp_path / "out"
+  out.mkdir()
+  with tarfile.open(out / probe_summary.PACKED_RESULTS, "w:gz") as tar:
+    for name in ("default.json", "no_command_buffers.log", "profiled.json"):
+      tar.add(run / name, arcname=name)
+  with tarfile.open(out / probe_summary.PACKED_HLO, "w:gz") as tar:
+    tar.add(run / "hlo", arcname="hlo")
+  shutil.copy(next((run / "traces").rglob("*.trace.json.gz")), out / "trace_seeds_2.json.gz")
+  assert probe_summary.summarize_any(str(out)) == probe_summary.summarize(str(run))
+
+
+def test_probe_summary_says_what_is_missing(tmp_path):
+  text = probe_summary.summarize(str(tmp_path))
+  for way in probe_summary.WAYS:
+    assert f"{way}: not run" in text
+  assert "none dumped" in text and "none written" in text
+
+
+@pytest.mark.slow
+def test_probe_script_runs_on_the_cpu_with_tiny_settings(tmp_path):
+  out = tmp_path / "out"
+  env = dict(os.environ, OUT=str(out), WORK=str(tmp_path / "work"),
+             CONFIG="experiments/configs/apy.py", ITERATIONS="2", CHUNKS="1", SEEDS="1,2",
+             PROFILE_ITERATIONS="2", DEADLINE="400", PYTHON=sys.executable)
+  env.pop("XLA_FLAGS", None)
+  result = subprocess.run(
+      ["bash", "experiments/scripts/gpu_parallel_seeds_probe.sh",
+       "--config.generator.hidden_dims=(16,)", "--config.critic.hidden_dims=(16,)",
+       "--config.train.batch_size=8", "--config.train.n_critic=1",
+       "--config.gm.real_per_class=2", "--config.gm.num_classes=2", "--matmul_size=64"],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=450, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  # Flat, few files: what a device run brings back.
+  assert sorted(p.name for p in out.iterdir()) == [
+      "probe.log", "probe_hlo.tar.gz", "probe_results.tar.gz", "summary.txt",
+      "trace_seeds_1.json.gz", "trace_seeds_2.json.gz"]
+  assert "no_command_buffers: skipped (backend cpu" in (out / "probe.log").read_text()
+  text = (out / "summary.txt").read_text()
+  # The packed folder holds all of it but the main setting's trace (S = 1
+  # again), so its summary says the same, less those lines.
+  packed = probe_summary.summarize_any(str(out)).splitlines()
+  assert set(packed) <= set(text.splitlines()) and len(packed) == len(text.splitlines()) - 3
+  assert "default (default.json)" in text and "profiled (profiled.json)" in text
+  assert "no_command_buffers: not run" in text
+  assert len(_summary_lines(text, "seeds_2")) == 4  # default, profiled, HLO, trace.
+  assert "main       jit_chunk:" in text
