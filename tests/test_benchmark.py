@@ -426,6 +426,12 @@ def _gpu_like_trace():
                  + [{"name": "WARNING: CommandBuffer disabled when profiling"}]
                  + [{"name": "$builtins isinstance"}] * 9)
   events = [dict(e, ph="X", pid=host, tid=1, ts=0.0, dur=1.0) for e in host_events]
+  meta += [{"ph": "M", "pid": device, "tid": 2, "name": "thread_name",
+            "args": {"name": "Stream #13(Compute)"}},
+           {"ph": "M", "pid": device, "tid": 3, "name": "thread_name",
+            "args": {"name": "XLA Ops"}}]
+  # The same kernels again, by HLO op: not counted twice.
+  events += [{"ph": "X", "pid": device, "tid": 3, "name": "dot.1", "ts": 0.0, "dur": 40.0}]
   # Kernels busy 2 + 3 + 1 = 6 us over the span 10 .. 22 us.
   events += [{"ph": "X", "pid": device, "tid": 2, "name": "gemm", "ts": 10.0, "dur": 2.0},
              {"ph": "X", "pid": device, "tid": 2, "name": "fusion_1", "ts": 15.0, "dur": 3.0},

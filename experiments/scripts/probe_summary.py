@@ -105,7 +105,8 @@ def timing_points_from_log(text: str) -> List[Dict[str, Any]]:
   points = []
   for row, value, ms, cpu_ms in _PROGRESS.findall(text):
     points.append({"point": f"{row}_{value}", "num_seeds": int(value) if row == "seeds" else 1,
-                   "iterations": None, "ms": float(ms), "cpu_ms": float(cpu_ms), "profiled_ms": None})
+                   "iterations": None, "ms": float(ms), "cpu_ms": float(cpu_ms),
+                   "profiled_ms": None})
   return points
 
 
@@ -239,8 +240,11 @@ def trace_summary(trace: Dict[str, Any], iterations: Optional[int] = None,
                   top: int = 5) -> Dict[str, Any]:
   """Counts of a Chrome trace-event JSON from jax.profiler, per iteration.
 
-  Processes named "/device:..." are the accelerator's (one per device,
-  streams as threads); the rest are the host's.
+  Processes named "/device:..." are the accelerator's (one per device);
+  where a device has threads named "Stream ...", only those count (the
+  others, "XLA Ops", "XLA Modules", "Steps", restate the same time by HLO
+  op, module or step); the rest are the host's, the CUDA driver calls
+  ("/host:CUPTI") among them.
 
   Args:
     trace: the parsed trace JSON ({"traceEvents": [...]}).
@@ -258,12 +262,20 @@ def trace_summary(trace: Dict[str, Any], iterations: Optional[int] = None,
   events = trace.get("traceEvents", [])
   process = {e["pid"]: e.get("args", {}).get("name", "") for e in events
              if e.get("ph") == "M" and e.get("name") == "process_name"}
+  thread = {(e["pid"], e.get("tid")): e.get("args", {}).get("name", "") for e in events
+            if e.get("ph") == "M" and e.get("name") == "thread_name"}
+  devices = {pid for pid, name in process.items() if name.startswith("/device:")}
+  with_streams = {pid for (pid, _), name in thread.items()
+                  if pid in devices and name.startswith("Stream")}
   host, device = collections.Counter(), collections.Counter()
   busy, start, end = 0.0, None, None
   for e in events:
     if e.get("ph") != "X":
       continue
-    if process.get(e.get("pid"), "").startswith("/device:"):
+    pid = e.get("pid")
+    if pid in devices:
+      if pid in with_streams and not thread.get((pid, e.get("tid")), "").startswith("Stream"):
+        continue
       device[e["name"]] += 1
       duration = float(e.get("dur", 0.0))
       busy += duration
