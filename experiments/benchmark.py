@@ -55,8 +55,9 @@ Measured, on the default device:
 * `--dump_hlo_dir=DIR`: XLA dumps the stage-1 chunk programs it compiles
   (HLO text before and after optimisation, and whatever else the backend
   dumps) into DIR/<point>, through that compilation's own options, so no
-  other program is dumped. A program found in JAX's persistent compilation
-  cache is not compiled, hence not dumped.
+  other program is dumped. A program that JAX's persistent compilation cache
+  supplies is not compiled: at most its optimised HLO is dumped (on the CPU,
+  as `module_<n>.jit_chunk.after_optimizations.txt`).
 
 Prints a table and writes everything to --json_out. A bad flag or config
 prints one line to stderr and exits 2.
