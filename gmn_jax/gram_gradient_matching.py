@@ -180,15 +180,9 @@ def per_class_linear_head_gradient_matching(head_loss_fn: Callable, thetas, real
     ConfigError: when the batches disagree on the number of classes, or for
       the reasons `linear_head_gradient_matching` gives.
   """
-  class_counts = {jnp.shape(leaf)[0] if jnp.ndim(leaf) else None
-                  for leaf in jax.tree_util.tree_leaves((real_batches, fake_batches))}
-  if len(class_counts) != 1 or None in class_counts:
-    raise ConfigError("per_class_linear_head_gradient_matching batches: expected every leaf "
-                      "to have the same leading class axis, found leading sizes "
-                      f"{sorted(str(n) for n in class_counts)}")
-
   def one_class(real_batch, fake_batch):
-    return linear_head_gradient_matching(head_loss_fn, thetas, tuple(real_batch),
-                                         tuple(fake_batch), **kwargs)
+    return linear_head_gradient_matching(head_loss_fn, thetas, real_batch, fake_batch,
+                                         **kwargs)
 
-  return jnp.sum(jax.vmap(one_class)(tuple(real_batches), tuple(fake_batches)))
+  return losses.sum_over_classes(one_class, tuple(real_batches), tuple(fake_batches),
+                                 caller="per_class_linear_head_gradient_matching")

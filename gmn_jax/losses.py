@@ -378,14 +378,31 @@ def per_class_gradient_matching(loss_fn, thetas, real_batches, fake_batches, **k
     ConfigError: when the batches disagree on the number of classes, or for
       the reasons `gradient_matching` gives.
   """
-  class_counts = {jnp.shape(leaf)[0] if jnp.ndim(leaf) else None
-                  for leaf in jax.tree_util.tree_leaves((real_batches, fake_batches))}
-  if len(class_counts) != 1 or None in class_counts:
-    raise ConfigError("per_class_gradient_matching batches: expected every leaf to have "
-                      "the same leading class axis, found leading sizes "
-                      f"{sorted(str(n) for n in class_counts)}")
-
   def one_class(real_batch, fake_batch):
     return gradient_matching(loss_fn, thetas, real_batch, fake_batch, **kwargs)
 
-  return jnp.sum(jax.vmap(one_class)(real_batches, fake_batches))
+  return sum_over_classes(one_class, real_batches, fake_batches,
+                          caller="per_class_gradient_matching")
+
+
+def sum_over_classes(one_class_fn, real_batches, fake_batches, *, caller):
+  """Sum over classes of one_class_fn(real_c, fake_c), vmapped over the class axis.
+
+  Args:
+    one_class_fn: `one_class_fn(real_batch, fake_batch) -> scalar` for one class.
+    real_batches: pytree whose leaves have a leading class axis.
+    fake_batches: the same for the fake batches.
+    caller: the public function's name, for the error message.
+
+  Returns:
+    The scalar sum over classes.
+
+  Raises:
+    ConfigError: when the leaves disagree on the number of classes.
+  """
+  class_counts = {jnp.shape(leaf)[0] if jnp.ndim(leaf) else None
+                  for leaf in jax.tree_util.tree_leaves((real_batches, fake_batches))}
+  if len(class_counts) != 1 or None in class_counts:
+    raise ConfigError(f"{caller} batches: expected every leaf to have the same leading "
+                      f"class axis, found leading sizes {sorted(str(n) for n in class_counts)}")
+  return jnp.sum(jax.vmap(one_class_fn)(real_batches, fake_batches))
