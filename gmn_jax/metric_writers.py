@@ -107,6 +107,26 @@ def _parse_lines(path: str) -> tuple[list[dict], bool]:
   return records, (not data or data.endswith(b"\n"))
 
 
+def read_json(path) -> Any:
+  """Reads a JSON file such as results.json or config.json.
+
+  Args:
+    path: the file.
+
+  Returns:
+    The decoded JSON value.
+
+  Raises:
+    DataError: when the file is missing, unreadable or not valid JSON.
+  """
+  path = os.fspath(path)
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except (OSError, ValueError) as error:
+    raise errors.DataError(path, None, "a readable JSON file", type(error).__name__) from error
+
+
 def read_jsonl(path) -> list[dict]:
   """Reads a JSON-lines file such as metrics.jsonl.
 

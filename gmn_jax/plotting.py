@@ -14,10 +14,9 @@ Workdir inputs (see gmn_jax.train):
 """
 
 import glob
-import json
 import os
 import re
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -342,14 +341,6 @@ def _seed_dirs(workdir: str) -> List[Tuple[int, str]]:
   return sorted(found)
 
 
-def _read_json(path: str) -> Any:
-  try:
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
-  except (OSError, ValueError) as error:
-    raise errors.DataError(path, None, "a readable JSON file", type(error).__name__) from error
-
-
 def plot_workdir(workdir, *, out_dir: Optional[str] = None,
                  projections: Sequence[str] = ("pca", "tsne")
                  ) -> Tuple[List[str], List[str]]:
@@ -378,7 +369,7 @@ def plot_workdir(workdir, *, out_dir: Optional[str] = None,
   written, skipped = [], []
   rows = sorted(d for d in glob.glob(os.path.join(workdir, "*", "results.json")))
   if rows and not os.path.isfile(os.path.join(workdir, "results.json")):
-    results = [_read_json(p) for p in rows]
+    results = [metric_writers.read_json(p) for p in rows]
     written.append(plot_ablation_bars(results, os.path.join(out_dir, "ablation.png")))
     for row_path in rows:
       row_written, row_skipped = plot_workdir(os.path.dirname(row_path),
@@ -415,7 +406,7 @@ def plot_workdir(workdir, *, out_dir: Optional[str] = None,
   else:
     skipped.append(f"{target}: no finished stage 2 yet (seed_<s>/eval/metrics.jsonl)")
 
-  seed_results = [_read_json(os.path.join(p, "result.json")) for _, p in seeds
+  seed_results = [metric_writers.read_json(os.path.join(p, "result.json")) for _, p in seeds
                   if os.path.isfile(os.path.join(p, "result.json"))]
   target = os.path.join(out_dir, "seen_unseen.png")
   if any(r.get("seen_unseen_curves") for r in seed_results):

@@ -133,7 +133,7 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, *,
   path = os.path.join(workdir, CONFIG_FILE)
   fingerprint = config_utils.config_fingerprint(config)
   if os.path.isfile(path):
-    stored = _read_json(path)
+    stored = metric_writers.read_json(path)
     differences = config_utils.diff_configs(stored, fingerprint, ignore=RESUME_SAFE_FIELDS)
     if differences:
       raise errors.ConfigError(
@@ -158,15 +158,6 @@ def _remove_outputs(workdir: str) -> None:
       shutil.rmtree(target)
     else:
       os.remove(target)
-
-
-def _read_json(path: str) -> Any:
-  import json  # pylint: disable=g-import-not-at-top
-  try:
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
-  except (OSError, ValueError) as error:
-    raise errors.DataError(path, None, "a readable JSON file", type(error).__name__) from error
 
 
 def load_dataset(config: ml_collections.ConfigDict) -> ZSLDataset:
@@ -654,7 +645,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
     pending = []
     for seed in config.seeds:
       path = _seed_result_path(workdir, seed)
-      finished = _read_json(path) if os.path.isfile(path) else None
+      finished = metric_writers.read_json(path) if os.path.isfile(path) else None
       if finished is not None and _evaluated_with(finished, calibration_gamma):
         logging.info("seed %d: already finished, reading %s", seed, path)
         seed_results[seed] = finished
@@ -743,7 +734,7 @@ def calibration_gamma_from(validation_workdir) -> float:
   if not os.path.isfile(path):
     raise errors.DataError(path, None, "the results.json of a finished validation-split run",
                            "no such file")
-  results = _read_json(path)
+  results = metric_writers.read_json(path)
   split = results.get("config", {}).get("split")
   if split != "validation":
     raise errors.ConfigError(

@@ -199,3 +199,13 @@ def test_drop_wall_clock_keeps_what_a_resumed_run_reproduces():
 def test_progress_logger_is_re_exported():
   from gmn_jax import progress  # pylint: disable=g-import-not-at-top
   assert metric_writers.ProgressLogger is progress.ProgressLogger
+
+
+def test_read_json_reads_what_write_json_atomic_wrote_and_names_bad_files(tmp_path):
+  path = tmp_path / "results.json"
+  metric_writers.write_json_atomic(path, {"a": [1, 2.5]})
+  assert metric_writers.read_json(path) == {"a": [1, 2.5]}
+  (tmp_path / "bad.json").write_text("{not json")
+  for name, found in (("bad.json", "JSONDecodeError"), ("absent.json", "FileNotFoundError")):
+    with pytest.raises(errors.DataError, match=f"{name}: expected a readable JSON file, found {found}"):
+      metric_writers.read_json(tmp_path / name)
