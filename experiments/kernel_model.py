@@ -1,0 +1,602 @@
+"""A roofline model of a compiled XLA:GPU program, read from XLA's dump.
+
+With `--xla_dump_to=DIR --xla_dump_hlo_as_text`, XLA:GPU writes per module
+three files that together say what runs on the device:
+
+* `*gpu_after_optimizations.txt`: the optimised HLO (fusions, the products
+  inside them, loops with their trip counts);
+* `*thunk_sequence_after_thunk_passes.txt` (or `*thunk_sequence.txt` where
+  no thunk pass changed anything): the runtime's launch sequence — kernels,
+  copies, loops, and the command buffers (CUDA graphs) grouping them;
+* `*thunk_metadata.txt`: each thunk's id and its HLO instruction.
+
+`analyse_dump` joins them into one `Kernel` per launch site: how often it
+runs per iteration of the program's outer loop, the FLOPs of its products
+and the bytes it reads and writes. `model_time` then prices every launch as
+max(product time, bytes / bandwidth) + a fixed launch latency. Product time
+counts whole waves of 128 × 128 output tiles over the SMs, so a product
+with fewer tiles than SMs costs as much as one full wave.
+
+The model is coarse on purpose — no caches, no overlap between kernels, no
+autotuned tile shapes — and is meant for ratios: how a program's cost
+splits into FLOPs, memory traffic and launches, and how that split moves
+with a setting (docs/benchmarks.md, "What limits parallel seeds on the
+GPU"). It needs no GPU: `experiments.gpu_aot` makes the dumps by compiling
+for a described device.
+"""
+
+import collections
+import dataclasses
+import glob
+import math
+import os
+import re
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+from gmn_jax.errors import DataError
+
+# Bytes per element of the HLO element types.
+ELEMENT_BYTES = {"pred": 1, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1, "s16": 2,
+                 "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4, "s64": 8,
+                 "u64": 8, "f64": 8, "c64": 8, "c128": 16}
+# Element types the tensor cores run at twice the float32 (TF32) rate.
+HALF_RATE_TYPES = ("bf16", "f16")
+
+_ARRAY = re.compile(r"\b([a-z]+[0-9]*[a-z0-9]*)\[([0-9,]*)\]")
+_COMPUTATION = re.compile(r"^(ENTRY )?%(\S+) \(.*\{\s*$")
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%(\S+) = (.+?) ([a-z][a-z0-9\-]*)\((.*)$")
+_THUNK = re.compile(r"^(\d+): (k\w+)")
+_METADATA = re.compile(r'profile_annotation: "([^"]+)"\s*thunk_id: (\d+)')
+_TRIP_COUNT = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
+_CALLS = re.compile(r"(?:calls|to_apply|body|condition)=%([\w.\-]+)")
+# Kernel-like thunks: one device launch each.
+_LAUNCH_KINDS = ("kCustomKernel", "kKernel", "kCopy", "kGemm", "kCublasLtMatmul",
+                 "kCustomCall", "kSort", "kCuDnn", "kTriangularSolve", "kFft",
+                 "kMemset32BitValue", "kMemzero")
+# Where a fusion parameter is only sliced, the kernel reads the slices.
+_SLICING_OPCODES = ("get-tuple-element", "dynamic-slice", "gather", "slice")
+
+
+@dataclasses.dataclass(frozen=True)
+class Instruction:
+  """One HLO instruction of the optimised module."""
+  name: str
+  computation: str
+  opcode: str
+  type_text: str
+  operands: Tuple[str, ...]
+  attributes: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Product:
+  """One matrix product (an HLO dot or a cuBLAS call).
+
+  Attributes:
+    output_shape: the result's dimensions (batch dimensions first).
+    contracted: the product of the contracted dimensions' sizes.
+    operand_type: the left operand's element type ("f32", "bf16", ...).
+  """
+  output_shape: Tuple[int, ...]
+  contracted: int
+  operand_type: str
+
+  @property
+  def flop(self) -> int:
+    """2 × output elements × contracted size."""
+    return 2 * math.prod(self.output_shape) * self.contracted
+
+
+@dataclasses.dataclass(frozen=True)
+class Kernel:
+  """One launch site of the program and what it costs per outer iteration.
+
+  Attributes:
+    thunk_id: the thunk's id in the dump.
+    name: its HLO instruction (a fusion, copy, custom call, ...).
+    kind: the thunk kind ("kCustomKernel", "kCopy", ...).
+    runs_per_iteration: launches per outer-loop iteration (loop trip
+      counts multiplied, divided by the outer trip count).
+    in_command_buffer: launched as part of a command buffer (CUDA graph).
+    products: the matrix products it computes.
+    bytes: bytes read plus bytes written by one launch.
+  """
+  thunk_id: int
+  name: str
+  kind: str
+  runs_per_iteration: float
+  in_command_buffer: bool
+  products: Tuple[Product, ...]
+  bytes: int
+
+  @property
+  def flop(self) -> int:
+    """FLOPs of one launch."""
+    return sum(p.flop for p in self.products)
+
+
+@dataclasses.dataclass(frozen=True)
+class Dump:
+  """What `analyse_dump` read from one module's dump.
+
+  Attributes:
+    directory: where the files are.
+    kernels: one entry per launch site.
+    outer_trip_count: the trip count of the entry computation's loop
+      that iterations are counted in.
+    command_buffers_per_iteration: command-buffer launches per iteration.
+  """
+  directory: str
+  kernels: Tuple[Kernel, ...]
+  outer_trip_count: int
+  command_buffers_per_iteration: float
+
+  @property
+  def launches_per_iteration(self) -> float:
+    """Kernel and copy launches per iteration, inside command buffers or not."""
+    return sum(k.runs_per_iteration for k in self.kernels)
+
+  @property
+  def host_launches_per_iteration(self) -> float:
+    """What the host launches per iteration: command buffers + loose kernels."""
+    loose = sum(k.runs_per_iteration for k in self.kernels if not k.in_command_buffer)
+    return self.command_buffers_per_iteration + loose
+
+  @property
+  def flop_per_iteration(self) -> float:
+    """Product FLOPs per iteration."""
+    return sum(k.runs_per_iteration * k.flop for k in self.kernels)
+
+  @property
+  def bytes_per_iteration(self) -> float:
+    """Bytes read and written per iteration."""
+    return sum(k.runs_per_iteration * k.bytes for k in self.kernels)
+
+
+@dataclasses.dataclass(frozen=True)
+class Device:
+  """What the model knows of a GPU.
+
+  Attributes:
+    matmul_rate: FLOP/s of a large float32 product at the default precision
+      (TF32 on tensor-core GPUs), measured; bf16/f16 products count twice it.
+    bandwidth: device memory bytes/s.
+    launch_latency: seconds added to every launch (kernel start, the gap
+      between dependent kernels).
+    num_sms: streaming multiprocessors, the unit of a wave.
+    tile: the output tile (rows, columns) one SM computes at a time.
+  """
+  matmul_rate: float
+  bandwidth: float
+  launch_latency: float
+  num_sms: int
+  tile: Tuple[int, int] = (128, 128)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelTime:
+  """The model's seconds per iteration and how they split.
+
+  Attributes:
+    total: the sum over launches of max(product, memory) + latency.
+    product_bound: seconds of launches whose product time exceeds their
+      memory time (their product time).
+    memory_bound: seconds of the other launches' memory time.
+    latency: launches × launch latency.
+  """
+  total: float
+  product_bound: float
+  memory_bound: float
+  latency: float
+
+
+def array_shapes(type_text: str) -> List[Tuple[str, Tuple[int, ...]]]:
+  """The (element type, dimensions) of every array in an HLO type.
+
+  Args:
+    type_text: e.g. "f32[2,3]{1,0}" or "(f32[2]{0}, s32[])".
+
+  Returns:
+    One pair per array, tuples flattened; layouts are ignored.
+  """
+  return [(element, tuple(int(d) for d in dims.split(",") if d))
+          for element, dims in _ARRAY.findall(type_text)]
+
+
+def type_bytes(type_text: str) -> int:
+  """Bytes of all arrays in an HLO type (element types unknown here count 4).
+
+  Args:
+    type_text: an HLO type.
+
+  Returns:
+    The total size in bytes.
+  """
+  return _arrays_bytes(array_shapes(type_text))
+
+
+_OPERAND = re.compile(r"%([\w.\-]+(?:#\d+)?)")
+
+
+def _operand_names(text: str) -> Tuple[str, ...]:
+  """The operands inside an instruction's first, top-level parentheses.
+
+  An operand is a name, or "name#i" for element i of a tuple-valued one.
+  """
+  depth = 0
+  for end, char in enumerate(text):
+    if char == "(":
+      depth += 1
+    elif char == ")":
+      if depth == 0:
+        return tuple(_OPERAND.findall(text[:end]))
+      depth -= 1
+  return tuple(_OPERAND.findall(text))
+
+
+def operand_arrays(operand: str, scope: Mapping[str, "Instruction"]
+                   ) -> List[Tuple[str, Tuple[int, ...]]]:
+  """The (element type, dimensions) of the arrays an operand passes.
+
+  Args:
+    operand: an operand as `Instruction.operands` holds it ("x" or "x#i").
+    scope: the instructions of the computation it is used in.
+
+  Returns:
+    The arrays (all of a tuple-valued operand, one for "x#i"); empty when
+    the operand is not in scope.
+  """
+  name, _, index = operand.partition("#")
+  if name not in scope:
+    return []
+  arrays = array_shapes(scope[name].type_text)
+  if not index:
+    return arrays
+  return [arrays[int(index)]] if int(index) < len(arrays) else []
+
+
+def _arrays_bytes(arrays: Sequence[Tuple[str, Tuple[int, ...]]]) -> int:
+  return sum(ELEMENT_BYTES.get(element, 4) * math.prod(dims) for element, dims in arrays)
+
+
+def parse_hlo(text: str, source: str = "<text>"
+              ) -> Tuple[Dict[str, Dict[str, Instruction]], str]:
+  """Parses an optimised HLO module's text.
+
+  Args:
+    text: the contents of a `*after_optimizations.txt` dump.
+    source: where the text came from, for the error message.
+
+  Returns:
+    ({computation: {instruction name: Instruction}}, entry computation).
+
+  Raises:
+    DataError: no computation or no ENTRY in the text.
+  """
+  computations: Dict[str, Dict[str, Instruction]] = {}
+  entry, current = None, None
+  for line in text.splitlines():
+    header = _COMPUTATION.match(line)
+    if header:
+      current = header.group(2)
+      computations[current] = {}
+      if header.group(1):
+        entry = current
+      continue
+    if line.startswith("}"):
+      current = None
+      continue
+    found = _INSTRUCTION.match(line) if current else None
+    if found:
+      name, type_text, opcode, rest = found.groups()
+      computations[current][name] = Instruction(
+          name, current, opcode, type_text, _operand_names(rest), rest)
+  if not computations or entry is None:
+    raise DataError(source, None, "an optimised HLO module with an ENTRY computation",
+                    f"{len(computations)} computations and no ENTRY")
+  return computations, entry
+
+
+def _dot_product(instruction: Instruction, scope: Mapping[str, Instruction]) -> Product:
+  """The Product of an HLO dot."""
+  lhs_type, lhs_dims = operand_arrays(instruction.operands[0], scope)[0]
+  contracting = re.search(r"lhs_contracting_dims=\{([0-9,]*)\}", instruction.attributes)
+  indices = [int(i) for i in contracting.group(1).split(",") if i] if contracting else []
+  return Product(array_shapes(instruction.type_text)[0][1],
+                 math.prod(lhs_dims[i] for i in indices), lhs_type)
+
+
+def _library_product(instruction: Instruction,
+                     scope: Mapping[str, Instruction]) -> Optional[Product]:
+  """The Product of a cuBLAS custom call (its dot dimensions are in the config)."""
+  contracting = re.search(r'"lhs_contracting_dimensions":\[([^\]]*)\]', instruction.attributes)
+  lhs = operand_arrays(instruction.operands[0], scope) if instruction.operands else []
+  if not contracting or not lhs:
+    return None
+  lhs_type, lhs_dims = lhs[0]
+  indices = [int(i) for i in re.findall(r"\d+", contracting.group(1))]
+  return Product(array_shapes(instruction.type_text)[0][1],
+                 math.prod(lhs_dims[i] for i in indices), lhs_type)
+
+
+def products_in(computation: str,
+                computations: Mapping[str, Mapping[str, Instruction]]) -> Iterator[Product]:
+  """The products a computation runs, nested fusions and calls included.
+
+  Args:
+    computation: its name.
+    computations: the module (`parse_hlo`).
+
+  Yields:
+    One Product per dot or cuBLAS call.
+  """
+  scope = computations.get(computation, {})
+  for instruction in scope.values():
+    if instruction.opcode == "dot":
+      yield _dot_product(instruction, scope)
+    elif instruction.opcode == "custom-call" and "cublas" in instruction.attributes:
+      product = _library_product(instruction, scope)
+      if product:
+        yield product
+    elif instruction.opcode in ("fusion", "call"):
+      for called in re.findall(r"calls=%([\w.\-]+)", instruction.attributes):
+        yield from products_in(called, computations)
+
+
+def fusion_input_bytes(computation: Mapping[str, Instruction]) -> int:
+  """Bytes a fused computation reads through its parameters.
+
+  A parameter used only through get-tuple-element, slices or gathers
+  counts the parts taken (each tuple element once); any other parameter
+  counts whole.
+
+  Args:
+    computation: the fused computation's instructions.
+
+  Returns:
+    The bytes read.
+  """
+  users = collections.defaultdict(list)
+  for instruction in computation.values():
+    for operand in instruction.operands:
+      users[operand.partition("#")[0]].append(instruction)
+  total = 0
+  for instruction in computation.values():
+    if instruction.opcode != "parameter":
+      continue
+    taken = users[instruction.name]
+    if taken and all(u.opcode in _SLICING_OPCODES for u in taken):
+      parts = {}
+      for user in taken:
+        index = re.search(r"index=(\d+)", user.attributes)
+        key = ("element", index.group(1)) if (
+            user.opcode == "get-tuple-element" and index) else ("slice", user.name)
+        parts[key] = type_bytes(user.type_text)
+      total += sum(parts.values())
+    else:
+      total += type_bytes(instruction.type_text)
+  return total
+
+
+def _launch_cost(instruction: Instruction, computations) -> Tuple[Tuple[Product, ...], int]:
+  """(products, bytes read + written) of one launch of an instruction."""
+  scope = computations[instruction.computation]
+  written = type_bytes(instruction.type_text)
+  called = re.search(r"calls=%([\w.\-]+)", instruction.attributes)
+  if instruction.opcode == "fusion" and called:
+    return (tuple(products_in(called.group(1), computations)),
+            written + fusion_input_bytes(computations[called.group(1)]))
+  read = sum(_arrays_bytes(operand_arrays(o, scope)) for o in instruction.operands)
+  products = ()
+  if instruction.opcode == "custom-call" and "cublas" in instruction.attributes:
+    product = _library_product(instruction, scope)
+    products = (product,) if product else ()
+    # The result is (product, workspace): the workspace is scratch, not traffic.
+    written = _arrays_bytes(array_shapes(instruction.type_text)[:1])
+  return products, written + read
+
+
+@dataclasses.dataclass
+class _Loop:
+  indent: int
+  thunk_id: int
+  part: str = "condition"
+
+
+def parse_thunk_sequence(text: str) -> List[Tuple[int, str, int, Tuple[Tuple[int, str], ...]]]:
+  """Parses a thunk-sequence dump.
+
+  Args:
+    text: the contents of `*thunk_sequence*.txt`.
+
+  Returns:
+    One (thunk id, kind, indentation, enclosing loops) per thunk in file
+    order, the loops as (while thunk id, "condition" | "body"), outermost
+    first.
+  """
+  thunks, loops = [], []
+  for line in text.splitlines():
+    stripped = line.strip()
+    if not stripped:
+      continue
+    indent = len(line) - len(line.lstrip())
+    if stripped.startswith("condition:") and loops:
+      loops[-1].part = "condition"
+      continue
+    if stripped.startswith("body:") and loops:
+      loops[-1].part = "body"
+      continue
+    found = _THUNK.match(stripped)
+    if not found:
+      continue
+    while loops and loops[-1].indent >= indent:
+      loops.pop()
+    thunk_id, kind = int(found.group(1)), found.group(2)
+    thunks.append((thunk_id, kind, indent, tuple((l.thunk_id, l.part) for l in loops)))
+    if kind == "kWhile":
+      loops.append(_Loop(indent, thunk_id))
+  return thunks
+
+
+def _one_file(directory: str, patterns: Sequence[str]) -> str:
+  """The one dump file in directory matching the first pattern that matches."""
+  for pattern in patterns:
+    found = sorted(glob.glob(os.path.join(directory, pattern)))
+    if len(found) > 1:
+      raise DataError(directory, pattern, "the dump of one module",
+                      f"{len(found)} files")
+    if found:
+      return found[0]
+  raise DataError(directory, " or ".join(patterns),
+                  "an XLA:GPU dump file (--xla_dump_to with --xla_dump_hlo_as_text)", "none")
+
+
+def dump_files(directory: str) -> Dict[str, str]:
+  """The three files of one module's XLA:GPU dump.
+
+  Args:
+    directory: the --xla_dump_to folder of one module.
+
+  Returns:
+    {"hlo", "thunks", "metadata"}: paths.
+
+  Raises:
+    DataError: a file is missing or several modules are there.
+  """
+  return {"hlo": _one_file(directory, ["*gpu_after_optimizations.txt"]),
+          "thunks": _one_file(directory, ["*thunk_sequence_after_thunk_passes.txt",
+                                          "*thunk_sequence.txt"]),
+          "metadata": _one_file(directory, ["*thunk_metadata.txt"])}
+
+
+def analyse_dump(directory: str) -> Dump:
+  """Every launch site of a dumped XLA:GPU module and its cost per iteration.
+
+  An iteration is one trip of the entry computation's while loop (the
+  outermost loop, e.g. a `lax.scan` over training steps). A launch inside
+  nested loop bodies runs (product of their trip counts) / (outer trip
+  count) times per iteration; one in a loop condition runs once more than
+  the loop's body; one outside every loop runs 1 / (outer trip count)
+  times.
+
+  Args:
+    directory: the folder with one module's dump (`dump_files`).
+
+  Returns:
+    The Dump.
+
+  Raises:
+    DataError: missing files, a loop without a known trip count, no loop
+      in the entry computation, or thunks that name no HLO instruction.
+  """
+  files = dump_files(directory)
+  with open(files["hlo"]) as f:
+    computations, entry = parse_hlo(f.read(), files["hlo"])
+  with open(files["metadata"]) as f:
+    names = {int(i): name for name, i in _METADATA.findall(f.read())}
+  with open(files["thunks"]) as f:
+    thunks = parse_thunk_sequence(f.read())
+  instructions = {i.name: i for scope in computations.values() for i in scope.values()}
+
+  def trip_count(thunk_id):
+    instruction = instructions.get(names.get(thunk_id, ""))
+    found = _TRIP_COUNT.search(instruction.attributes) if instruction else None
+    if not found:
+      raise DataError(files["hlo"], names.get(thunk_id), "a while loop with a known trip count",
+                      f"none (thunk {thunk_id})")
+    return int(found.group(1))
+
+  outer = [t for t in thunks if t[1] == "kWhile" and not t[3]
+           and names.get(t[0]) in computations[entry]]
+  if not outer:
+    raise DataError(files["hlo"], entry, "a while loop in the entry computation (the loop "
+                    "that iterations are counted in)", "none")
+  outer_trips = trip_count(outer[0][0])
+  trips = {t[0]: trip_count(t[0]) for t in thunks if t[1] == "kWhile"}
+
+  def runs(loops):
+    count = 1
+    for loop_id, part in loops:
+      count *= trips[loop_id] + (1 if part == "condition" else 0)
+    return count / outer_trips
+
+  kernels, command_buffers = [], 0.0
+  buffer_indents: List[int] = []
+  for thunk_id, kind, indent, loops in thunks:
+    while buffer_indents and buffer_indents[-1] >= indent:
+      buffer_indents.pop()
+    if kind == "kCommandBuffer":
+      command_buffers += runs(loops)
+      buffer_indents.append(indent)
+      continue
+    if kind not in _LAUNCH_KINDS:
+      continue
+    name = names.get(thunk_id)
+    if name not in instructions:
+      raise DataError(files["metadata"], f"thunk {thunk_id}",
+                      f"the name of an instruction of {files['hlo']}", repr(name))
+    products, size = _launch_cost(instructions[name], computations)
+    kernels.append(Kernel(thunk_id, name, kind, runs(loops), bool(buffer_indents),
+                          products, size))
+  return Dump(directory, tuple(kernels), outer_trips, command_buffers)
+
+
+def product_seconds(product: Product, device: Device) -> float:
+  """Seconds of one product: whole waves of output tiles over the SMs.
+
+  Args:
+    product: the product.
+    device: the device.
+
+  Returns:
+    waves × (one tile's FLOPs) / (one SM's share of the product rate).
+  """
+  dims = product.output_shape
+  rows, columns = (dims[-2], dims[-1]) if len(dims) >= 2 else (1, dims[-1] if dims else 1)
+  batch = math.prod(dims[:-2]) if len(dims) > 2 else 1
+  tiles = batch * math.ceil(rows / device.tile[0]) * math.ceil(columns / device.tile[1])
+  waves = math.ceil(tiles / device.num_sms)
+  rate = device.matmul_rate * (2 if product.operand_type in HALF_RATE_TYPES else 1)
+  return waves * 2 * device.tile[0] * device.tile[1] * product.contracted / (
+      rate / device.num_sms)
+
+
+def model_time(dump: Dump, device: Device) -> ModelTime:
+  """The model's seconds per iteration of a dumped program.
+
+  Args:
+    dump: `analyse_dump`'s result.
+    device: the device.
+
+  Returns:
+    The ModelTime: every launch costs max(product seconds, bytes /
+    bandwidth) + launch latency, times its runs per iteration.
+  """
+  product_bound = memory_bound = latency = 0.0
+  for kernel in dump.kernels:
+    compute = sum(product_seconds(p, device) for p in kernel.products)
+    memory = kernel.bytes / device.bandwidth
+    if compute > memory:
+      product_bound += kernel.runs_per_iteration * compute
+    else:
+      memory_bound += kernel.runs_per_iteration * memory
+    latency += kernel.runs_per_iteration * device.launch_latency
+  return ModelTime(product_bound + memory_bound + latency, product_bound, memory_bound,
+                   latency)
+
+
+def top_kernels(dump: Dump, device: Device, count: int) -> List[Tuple[Kernel, float]]:
+  """The launch sites with the most modelled seconds per iteration.
+
+  Args:
+    dump: `analyse_dump`'s result.
+    device: the device.
+    count: how many.
+
+  Returns:
+    (kernel, seconds per iteration without latency), most first.
+  """
+  priced = [(k, k.runs_per_iteration * max(
+      sum(product_seconds(p, device) for p in k.products), k.bytes / device.bandwidth))
+            for k in dump.kernels]
+  return sorted(priced, key=lambda pair: -pair[1])[:count]
