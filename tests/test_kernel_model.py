@@ -1,0 +1,308 @@
+"""Tests of experiments.kernel_model and the experiments.gpu_aot binary.
+
+The dumps under tests/data/xla_gpu_dump are XLA:GPU's own output for a
+small program with known products (make_fixtures.py there regenerates
+them): an outer loop of 3 trips around an inner loop of 4 trips, two
+(64 × 32)·(32 × 32) products per inner trip, one (64 × 32)·(32 × 48)
+product per outer trip. `triton/` runs the inner body as a command buffer;
+`cublas/` has cuBLAS calls and no command buffer.
+"""
+
+import importlib.util
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from experiments import gpu_aot
+from experiments import kernel_model as km
+from gmn_jax.errors import ConfigError
+from gmn_jax.errors import DataError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(ROOT, "tests", "data", "xla_gpu_dump")
+TRITON = os.path.join(FIXTURES, "triton")
+CUBLAS = os.path.join(FIXTURES, "cublas")
+INNER_FLOP = 2 * (2 * 64 * 32 * 32)
+OUTER_FLOP = 2 * 64 * 32 * 48
+FLOP_PER_ITERATION = 4 * INNER_FLOP + OUTER_FLOP  # 1,245,184.
+
+
+def _kernel(dump, name):
+  [kernel] = [k for k in dump.kernels if k.name == name]
+  return kernel
+
+
+# --------------------------------------------------------------------------
+# Parsing.
+
+
+def test_array_shapes_and_bytes_of_tuples_and_layouts():
+  text = "(f32[2,3]{1,0}, bf16[4]{0}, /*index=2*/s32[], pred[5])"
+  assert km.array_shapes(text) == [("f32", (2, 3)), ("bf16", (4,)), ("s32", ()),
+                                   ("pred", (5,))]
+  assert km.type_bytes(text) == 2 * 3 * 4 + 4 * 2 + 4 + 5
+
+
+def test_operand_arrays_takes_one_element_of_a_tuple():
+  computations, _ = km.parse_hlo(
+      "ENTRY %main (p: (f32[2,3], s32[])) -> f32[2,3] {\n"
+      "  %p = (f32[2,3]{1,0}, s32[]) parameter(0)\n"
+      "  ROOT %c = f32[2,3]{1,0} copy(%p#0)\n"
+      "}\n")
+  scope = computations["main"]
+  assert scope["c"].operands == ("p#0",)
+  assert km.operand_arrays("p#0", scope) == [("f32", (2, 3))]
+  assert km.operand_arrays("p#1", scope) == [("s32", ())]
+  assert km.operand_arrays("p", scope) == [("f32", (2, 3)), ("s32", ())]
+  assert km.operand_arrays("missing", scope) == []
+
+
+def test_fusion_input_bytes_counts_what_a_fusion_takes():
+  computations, _ = km.parse_hlo(
+      "%fused (t: (f32[100,10], f32[1000]), w: f32[10,10], big: f32[500,10]) -> f32[5,10] {\n"
+      "  %t = (f32[100,10]{1,0}, f32[1000]{0}) parameter(0)\n"
+      "  %w = f32[10,10]{1,0} parameter(1)\n"
+      "  %big = f32[500,10]{1,0} parameter(2)\n"
+      "  %a = f32[100,10]{1,0} get-tuple-element(%t), index=0\n"
+      "  %a2 = f32[100,10]{1,0} get-tuple-element(%t), index=0\n"
+      "  %s = f32[5,10]{1,0} slice(%big), slice={[0:5], [0:10]}\n"
+      "  %d = f32[100,10]{1,0} dot(%a, %w), lhs_contracting_dims={1}, rhs_contracting_dims={0}\n"
+      "  ROOT %r = f32[5,10]{1,0} add(%s, %s)\n"
+      "}\n"
+      "ENTRY %main () -> f32[] {\n  ROOT %z = f32[] constant(0)\n}\n")
+  # Tuple element 0 once (not element 1, never taken), w whole, 5 rows of big.
+  assert km.fusion_input_bytes(computations["fused"]) == 4 * (100 * 10 + 10 * 10 + 5 * 10)
+  [product] = km.products_in("fused", computations)
+  assert product == km.Product((100, 10), 10, "f32")
+  assert product.flop == 2 * 100 * 10 * 10
+
+
+def test_parse_hlo_rejects_text_without_an_entry():
+  with pytest.raises(DataError, match="ENTRY"):
+    km.parse_hlo("%f (x: f32[]) -> f32[] {\n  ROOT %x = f32[] parameter(0)\n}\n")
+
+
+def test_parse_thunk_sequence_nests_loops_and_their_parts():
+  with open(km.dump_files(TRITON)["thunks"]) as f:
+    thunks = {t[0]: t for t in km.parse_thunk_sequence(f.read())}
+  assert thunks[3][1] == "kWhile" and thunks[3][3] == ()
+  assert thunks[4][3] == ((3, "condition"),)  # The outer loop's condition.
+  assert thunks[7][1] == "kWhile" and thunks[7][3] == ((3, "body"),)
+  assert thunks[8][3] == ((3, "body"), (7, "condition"))
+  assert thunks[10][3] == ((3, "body"), (7, "body"))  # A product of the inner body.
+  assert thunks[14][3] == ((3, "body"),)  # Back in the outer body after the loop.
+
+
+# --------------------------------------------------------------------------
+# Whole dumps against the program's known products and loops.
+
+
+@pytest.mark.parametrize("directory", [TRITON, CUBLAS])
+def test_flop_per_iteration_matches_the_closed_form(directory):
+  dump = km.analyse_dump(directory)
+  assert dump.outer_trip_count == 3
+  assert dump.flop_per_iteration == FLOP_PER_ITERATION
+  products = sorted((k.runs_per_iteration, p.output_shape, p.contracted)
+                    for k in dump.kernels for p in k.products)
+  assert products == [(1.0, (64, 48), 32), (4.0, (64, 32), 32), (4.0, (64, 32), 32)]
+
+
+def test_runs_per_iteration_follow_the_loops():
+  dump = km.analyse_dump(TRITON)
+  runs = {k.thunk_id: k.runs_per_iteration for k in dump.kernels}
+  assert runs[1] == pytest.approx(1 / 3)  # Before the outer loop: once per 3 iterations.
+  assert runs[4] == pytest.approx(4 / 3)  # Outer condition: 3 + 1 times per call.
+  assert runs[8] == 5  # Inner condition: 4 + 1 per outer trip.
+  assert runs[10] == 4  # Inner body.
+  assert runs[14] == 1  # Outer body.
+
+
+def test_command_buffer_membership_and_host_launches():
+  dump = km.analyse_dump(TRITON)
+  inside = {k.thunk_id for k in dump.kernels if k.in_command_buffer}
+  assert inside == {9, 10, 11, 12, 13}  # The inner body, captured whole.
+  assert dump.command_buffers_per_iteration == 4
+  loose = sum(k.runs_per_iteration for k in dump.kernels if not k.in_command_buffer)
+  assert dump.host_launches_per_iteration == pytest.approx(4 + loose)
+  assert dump.launches_per_iteration == pytest.approx(
+      sum(k.runs_per_iteration for k in dump.kernels))
+  no_buffers = km.analyse_dump(CUBLAS)
+  assert no_buffers.command_buffers_per_iteration == 0
+  assert no_buffers.host_launches_per_iteration == no_buffers.launches_per_iteration
+
+
+def test_bytes_of_products_and_elementwise_kernels():
+  f32 = 4
+  cublas = km.analyse_dump(CUBLAS)
+  # x (64×32) · w (32×32) -> 64×32; the cuBLAS workspace is not traffic.
+  assert _kernel(cublas, "custom-call.2").bytes == f32 * (64 * 32 + 32 * 32 + 64 * 32)
+  # The outer body's x + sum(x·v): reads x and one scalar, writes x.
+  assert _kernel(cublas, "loop_add_fusion.1").bytes == f32 * (2 * 64 * 32 + 1)
+  triton = km.analyse_dump(TRITON)
+  assert _kernel(triton, "gemm_fusion_dot_general.5").bytes == f32 * (
+      64 * 32 + 32 * 48 + 64 * 48)
+
+
+def test_missing_files_and_unknown_trip_counts_are_data_errors(tmp_path):
+  with pytest.raises(DataError, match="thunk_sequence"):
+    for name in os.listdir(TRITON):
+      if "thunk_sequence" not in name:
+        shutil.copy(os.path.join(TRITON, name), tmp_path)
+    km.analyse_dump(str(tmp_path))
+  broken = tmp_path / "broken"
+  shutil.copytree(TRITON, broken)
+  [hlo] = [p for p in broken.iterdir() if p.name.endswith("after_optimizations.txt")]
+  hlo.write_text(hlo.read_text().replace('"known_trip_count":{"n":"4"}', ""))
+  with pytest.raises(DataError, match="known trip count"):
+    km.analyse_dump(str(broken))
+
+
+# --------------------------------------------------------------------------
+# The model.
+
+H100ISH = km.Device(matmul_rate=132e12, bandwidth=1e12, launch_latency=2e-6, num_sms=132)
+
+
+def test_product_seconds_counts_whole_waves_of_tiles():
+  tile_seconds = 2 * 128 * 128 * 64 / (132e12 / 132)
+  one_wave = km.Product((128 * 132, 128), 64, "f32")  # 132 tiles.
+  assert km.product_seconds(one_wave, H100ISH) == pytest.approx(tile_seconds)
+  assert km.product_seconds(km.Product((1, 1), 64, "f32"), H100ISH) == pytest.approx(
+      tile_seconds)  # A single tile still costs a wave.
+  two_waves = km.Product((128 * 133, 128), 64, "f32")
+  assert km.product_seconds(two_waves, H100ISH) == pytest.approx(2 * tile_seconds)
+  batched = km.Product((133, 128, 128), 64, "f32")
+  assert km.product_seconds(batched, H100ISH) == pytest.approx(2 * tile_seconds)
+  assert km.product_seconds(km.Product((128 * 132, 128), 64, "bf16"), H100ISH) == (
+      pytest.approx(tile_seconds / 2))
+
+
+def test_model_time_prices_each_launch_by_its_bound():
+  product = km.Product((128 * 132, 128), 1000, "f32")  # One wave: 2.48e-5 s.
+  compute = km.product_seconds(product, H100ISH)
+  kernels = (
+      km.Kernel(1, "gemm", "kCustomKernel", 2.0, True, (product,), 1_000_000),  # 1e-6 s mem.
+      km.Kernel(2, "add", "kCustomKernel", 3.0, True, (), 5_000_000),  # 5e-6 s mem.
+  )
+  dump = km.Dump("d", kernels, outer_trip_count=10, command_buffers_per_iteration=1.0)
+  time = km.model_time(dump, H100ISH)
+  assert time.product_bound == pytest.approx(2 * compute)
+  assert time.memory_bound == pytest.approx(3 * 5e-6)
+  assert time.latency == pytest.approx(5 * 2e-6)
+  assert time.total == pytest.approx(2 * compute + 3 * 5e-6 + 5 * 2e-6)
+  top = km.top_kernels(dump, H100ISH, 1)
+  assert [k.name for k, _ in top] == ["gemm"] and top[0][1] == pytest.approx(2 * compute)
+
+
+def test_fit_recovers_the_bandwidth_and_latency_that_made_the_times():
+  dumps = {1: km.analyse_dump(TRITON), 2: km.analyse_dump(CUBLAS)}
+  truth = km.Device(373e12, 2.5e12, 2.0e-6, 132)
+  measured = {s: km.model_time(d, truth).total * 1e3 for s, d in dumps.items()}
+  fitted = gpu_aot.fit_device(dumps, measured, km.Device(373e12, 1e12, 0.0, 132))
+  for s, d in dumps.items():
+    assert km.model_time(d, fitted).total * 1e3 == pytest.approx(measured[s], rel=0.02)
+  with pytest.raises(ConfigError, match="at least two"):
+    gpu_aot.fit_device(dumps, {1: 1.0}, truth)
+
+
+# --------------------------------------------------------------------------
+# The binary.
+
+
+def _run(*flags):
+  return subprocess.run([sys.executable, "-m", "experiments.gpu_aot", *flags], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_parse_measured():
+  assert gpu_aot.parse_measured("1:2.14, 2:3.43") == {1: 2.14, 2: 3.43}
+  for bad in ("1=2.0", "0:1.0", "2:-1", "x:1"):
+    with pytest.raises(ConfigError, match="--measured_ms"):
+      gpu_aot.parse_measured(bad)
+
+
+def test_measured_from_a_benchmark_json(tmp_path):
+  path = tmp_path / "bench.json"
+  path.write_text('{"ms_per_iteration": 2.0, "scaling": [{"row": "seeds", "value": 2, '
+                  '"ms_per_iteration": 3.0}, {"row": "batch", "value": 64, '
+                  '"ms_per_iteration": 9.0}]}')
+  assert gpu_aot.measured_from_json(str(path)) == {1: 2.0, 2: 3.0}
+  path.write_text("{}")
+  with pytest.raises(DataError, match="ms_per_iteration"):
+    gpu_aot.measured_from_json(str(path))
+
+
+def test_binary_analyses_dumps_and_fits_measured_times(tmp_path):
+  shutil.copytree(TRITON, tmp_path / "seeds_1")
+  shutil.copytree(CUBLAS, tmp_path / "seeds_2")
+  (tmp_path / "notes").mkdir()  # Folders without a dump are skipped.
+  dumps = {1: km.analyse_dump(TRITON), 2: km.analyse_dump(CUBLAS)}
+  truth = km.Device(373e12, 2.5e12, 2.0e-6, 132)
+  measured = {s: km.model_time(d, truth).total * 1e3 for s, d in dumps.items()}
+  out = tmp_path / "model.json"
+  result = _run(f"--analyse_dir={tmp_path}", f"--json_out={out}", "--measured_ms=" + ",".join(
+      f"{s}:{ms!r}" for s, ms in measured.items()))
+  assert result.returncode == 0, result.stderr
+  assert "fitted to the measured times" in result.stdout
+  assert "| S = 1 | 32 | 16.0 |" in result.stdout
+  import json  # pylint: disable=g-import-not-at-top
+  rows = {r["program"]: r for r in json.loads(out.read_text())["rows"]}
+  assert rows[1]["gflop_per_iteration"] == pytest.approx(FLOP_PER_ITERATION / 1e9)
+  assert rows[2]["model_ms"] == pytest.approx(measured[2], rel=0.02)
+  assert rows[1]["lower_bound_ms"] < rows[1]["model_ms"]
+  # Without measurements the fixed bandwidth and latency are used.
+  plain = _run(f"--analyse_dir={tmp_path}", "--bandwidth=1e12", "--launch_latency=1e-6")
+  assert plain.returncode == 0, plain.stderr
+  assert "model: 1.00 TB/s, 1.00 µs per launch" in plain.stdout
+
+
+@pytest.mark.parametrize("flags,message", [
+    ([], "exactly one of --out_dir"),
+    (["--out_dir=a", "--analyse_dir=b"], "exactly one of --out_dir"),
+    (["--analyse_dir=/nonexistent/folder"], "expected a folder"),
+    (["--analyse_dir=."], "XLA:GPU dumps"),
+    (["--analyse_dir=.", "--measured_ms=1=2"], "--measured_ms"),
+    (["--analyse_dir=.", "--target_config=/nonexistent.txtpb"], "--target_config"),
+])
+def test_binary_errors_are_one_line(flags, message):
+  result = _run(*flags)
+  assert result.returncode == 2
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+
+
+def _has_cuda_plugin():
+  if importlib.util.find_spec("jax_plugins") is None:
+    return False
+  return any(importlib.util.find_spec(f"jax_plugins.{name}") is not None
+             for name in ("xla_cuda12", "xla_cuda13"))
+
+
+@pytest.mark.skipif(_has_cuda_plugin(),
+                    reason="the CUDA plugin is installed, so compiling would work")
+def test_compiling_without_the_cuda_plugin_says_what_to_install(tmp_path):
+  result = _run("--config=experiments/configs/digits.py", f"--out_dir={tmp_path / 'out'}",
+                "--seed_counts=1", "--iterations=1")
+  assert result.returncode == 2
+  assert "jax[cuda12]" in result.stderr and result.stderr.startswith("error: ")
+
+
+def test_existing_dump_folders_are_never_overwritten(tmp_path):
+  (tmp_path / "seeds_1").mkdir()
+  (tmp_path / "seeds_1" / "mine.txt").write_text("keep")
+  result = _run("--config=experiments/configs/digits.py", f"--out_dir={tmp_path}",
+                "--seed_counts=1", "--iterations=1")
+  assert result.returncode == 2 and "never overwritten" in result.stderr
+  assert (tmp_path / "seeds_1" / "mine.txt").read_text() == "keep"
+
+
+def test_target_properties_are_read_from_the_target_config():
+  with open(gpu_aot.DEFAULT_TARGET, encoding="utf-8") as f:
+    text = f.read()
+  assert gpu_aot.target_num_sms(text) == 132
+  assert gpu_aot.target_peak_bandwidth(text) == pytest.approx(3.35232e12)
+  assert math.isclose(gpu_aot.target_num_sms("core_count: 7"), 7)
