@@ -350,13 +350,20 @@ def dumps_under(directory: str) -> Dict[Any, kernel_model.Dump]:
   if not os.path.isdir(directory):
     raise DataError(directory, None, "a folder (--analyse_dir)", "no folder")
   dumps = {}
-  for name in sorted(os.listdir(directory)):
+  names = sorted(os.listdir(directory))
+  # "main" (the benchmark's main setting, one seed) counts as S = 1 unless a
+  # seeds_1 folder holds the same program.
+  for name in sorted(names, key=lambda n: n == "main"):
     folder = os.path.join(directory, name)
     if not os.path.isdir(folder) or not any(
         n.endswith("after_optimizations.txt") for n in os.listdir(folder)):
       continue
     found = re.fullmatch(r"seeds_(\d+)", name)
-    key = int(found.group(1)) if found else (1 if name == "main" else name)
+    key = int(found.group(1)) if found else name
+    if name == "main":
+      if 1 in dumps:
+        continue
+      key = 1
     dumps[key] = kernel_model.analyse_dump(folder)
   if not dumps:
     raise DataError(directory, None, "subfolders with XLA:GPU dumps "

@@ -438,35 +438,40 @@ def parse_thunk_sequence(text: str) -> List[Tuple[int, str, int, Tuple[Tuple[int
   return thunks
 
 
-def _one_file(directory: str, patterns: Sequence[str]) -> str:
-  """The one dump file in directory matching the first pattern that matches."""
-  for pattern in patterns:
-    found = sorted(glob.glob(os.path.join(directory, pattern)))
-    if len(found) > 1:
-      raise DataError(directory, pattern, "the dump of one module",
-                      f"{len(found)} files")
-    if found:
-      return found[0]
-  raise DataError(directory, " or ".join(patterns),
-                  "an XLA:GPU dump file (--xla_dump_to with --xla_dump_hlo_as_text)", "none")
-
-
 def dump_files(directory: str) -> Dict[str, str]:
-  """The three files of one module's XLA:GPU dump.
+  """The three files of the main module in an XLA:GPU dump folder.
+
+  A folder may hold several modules (XLA also dumps what it compiles while
+  autotuning); the main one is the module with the largest optimised HLO.
 
   Args:
-    directory: the --xla_dump_to folder of one module.
+    directory: an --xla_dump_to folder.
 
   Returns:
-    {"hlo", "thunks", "metadata"}: paths.
+    {"hlo", "thunks", "metadata"}: paths of that module's optimised HLO,
+    thunk sequence (after the thunk passes where XLA wrote that) and thunk
+    metadata.
 
   Raises:
-    DataError: a file is missing or several modules are there.
+    DataError: no optimised HLO, or the module lacks a thunk file.
   """
-  return {"hlo": _one_file(directory, ["*gpu_after_optimizations.txt"]),
-          "thunks": _one_file(directory, ["*thunk_sequence_after_thunk_passes.txt",
-                                          "*thunk_sequence.txt"]),
-          "metadata": _one_file(directory, ["*thunk_metadata.txt"])}
+  modules = glob.glob(os.path.join(directory, "*gpu_after_optimizations.txt"))
+  if not modules:
+    raise DataError(directory, "*gpu_after_optimizations.txt", "an XLA:GPU dump "
+                    "(--xla_dump_to with --xla_dump_hlo_as_text)", "none")
+  hlo = max(sorted(modules), key=os.path.getsize)
+  prefix = re.match(r"(module_\d+\.[^.]+)\.", os.path.basename(hlo))
+  stem = os.path.join(directory, prefix.group(1) if prefix else "*")
+  files = {"hlo": hlo}
+  for key, names in (("thunks", (".thunk_sequence_after_thunk_passes.txt",
+                                 ".thunk_sequence.txt")),
+                     ("metadata", (".thunk_metadata.txt",))):
+    found = [f for name in names for f in sorted(glob.glob(stem + name))]
+    if not found:
+      raise DataError(directory, stem + names[-1], f"the {key} file of the module in "
+                      f"{os.path.basename(hlo)}", "none")
+    files[key] = found[0]
+  return files
 
 
 def analyse_dump(directory: str) -> Dump:

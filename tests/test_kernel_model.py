@@ -147,6 +147,21 @@ def test_bytes_of_products_and_elementwise_kernels():
       64 * 32 + 32 * 48 + 64 * 48)
 
 
+def test_the_largest_module_of_a_folder_is_the_one_analysed(tmp_path):
+  folder = tmp_path / "dump"
+  shutil.copytree(TRITON, folder)
+  # XLA also dumps the small modules it compiles while autotuning.
+  (folder / "module_9999.autotune.sm_9.0a_gpu_after_optimizations.txt").write_text(
+      "ENTRY %e () -> f32[] {\n  ROOT %z = f32[] constant(0)\n}\n")
+  (folder / "module_9999.autotune.thunk_metadata.txt").write_text("")
+  (folder / "module_9999.autotune.thunk_sequence.txt").write_text("")
+  files = km.dump_files(str(folder))
+  assert all(os.path.basename(p).startswith("module_0001.jit_nested_loops.")
+             for p in files.values())
+  assert files["thunks"].endswith("after_thunk_passes.txt")
+  assert km.analyse_dump(str(folder)).flop_per_iteration == FLOP_PER_ITERATION
+
+
 def test_missing_files_and_unknown_trip_counts_are_data_errors(tmp_path):
   with pytest.raises(DataError, match="thunk_sequence"):
     for name in os.listdir(TRITON):
@@ -237,7 +252,7 @@ def test_measured_from_a_benchmark_json(tmp_path):
 
 
 def test_binary_analyses_dumps_and_fits_measured_times(tmp_path):
-  shutil.copytree(TRITON, tmp_path / "seeds_1")
+  shutil.copytree(TRITON, tmp_path / "main")  # The benchmark's name for S = 1.
   shutil.copytree(CUBLAS, tmp_path / "seeds_2")
   (tmp_path / "notes").mkdir()  # Folders without a dump are skipped.
   dumps = {1: km.analyse_dump(TRITON), 2: km.analyse_dump(CUBLAS)}
