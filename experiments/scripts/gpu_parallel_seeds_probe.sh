@@ -3,9 +3,12 @@
 #
 # On an H100, S = 2 / 4 / 8 parallel seeds cost 1.6x / 2.7x / 4.9x one seed's
 # time while the host's CPU time per iteration grows from 0.04 ms to 9.3 ms
-# (docs/benchmarks.md, "What limits parallel seeds on the GPU"). The suspect:
-# XLA:GPU runs the S = 1 loop as command buffers (CUDA graphs) and the S > 1
-# loop op by op. This script settles it in one go, from the repository root:
+# (docs/benchmarks.md, "What limits parallel seeds on the GPU"). The first
+# suspect was that XLA:GPU runs the S = 1 loop as command buffers (CUDA
+# graphs) and the S > 1 loop op by op. Compiling for an H100 without one
+# (experiments.gpu_aot) since showed the same command buffers for every S and
+# a memory-traffic model that accounts for the times; this probe checks both
+# on the card, in one go, from the repository root:
 #
 #   OUT=/tmp/gmn_probe bash experiments/scripts/gpu_parallel_seeds_probe.sh \
 #       [extra benchmark flags, e.g. --config.precision=bfloat16]
@@ -32,7 +35,9 @@
 # graph launches where S = 2 shows one kernel launch per kernel.
 #
 # Leaves in ${OUT:-/tmp/gmn_probe} at most 8 files, none in subfolders:
-# summary.txt, probe.log, probe_results.tar.gz (each way's JSON and log),
+# summary.txt, probe.log, kernel_model.txt (on a GPU: `experiments.gpu_aot
+# --analyse_dir` of the default way's dumps, fitted to its timings),
+# probe_results.tar.gz (each way's JSON and log),
 # probe_hlo.tar.gz (hlo/<point>/*after_optimizations.txt) and
 # trace_<point>.json.gz (Chrome/Perfetto trace of each profiled S; the
 # XProf .xplane.pb files stay in the scratch folder). The archives are
@@ -164,6 +169,15 @@ for point_dir in "$WORK"/hlo_full/*/; do
     \( -name '*after_optimizations.txt' -o -name '*thunk*.txt' \) -exec cp {} "$RUN/hlo/$point/" \;
 done
 pack
+# The roofline model of these programs (experiments/kernel_model.py), fitted
+# to the default timings: does it explain them on the real compile as it did
+# on the deviceless one (docs/benchmarks.md)?
+if [[ "$BACKEND" == gpu && -f "$RUN/default.json" ]]; then
+  timeout 120 "$PYTHON" -m experiments.gpu_aot --analyse_dir="$RUN/hlo" \
+    --measured_json="$RUN/default.json" --json_out="$RUN/kernel_model.json" \
+    >"$OUT/kernel_model.txt" 2>>"$LOG"
+  say "kernel model ($OUT/kernel_model.txt): exit status $?"
+fi
 
 if [[ "$BACKEND" != gpu ]]; then
   say "no_command_buffers: skipped (backend $BACKEND has no command buffers)"
