@@ -188,6 +188,7 @@ def compile_for_target(config, target_text: str, seed_counts: Sequence[int], ite
   """
   import jax  # pylint: disable=g-import-not-at-top
   from experiments import benchmark  # pylint: disable=g-import-not-at-top
+  from experiments.benchmarking import shapes  # pylint: disable=g-import-not-at-top
   from gmn_jax import train_state  # pylint: disable=g-import-not-at-top
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
 
@@ -216,7 +217,7 @@ def compile_for_target(config, target_text: str, seed_counts: Sequence[int], ite
         lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device)
         if hasattr(leaf, "shape") else leaf, tree)
 
-  dataset = benchmark.benchmark_dataset(config)
+  dataset = shapes.benchmark_dataset(config)
   spec = train_state.make_train_spec(config, dataset)
   hyper = train_state.make_hyperparameters(config)
   data = train_state.make_train_data(dataset, spec)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from experiments import benchmark
+from experiments.benchmarking import shapes
 from experiments.scripts import probe_summary
 from gmn_jax import config as gmn_config
 from gmn_jax import train_state
@@ -30,14 +31,14 @@ def _cub_config(embedding):
 
 @pytest.mark.parametrize("embedding, k", [("att", 312), ("att+sent", 1336)])
 def test_benchmark_dataset_has_the_real_cub_shapes(embedding, k):
-  dataset = benchmark.benchmark_dataset(_cub_config(embedding))
+  dataset = shapes.benchmark_dataset(_cub_config(embedding))
   assert dataset.seen_classes.size == 150 and dataset.unseen_classes.size == 50
   assert dataset.train_features.shape == (7057, 2048)
   assert dataset.class_embeddings.shape == (200, k)
 
 
 def test_benchmark_dataset_can_have_sun_many_seen_classes():
-  dataset = benchmark.benchmark_dataset(_cub_config("att"), num_seen=645)
+  dataset = shapes.benchmark_dataset(_cub_config("att"), num_seen=645)
   np.testing.assert_array_equal(dataset.seen_classes, np.arange(645))
   assert dataset.unseen_classes.size == 50 and dataset.class_embeddings.shape == (695, 312)
   assert set(np.unique(dataset.train_labels)) == set(range(645))
@@ -84,7 +85,7 @@ def test_analytic_count_agrees_with_xla(implementation, classifier):
 
 
 def test_gram_count_drops_cub_gm_work_by_the_thin_products():
-  dataset = benchmark.benchmark_dataset(_cub_config("att+sent"))
+  dataset = shapes.benchmark_dataset(_cub_config("att+sent"))
   gm = {}
   for implementation in ("autodiff", "gram"):
     config = _cub_config("att+sent")

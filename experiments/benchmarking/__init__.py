@@ -1,0 +1,1 @@
+"""The pieces of `experiments.benchmark`: shapes, FLOP counts, timing, profiles."""
