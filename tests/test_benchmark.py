@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 
 from experiments import benchmark
+# Aliased: a test below keeps its results in a local `flops`.
+from experiments.benchmarking import flops as flop_counts
 from experiments.benchmarking import shapes
 from experiments.scripts import probe_summary
 from gmn_jax import config as gmn_config
@@ -61,7 +63,7 @@ def _spec(n_critic, **overrides):
 
 def test_xla_count_adds_the_critic_steps_that_the_loop_body_hides():
   key = benchmark.jax.random.key(1)
-  counts = {n: benchmark.xla_iteration_flops(*_spec(n), key) for n in (1, 3)}
+  counts = {n: flop_counts.xla_iteration_flops(*_spec(n), key) for n in (1, 3)}
   # XLA counts the scanned critic step once, whatever n_critic is (up to the
   # few FLOPs of averaging the critic's metrics over its steps) ...
   assert counts[1]["train_iteration"] == pytest.approx(counts[3]["train_iteration"], rel=1e-5)
@@ -77,8 +79,8 @@ def test_xla_count_adds_the_critic_steps_that_the_loop_body_hides():
 def test_analytic_count_agrees_with_xla(implementation, classifier):
   spec, state, data, hyper = _spec(3, **{"gm.implementation": implementation,
                                          "gm.classifier": classifier})
-  xla = benchmark.xla_iteration_flops(spec, state, data, hyper, benchmark.jax.random.key(1))
-  analytic = benchmark.analytic_iteration_flops(spec)
+  xla = flop_counts.xla_iteration_flops(spec, state, data, hyper, benchmark.jax.random.key(1))
+  analytic = flop_counts.analytic_iteration_flops(spec)
   # XLA also counts element-wise work, optimisers and sampling: a little more.
   assert 1.0 <= xla["critic_step"] / analytic["critic_step"] < 1.25
   assert 1.0 <= xla["per_iteration"] / analytic["per_iteration"] < 1.25
@@ -91,7 +93,7 @@ def test_gram_count_drops_cub_gm_work_by_the_thin_products():
     config = _cub_config("att+sent")
     config.gm.implementation = implementation
     spec = train_state.make_train_spec(config, dataset)
-    gm[implementation] = benchmark.analytic_iteration_flops(spec)["gm"]
+    gm[implementation] = flop_counts.analytic_iteration_flops(spec)["gm"]
   # 5 classes x (60 real + 120 fake) at D = 2048, K = 1336: the autodiff path
   # also forms the 5 x 3 D x K per-class gradients and their second-order pass
   # (about 10 GFLOP); the Gram path's extra matrices are small.
@@ -101,14 +103,14 @@ def test_gram_count_drops_cub_gm_work_by_the_thin_products():
 def _cost_analysis_missing_on_the_device(monkeypatch, missing, *, cpu_too=False):
   """Makes `Lowered.cost_analysis` return `missing` as the CUDA plugin does.
 
-  The CPU lowering (arguments placed by `benchmark.cpu_abstract_args`) keeps
+  The CPU lowering (arguments placed by `flop_counts.cpu_abstract_args`) keeps
   the real analysis unless cpu_too.
 
   Returns:
     The list of the sources of the analyses asked for ("device" or "cpu").
   """
   real = jax.stages.Lowered.cost_analysis
-  real_abstract = benchmark.cpu_abstract_args
+  real_abstract = flop_counts.cpu_abstract_args
   asked, lowering_for_cpu = [], []
 
   def abstract(args):
@@ -121,14 +123,14 @@ def _cost_analysis_missing_on_the_device(monkeypatch, missing, *, cpu_too=False)
     asked.append(source)
     return missing if source == "device" or cpu_too else real(lowered)
 
-  monkeypatch.setattr(benchmark, "cpu_abstract_args", abstract)
+  monkeypatch.setattr(flop_counts, "cpu_abstract_args", abstract)
   monkeypatch.setattr(jax.stages.Lowered, "cost_analysis", cost_analysis)
   return asked
 
 
 def test_cpu_abstract_args_keep_shapes_and_sit_on_a_cpu_device():
   spec, state, data, hyper = _spec(2)
-  abstract_state, number = benchmark.cpu_abstract_args([state, 3.0])
+  abstract_state, number = flop_counts.cpu_abstract_args([state, 3.0])
   leaves = jax.tree_util.tree_leaves(abstract_state)
   assert len(leaves) == len(jax.tree_util.tree_leaves(state)) and number == 3.0
   for leaf, real in zip(leaves, jax.tree_util.tree_leaves(state)):
@@ -143,17 +145,17 @@ def test_iteration_count_comes_from_the_cpu_lowering_when_the_device_has_none(
     monkeypatch, missing):
   spec, state, data, hyper = _spec(3)
   key = jax.random.key(1)
-  expected = benchmark.xla_iteration_flops(spec, state, data, hyper, key)
+  expected = flop_counts.xla_iteration_flops(spec, state, data, hyper, key)
   assert expected["source"] == "xla"
   asked = _cost_analysis_missing_on_the_device(monkeypatch, missing)
-  counts = benchmark.xla_iteration_flops(spec, state, data, hyper, key)
+  counts = flop_counts.xla_iteration_flops(spec, state, data, hyper, key)
   assert asked == ["device", "cpu", "device", "cpu"]
   assert counts["source"] == "xla_cpu_lowering"
   for name in ("train_iteration", "critic_step", "per_iteration"):
     # (A FLOP or two may differ: the CPU lowering sees committed arguments.)
     assert counts[name] == pytest.approx(expected[name], rel=1e-4)
-  flop, source = benchmark.iteration_flop_count(
-      {"xla": counts, "analytic": benchmark.analytic_iteration_flops(spec)})
+  flop, source = flop_counts.iteration_flop_count(
+      {"xla": counts, "analytic": flop_counts.analytic_iteration_flops(spec)})
   assert (flop, source) == (counts["per_iteration"], "xla_cpu_lowering")
 
 
@@ -161,10 +163,10 @@ def test_iteration_count_comes_from_the_cpu_lowering_when_the_device_has_none(
 def test_iteration_count_falls_back_to_the_analytic_one(monkeypatch, missing):
   spec, state, data, hyper = _spec(3)
   _cost_analysis_missing_on_the_device(monkeypatch, missing, cpu_too=True)
-  counts = benchmark.xla_iteration_flops(spec, state, data, hyper, jax.random.key(1))
+  counts = flop_counts.xla_iteration_flops(spec, state, data, hyper, jax.random.key(1))
   assert counts["per_iteration"] is None and counts["source"] is None
-  analytic = benchmark.analytic_iteration_flops(spec)
-  flop, source = benchmark.iteration_flop_count({"xla": counts, "analytic": analytic})
+  analytic = flop_counts.analytic_iteration_flops(spec)
+  flop, source = flop_counts.iteration_flop_count({"xla": counts, "analytic": analytic})
   assert (flop, source) == (analytic["per_iteration"], "analytic")
 
 
@@ -173,7 +175,7 @@ def test_components_record_where_their_counts_came_from(monkeypatch):
   dataset = tiny_dataset(feature_dim=32, embedding_dim=8)
   spec = train_state.make_train_spec(config, dataset)
   hyper = train_state.make_hyperparameters(config)
-  analytic = benchmark.analytic_iteration_flops(spec)
+  analytic = flop_counts.analytic_iteration_flops(spec)
   expected = {"critic_step": analytic["critic_step"],
               "generator_step": analytic["generator_step"] + analytic["gm"],
               "gm_only": analytic["gm"]}
