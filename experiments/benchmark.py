@@ -67,7 +67,6 @@ import functools
 import json
 import os
 import platform
-import resource
 import statistics
 import sys
 import time
@@ -76,13 +75,13 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 from absl import app
 from absl import flags
 import jax
-import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
 from experiments import cli
 from experiments.benchmarking import flops
+from experiments.benchmarking import measure
 from experiments.benchmarking import shapes
 from gmn_jax import config as gmn_config
 from gmn_jax import evaluate
@@ -164,68 +163,6 @@ SCALING_VALUES = {
 
 
 # --------------------------------------------------------------------------
-# Timing.
-#
-# Every measurement records wall time and this process's CPU time (all its
-# threads, `time.process_time`). On a machine shared with other jobs the wall
-# time of everything stretches with the load; the FLOPs per CPU-second of the
-# training step and of the reference matrix product are much less affected,
-# so their ratio is the load-robust fraction (idle-spinning worker threads
-# count as CPU time, which can only lower it).
-
-
-def _timed(fn: Callable[[], Any]):
-  """(result, wall seconds, process CPU seconds) of fn(), blocking on its result."""
-  wall, cpu = time.perf_counter(), time.process_time()
-  out = jax.block_until_ready(fn())
-  return out, time.perf_counter() - wall, time.process_time() - cpu
-
-
-def matmul_rate(size: int, repeats: int = 5) -> Dict[str, float]:
-  """FLOP/s of a square float32 `jnp` matrix product on the default device.
-
-  Args:
-    size: the side n of the (n, n) @ (n, n) product.
-    repeats: timed calls (the median is taken).
-
-  Returns:
-    {"size", "seconds", "cpu_seconds", "flops": 2n³ / seconds,
-    "flops_per_cpu_s": 2n³ / cpu_seconds}.
-  """
-  keys = jax.random.split(jax.random.key(0))
-  a = jax.random.normal(keys[0], (size, size), jnp.float32)
-  b = jax.random.normal(keys[1], (size, size), jnp.float32)
-  product = _MATMUL
-  jax.block_until_ready(product(a, b))
-  runs = [_timed(lambda: product(a, b))[1:] for _ in range(repeats)]
-  wall = statistics.median(r[0] for r in runs)
-  cpu = statistics.median(r[1] for r in runs)
-  flop = 2.0 * size**3
-  return {"size": size, "seconds": wall, "cpu_seconds": cpu, "flops": flop / wall,
-          "flops_per_cpu_s": flop / max(cpu, 1e-9)}
-
-
-_MATMUL = jax.jit(jnp.matmul)
-
-
-def peak_memory() -> Dict[str, Any]:
-  """The device's peak memory in use, or else the process's max resident set.
-
-  Returns:
-    {"bytes", "source": "device" | "process_max_rss"}.
-  """
-  stats = None
-  try:
-    stats = jax.devices()[0].memory_stats()
-  except Exception:  # pylint: disable=broad-except
-    stats = None  # Backends without memory statistics (CPU) raise or return None.
-  if stats and "peak_bytes_in_use" in stats:
-    return {"bytes": int(stats["peak_bytes_in_use"]), "source": "device"}
-  return {"bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024,
-          "source": "process_max_rss"}
-
-
-# --------------------------------------------------------------------------
 # Profiles and HLO dumps of the stage-1 program.
 
 # What jax.profiler writes under its log directory (plugins/profile/<time>/):
@@ -280,7 +217,7 @@ def profile_call(fn: Callable[[], Any], directory: str) -> Dict[str, Any]:
   os.makedirs(directory, exist_ok=True)
   try:
     with jax.profiler.trace(directory):
-      _, wall, cpu = _timed(fn)
+      _, wall, cpu = measure.timed(fn)
   except (RuntimeError, ImportError) as error:
     # A profile is a diagnostic: losing it must not lose the timings.
     return {"dir": directory, "error": f"{type(error).__name__}: {error}"}
@@ -398,11 +335,11 @@ def time_stage1(spec: train_state.TrainSpec, dataset: ZSLDataset, hyper, *, iter
   states, _ = jax.block_until_ready(compiled(states, data, hyper, keys))
   walls, cpus, matmuls = [], [], []
   for _ in range(chunks):
-    (states, metrics), wall, cpu = _timed(lambda: compiled(states, data, hyper, keys))
+    (states, metrics), wall, cpu = measure.timed(lambda: compiled(states, data, hyper, keys))
     walls.append(wall)
     cpus.append(cpu)
     if matmul_size:
-      matmuls.append(matmul_rate(matmul_size, repeats=3))
+      matmuls.append(measure.matmul_rate(matmul_size, repeats=3))
   profile = None
   if profile_dir:
     profile = profile_call(lambda: compiled(states, data, hyper, keys), profile_dir)
@@ -505,8 +442,8 @@ def time_components(spec: train_state.TrainSpec, dataset: ZSLDataset, hyper, *,
     jax.block_until_ready(jitted(*args))
     walls, cpus, fractions, cpu_fractions = [], [], [], []
     for _ in range(repeats):
-      _, wall, cpu = _timed(lambda: jitted(*args))  # pylint: disable=cell-var-from-loop
-      matmul = matmul_rate(matmul_size, repeats=3)
+      _, wall, cpu = measure.timed(lambda: jitted(*args))  # pylint: disable=cell-var-from-loop
+      matmul = measure.matmul_rate(matmul_size, repeats=3)
       walls.append(wall)
       cpus.append(cpu)
       fractions.append(flop / wall / matmul["flops"])
@@ -713,7 +650,7 @@ def run_benchmark(config: ml_collections.ConfigDict, *, iterations: int, chunks:
                         "embedding": config.embedding, "precision": config.precision},
              "machine": machine_description()}
   log(f"machine: {results['machine']}")
-  results["matmul"] = matmul_rate(matmul_size)
+  results["matmul"] = measure.matmul_rate(matmul_size)
   log(f"float32 matmul {matmul_size}²: {results['matmul']['flops'] / 1e9:.1f} GFLOP/s")
 
   dataset = shapes.benchmark_dataset(config)
@@ -756,7 +693,7 @@ def run_benchmark(config: ml_collections.ConfigDict, *, iterations: int, chunks:
       f"{results['analytic_flop_per_iteration'] / 1e9:.1f}), "
       f"{percent(results['fraction_of_matmul_peak'], 0)} of the matmul rate (wall), "
       f"{percent(results['fraction_of_matmul_peak_cpu_time'], 0)} (CPU time)")
-  results["peak_memory_stage1"] = peak_memory()  # Before the scaling rows.
+  results["peak_memory_stage1"] = measure.peak_memory()  # Before the scaling rows.
   if breakdown:
     results["components"] = time_components(spec, dataset, hyper, repeats=chunks,
                                             matmul_size=matmul_size)
@@ -775,7 +712,7 @@ def run_benchmark(config: ml_collections.ConfigDict, *, iterations: int, chunks:
     epochs = classifier_epochs or int(config.eval.epochs)
     results["final_classifier"] = time_final_classifier(config, dataset, epochs=epochs)
     log(f"final classifier: {results['final_classifier']}")
-  results["peak_memory"] = peak_memory()
+  results["peak_memory"] = measure.peak_memory()
   return results
 
 
