@@ -82,6 +82,7 @@ import numpy as np
 from experiments import cli
 from experiments.benchmarking import flops
 from experiments.benchmarking import measure
+from experiments.benchmarking import profiling
 from experiments.benchmarking import shapes
 from gmn_jax import config as gmn_config
 from gmn_jax import evaluate
@@ -163,98 +164,7 @@ SCALING_VALUES = {
 
 
 # --------------------------------------------------------------------------
-# Profiles and HLO dumps of the stage-1 program.
-
-# What jax.profiler writes under its log directory (plugins/profile/<time>/):
-# the XSpace protobuf that XProf / TensorBoard read and, from it, a Chrome
-# trace-event JSON that Perfetto and `experiments/scripts/probe_summary.py`
-# read.
-TRACE_FILE_SUFFIXES = (".xplane.pb", ".trace.json.gz")
-
-
-def point_name(row: Optional[str], value: Any = None) -> str:
-  """The directory name of one measured setting: "main" or "<row>_<value>".
-
-  Args:
-    row: a scaling row's name, or None for the main setting.
-    value: the row's value at this point.
-
-  Returns:
-    E.g. "main" or "seeds_2".
-  """
-  return "main" if row is None else f"{row}_{value}"
-
-
-def trace_files(directory: str) -> List[str]:
-  """The profiler's trace files anywhere under a directory.
-
-  Args:
-    directory: a `jax.profiler.trace` log directory.
-
-  Returns:
-    Their paths, sorted (empty when there are none).
-  """
-  found = []
-  for root, _, names in os.walk(directory):
-    found += [os.path.join(root, n) for n in names if n.endswith(TRACE_FILE_SUFFIXES)]
-  return sorted(found)
-
-
-def profile_call(fn: Callable[[], Any], directory: str) -> Dict[str, Any]:
-  """Calls fn() once inside `jax.profiler.trace(directory)`.
-
-  The profiler's start and its export of the trace are outside the timed
-  span, which covers fn() and waiting for its result.
-
-  Args:
-    fn: the call to profile (e.g. one stage-1 chunk).
-    directory: the trace's log directory (created if missing).
-
-  Returns:
-    {"dir", "files" (`trace_files`), "seconds", "cpu_seconds"}, or {"dir",
-    "error"} when the profiler could not trace (then fn may not have run).
-  """
-  os.makedirs(directory, exist_ok=True)
-  try:
-    with jax.profiler.trace(directory):
-      _, wall, cpu = measure.timed(fn)
-  except (RuntimeError, ImportError) as error:
-    # A profile is a diagnostic: losing it must not lose the timings.
-    return {"dir": directory, "error": f"{type(error).__name__}: {error}"}
-  return {"dir": directory, "files": trace_files(directory), "seconds": wall,
-          "cpu_seconds": cpu}
-
-
-def hlo_dump_options(directory: str) -> Dict[str, Any]:
-  """XLA options that dump one compilation's HLO as text into a directory.
-
-  Passed to `Lowered.compile(compiler_options=...)`, they apply to that
-  program alone, unlike XLA_FLAGS, which must be set before JAX starts its
-  backend and then dumps every program.
-
-  Args:
-    directory: where XLA writes module_<n>.<name>.*.txt.
-
-  Returns:
-    The compiler options.
-  """
-  return {"xla_dump_to": directory, "xla_dump_hlo_as_text": True}
-
-
-def dumped_hlo_files(directory: str) -> List[str]:
-  """The optimised-HLO text files of the modules dumped into a directory.
-
-  Args:
-    directory: an `hlo_dump_options` directory.
-
-  Returns:
-    Their paths, sorted (empty when nothing was dumped, e.g. a program that
-    came from the persistent compilation cache).
-  """
-  if not os.path.isdir(directory):
-    return []
-  return sorted(os.path.join(directory, n) for n in os.listdir(directory)
-                if n.endswith("after_optimizations.txt"))
+# Timing.
 
 
 def init_states(spec: train_state.TrainSpec, data, num_seeds: int):
@@ -329,7 +239,7 @@ def time_stage1(spec: train_state.TrainSpec, dataset: ZSLDataset, hyper, *, iter
   states, keys = init_states(spec, data, num_seeds)
   program = stage1_program(spec, iterations, num_seeds)
   started = time.perf_counter()
-  options = hlo_dump_options(dump_hlo_dir) if dump_hlo_dir else None
+  options = profiling.hlo_dump_options(dump_hlo_dir) if dump_hlo_dir else None
   compiled = program.lower(states, data, hyper, keys).compile(compiler_options=options)
   compile_s = time.perf_counter() - started
   states, _ = jax.block_until_ready(compiled(states, data, hyper, keys))
@@ -342,7 +252,7 @@ def time_stage1(spec: train_state.TrainSpec, dataset: ZSLDataset, hyper, *, iter
       matmuls.append(measure.matmul_rate(matmul_size, repeats=3))
   profile = None
   if profile_dir:
-    profile = profile_call(lambda: compiled(states, data, hyper, keys), profile_dir)
+    profile = profiling.profile_call(lambda: compiled(states, data, hyper, keys), profile_dir)
   if not all(np.isfinite(np.asarray(v)).all() for v in metrics.values()):
     # Random data may diverge; the timing is still valid, but say so.
     print("note: non-finite training metrics on the synthetic data", file=sys.stderr)
@@ -358,7 +268,7 @@ def time_stage1(spec: train_state.TrainSpec, dataset: ZSLDataset, hyper, *, iter
   if profile_dir:
     row["profile"] = profile
   if dump_hlo_dir:
-    row["hlo_dump"] = {"dir": dump_hlo_dir, "files": dumped_hlo_files(dump_hlo_dir)}
+    row["hlo_dump"] = {"dir": dump_hlo_dir, "files": profiling.dumped_hlo_files(dump_hlo_dir)}
   if count_flops:
     one_state = states if num_seeds == 1 else parallel_train.tree_slice(states, 0)
     one_key = keys if num_seeds == 1 else keys[0]
@@ -561,7 +471,7 @@ def scaling_row(name: str, config: ml_collections.ConfigDict, dataset: ZSLDatase
     except ConfigError as error:
       print(f"skipping {name}={value}: {error}", file=sys.stderr)
       continue
-    where = point_name(name, value)
+    where = profiling.point_name(name, value)
     point = {"row": name, "value": value,
              **time_stage1(spec, point_dataset, hyper, iterations=iterations, chunks=chunks,
                            num_seeds=num_seeds, matmul_size=matmul_size,
@@ -666,8 +576,8 @@ def run_benchmark(config: ml_collections.ConfigDict, *, iterations: int, chunks:
   hyper = train_state.make_hyperparameters(config)
   main_row = time_stage1(spec, dataset, hyper, iterations=iterations, chunks=chunks,
                          count_flops=True, matmul_size=matmul_size,
-                         profile_dir=_subdirectory(profile_dir, point_name(None)),
-                         dump_hlo_dir=_subdirectory(dump_hlo_dir, point_name(None)))
+                         profile_dir=_subdirectory(profile_dir, profiling.point_name(None)),
+                         dump_hlo_dir=_subdirectory(dump_hlo_dir, profiling.point_name(None)))
   flop, flop_source = flops.iteration_flop_count(main_row["flops"])
   fractions = fractions_of_matmul(flop, main_row)
   results["matmul"]["after_chunks"] = main_row["matmul_after_chunks"]

@@ -15,6 +15,7 @@ import pytest
 from experiments import benchmark
 # Aliased: a test below keeps its results in a local `flops`.
 from experiments.benchmarking import flops as flop_counts
+from experiments.benchmarking import profiling
 from experiments.benchmarking import shapes
 from experiments.scripts import probe_summary
 from gmn_jax import config as gmn_config
@@ -284,7 +285,7 @@ def test_profiled_and_dumped_stage1_keeps_its_timings(tmp_path):
   assert profile["dir"] == str(tmp_path / "trace") and profile["seconds"] > 0
   traces = [f for f in profile["files"] if f.endswith(".trace.json.gz")]
   assert traces and all(os.path.getsize(f) > 0 for f in profile["files"])
-  assert set(profile["files"]) == set(benchmark.trace_files(str(tmp_path / "trace")))
+  assert set(profile["files"]) == set(profiling.trace_files(str(tmp_path / "trace")))
   names = {e.get("name", "") for e in _trace_events(traces[0]) if e.get("ph") == "X"}
   assert any("chunk" in name for name in names), sorted(names)[:20]
 
@@ -294,7 +295,7 @@ def test_a_profiler_failure_costs_the_trace_not_the_run(monkeypatch, tmp_path):
     raise RuntimeError("Only one trace may be collected at a time")
 
   monkeypatch.setattr(jax.profiler, "trace", refuse)
-  result = benchmark.profile_call(lambda: 1, str(tmp_path / "p"))
+  result = profiling.profile_call(lambda: 1, str(tmp_path / "p"))
   assert result == {"dir": str(tmp_path / "p"),
                     "error": "RuntimeError: Only one trace may be collected at a time"}
 
@@ -324,8 +325,8 @@ def test_run_benchmark_rejects_bad_seed_counts_and_a_file_for_a_folder(tmp_path)
 
 
 def test_point_names():
-  assert benchmark.point_name(None) == "main"
-  assert benchmark.point_name("seeds", 2) == "seeds_2"
+  assert profiling.point_name(None) == "main"
+  assert profiling.point_name("seeds", 2) == "seeds_2"
 
 
 def test_summary_reads_back_the_progress_lines():
