@@ -44,11 +44,10 @@ HALF_RATE_TYPES = ("bf16", "f16")
 
 _ARRAY = re.compile(r"\b([a-z]+[0-9]*[a-z0-9]*)\[([0-9,]*)\]")
 _COMPUTATION = re.compile(r"^(ENTRY )?%(\S+) \(.*\{\s*$")
-_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%(\S+) = (.+?) ([a-z][a-z0-9\-]*)\((.*)$")
+_INSTRUCTION = re.compile(r"^\s*(ROOT )?%(\S+) = (.+?) ([a-z][a-z0-9\-]*)\((.*)$")
 _THUNK = re.compile(r"^(\d+): (k\w+)")
 _METADATA = re.compile(r'profile_annotation: "([^"]+)"\s*thunk_id: (\d+)')
 _TRIP_COUNT = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
-_CALLS = re.compile(r"(?:calls|to_apply|body|condition)=%([\w.\-]+)")
 # Kernel-like thunks: one device launch each.
 _LAUNCH_KINDS = ("kCustomKernel", "kKernel", "kCopy", "kGemm", "kCublasLtMatmul",
                  "kCustomCall", "kSort", "kCuDnn", "kTriangularSolve", "kFft",
@@ -66,6 +65,7 @@ class Instruction:
   type_text: str
   operands: Tuple[str, ...]
   attributes: str
+  is_root: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,11 +125,14 @@ class Dump:
     outer_trip_count: the trip count of the entry computation's loop
       that iterations are counted in.
     command_buffers_per_iteration: command-buffer launches per iteration.
+    unnamed_launches_per_iteration: launches whose thunk names no HLO
+      instruction (their `Kernel.name` is ""): counted with latency only.
   """
   directory: str
   kernels: Tuple[Kernel, ...]
   outer_trip_count: int
   command_buffers_per_iteration: float
+  unnamed_launches_per_iteration: float = 0.0
 
   @property
   def launches_per_iteration(self) -> float:
@@ -288,9 +291,9 @@ def parse_hlo(text: str, source: str = "<text>"
       continue
     found = _INSTRUCTION.match(line) if current else None
     if found:
-      name, type_text, opcode, rest = found.groups()
+      root, name, type_text, opcode, rest = found.groups()
       computations[current][name] = Instruction(
-          name, current, opcode, type_text, _operand_names(rest), rest)
+          name, current, opcode, type_text, _operand_names(rest), rest, bool(root))
   if not computations or entry is None:
     raise DataError(source, None, "an optimised HLO module with an ENTRY computation",
                     f"{len(computations)} computations and no ENTRY")
@@ -343,7 +346,31 @@ def products_in(computation: str,
         yield from products_in(called, computations)
 
 
-def fusion_input_bytes(computation: Mapping[str, Instruction]) -> int:
+def in_place_updates(computation: Mapping[str, Instruction]) -> List[Instruction]:
+  """The dynamic-update-slices a fused computation returns (its root or root tuple).
+
+  XLA runs such a fusion in place: it writes the update into the buffer
+  it was given, without reading or rewriting the rest.
+
+  Args:
+    computation: the fused computation's instructions.
+
+  Returns:
+    The returned dynamic-update-slice instructions (empty when the
+    fusion's result is anything else).
+  """
+  roots = [i for i in computation.values() if i.is_root]
+  if not roots:
+    return []
+  returned = ([computation.get(o.partition("#")[0]) for o in roots[0].operands]
+              if roots[0].opcode == "tuple" else [roots[0]])
+  if not returned or any(i is None or i.opcode != "dynamic-update-slice" for i in returned):
+    return []
+  return returned
+
+
+def fusion_input_bytes(computation: Mapping[str, Instruction],
+                       skip: Sequence[str] = ()) -> int:
   """Bytes a fused computation reads through its parameters.
 
   A parameter used only through get-tuple-element, slices or gathers
@@ -352,6 +379,7 @@ def fusion_input_bytes(computation: Mapping[str, Instruction]) -> int:
 
   Args:
     computation: the fused computation's instructions.
+    skip: parameters not to count (buffers updated in place).
 
   Returns:
     The bytes read.
@@ -362,7 +390,7 @@ def fusion_input_bytes(computation: Mapping[str, Instruction]) -> int:
       users[operand.partition("#")[0]].append(instruction)
   total = 0
   for instruction in computation.values():
-    if instruction.opcode != "parameter":
+    if instruction.opcode != "parameter" or instruction.name in skip:
       continue
     taken = users[instruction.name]
     if taken and all(u.opcode in _SLICING_OPCODES for u in taken):
@@ -384,8 +412,16 @@ def _launch_cost(instruction: Instruction, computations) -> Tuple[Tuple[Product,
   written = type_bytes(instruction.type_text)
   called = re.search(r"calls=%([\w.\-]+)", instruction.attributes)
   if instruction.opcode == "fusion" and called:
-    return (tuple(products_in(called.group(1), computations)),
-            written + fusion_input_bytes(computations[called.group(1)]))
+    fused = computations[called.group(1)]
+    products = tuple(products_in(called.group(1), computations))
+    updates = in_place_updates(fused)
+    if updates:
+      # Only the updates are written; the buffers they go into are not read.
+      buffers = [u.operands[0].partition("#")[0] for u in updates]
+      written = sum(_arrays_bytes(operand_arrays(u.operands[1], fused)) for u in updates)
+      return products, written + fusion_input_bytes(
+          fused, skip=[b for b in buffers if b in fused and fused[b].opcode == "parameter"])
+    return products, written + fusion_input_bytes(fused)
   read = sum(_arrays_bytes(operand_arrays(o, scope)) for o in instruction.operands)
   products = ()
   if instruction.opcode == "custom-call" and "cublas" in instruction.attributes:
@@ -396,46 +432,63 @@ def _launch_cost(instruction: Instruction, computations) -> Tuple[Tuple[Product,
   return products, written + read
 
 
-@dataclasses.dataclass
-class _Loop:
-  indent: int
+@dataclasses.dataclass(frozen=True)
+class Thunk:
+  """One line of a thunk-sequence dump.
+
+  Attributes:
+    thunk_id: its id (command buffers all show 0).
+    kind: "kCustomKernel", "kWhile", "kCommandBuffer", ...
+    loops: the enclosing while thunks, outermost first, as (thunk id,
+      "condition" | "body").
+    parents: the enclosing thunks that are not loops (command buffers,
+      async starts, dynamic-slice wrappers), outermost first, as (thunk id,
+      kind).
+    is_leaf: no thunk nested inside it.
+  """
   thunk_id: int
-  part: str = "condition"
+  kind: str
+  loops: Tuple[Tuple[int, str], ...]
+  parents: Tuple[Tuple[int, str], ...]
+  is_leaf: bool
 
 
-def parse_thunk_sequence(text: str) -> List[Tuple[int, str, int, Tuple[Tuple[int, str], ...]]]:
+def parse_thunk_sequence(text: str) -> List[Thunk]:
   """Parses a thunk-sequence dump.
+
+  Nesting is by indentation; the "condition:" / "body:" labels under a
+  kWhile say which part of the loop the thunks below them belong to.
 
   Args:
     text: the contents of `*thunk_sequence*.txt`.
 
   Returns:
-    One (thunk id, kind, indentation, enclosing loops) per thunk in file
-    order, the loops as (while thunk id, "condition" | "body"), outermost
-    first.
+    One Thunk per thunk line, in file order.
   """
-  thunks, loops = [], []
+  lines = []  # (indent, thunk id, kind, loops, parents)
+  open_thunks = []  # [indent, thunk id, kind, loop part or None]
   for line in text.splitlines():
     stripped = line.strip()
     if not stripped:
       continue
-    indent = len(line) - len(line.lstrip())
-    if stripped.startswith("condition:") and loops:
-      loops[-1].part = "condition"
-      continue
-    if stripped.startswith("body:") and loops:
-      loops[-1].part = "body"
+    loops_open = [t for t in open_thunks if t[2] == "kWhile"]
+    if stripped.startswith(("condition:", "body:")) and loops_open:
+      loops_open[-1][3] = stripped.rstrip(":")
       continue
     found = _THUNK.match(stripped)
     if not found:
       continue
-    while loops and loops[-1].indent >= indent:
-      loops.pop()
+    indent = len(line) - len(line.lstrip())
+    while open_thunks and open_thunks[-1][0] >= indent:
+      open_thunks.pop()
     thunk_id, kind = int(found.group(1)), found.group(2)
-    thunks.append((thunk_id, kind, indent, tuple((l.thunk_id, l.part) for l in loops)))
-    if kind == "kWhile":
-      loops.append(_Loop(indent, thunk_id))
-  return thunks
+    lines.append((indent, thunk_id, kind,
+                  tuple((t[1], t[3]) for t in open_thunks if t[2] == "kWhile"),
+                  tuple((t[1], t[2]) for t in open_thunks if t[2] != "kWhile")))
+    open_thunks.append([indent, thunk_id, kind, "condition" if kind == "kWhile" else None])
+  return [Thunk(thunk_id, kind, loops, parents,
+                is_leaf=index + 1 == len(lines) or lines[index + 1][0] <= indent)
+          for index, (indent, thunk_id, kind, loops, parents) in enumerate(lines)]
 
 
 def dump_files(directory: str) -> Dict[str, str]:
@@ -491,8 +544,8 @@ def analyse_dump(directory: str) -> Dump:
     The Dump.
 
   Raises:
-    DataError: missing files, a loop without a known trip count, no loop
-      in the entry computation, or thunks that name no HLO instruction.
+    DataError: missing files, a loop without a known trip count, or no
+      loop in the entry computation.
   """
   files = dump_files(directory)
   with open(files["hlo"]) as f:
@@ -511,13 +564,13 @@ def analyse_dump(directory: str) -> Dump:
                       f"none (thunk {thunk_id})")
     return int(found.group(1))
 
-  outer = [t for t in thunks if t[1] == "kWhile" and not t[3]
-           and names.get(t[0]) in computations[entry]]
+  outer = [t for t in thunks if t.kind == "kWhile" and not t.loops
+           and names.get(t.thunk_id) in computations[entry]]
   if not outer:
     raise DataError(files["hlo"], entry, "a while loop in the entry computation (the loop "
                     "that iterations are counted in)", "none")
-  outer_trips = trip_count(outer[0][0])
-  trips = {t[0]: trip_count(t[0]) for t in thunks if t[1] == "kWhile"}
+  outer_trips = trip_count(outer[0].thunk_id)
+  trips = {t.thunk_id: trip_count(t.thunk_id) for t in thunks if t.kind == "kWhile"}
 
   def runs(loops):
     count = 1
@@ -525,25 +578,26 @@ def analyse_dump(directory: str) -> Dump:
       count *= trips[loop_id] + (1 if part == "condition" else 0)
     return count / outer_trips
 
-  kernels, command_buffers = [], 0.0
-  buffer_indents: List[int] = []
-  for thunk_id, kind, indent, loops in thunks:
-    while buffer_indents and buffer_indents[-1] >= indent:
-      buffer_indents.pop()
-    if kind == "kCommandBuffer":
-      command_buffers += runs(loops)
-      buffer_indents.append(indent)
+  kernels, command_buffers, unnamed = [], 0.0, 0.0
+  for thunk in thunks:
+    if thunk.kind == "kCommandBuffer":
+      command_buffers += runs(thunk.loops)
       continue
-    if kind not in _LAUNCH_KINDS:
+    if thunk.kind not in _LAUNCH_KINDS or not thunk.is_leaf:
       continue
-    name = names.get(thunk_id)
-    if name not in instructions:
-      raise DataError(files["metadata"], f"thunk {thunk_id}",
-                      f"the name of an instruction of {files['hlo']}", repr(name))
+    # A thunk embedded in a wrapper (a dynamic-slice fusion's copy) has no
+    # metadata of its own: it does the wrapper's instruction.
+    name = next((names[i] for i in [thunk.thunk_id] + [p for p, _ in thunk.parents[::-1]]
+                 if i in names and names[i] in instructions), None)
+    in_buffer = any(kind == "kCommandBuffer" for _, kind in thunk.parents)
+    if name is None:
+      unnamed += runs(thunk.loops)
+      kernels.append(Kernel(thunk.thunk_id, "", thunk.kind, runs(thunk.loops), in_buffer, (), 0))
+      continue
     products, size = _launch_cost(instructions[name], computations)
-    kernels.append(Kernel(thunk_id, name, kind, runs(loops), bool(buffer_indents),
+    kernels.append(Kernel(thunk.thunk_id, name, thunk.kind, runs(thunk.loops), in_buffer,
                           products, size))
-  return Dump(directory, tuple(kernels), outer_trips, command_buffers)
+  return Dump(directory, tuple(kernels), outer_trips, command_buffers, unnamed)
 
 
 def product_seconds(product: Product, device: Device) -> float:

@@ -88,13 +88,77 @@ def test_parse_hlo_rejects_text_without_an_entry():
 
 def test_parse_thunk_sequence_nests_loops_and_their_parts():
   with open(km.dump_files(TRITON)["thunks"]) as f:
-    thunks = {t[0]: t for t in km.parse_thunk_sequence(f.read())}
-  assert thunks[3][1] == "kWhile" and thunks[3][3] == ()
-  assert thunks[4][3] == ((3, "condition"),)  # The outer loop's condition.
-  assert thunks[7][1] == "kWhile" and thunks[7][3] == ((3, "body"),)
-  assert thunks[8][3] == ((3, "body"), (7, "condition"))
-  assert thunks[10][3] == ((3, "body"), (7, "body"))  # A product of the inner body.
-  assert thunks[14][3] == ((3, "body"),)  # Back in the outer body after the loop.
+    thunks = {t.thunk_id: t for t in km.parse_thunk_sequence(f.read())}
+  assert thunks[3].kind == "kWhile" and thunks[3].loops == () and not thunks[3].is_leaf
+  assert thunks[4].loops == ((3, "condition"),)  # The outer loop's condition.
+  assert thunks[7].kind == "kWhile" and thunks[7].loops == ((3, "body"),)
+  assert thunks[8].loops == ((3, "body"), (7, "condition"))
+  assert thunks[10].loops == ((3, "body"), (7, "body"))  # A product of the inner body.
+  assert thunks[10].parents == ((0, "kCommandBuffer"),) and thunks[10].is_leaf
+  assert thunks[14].loops == ((3, "body"),) and thunks[14].parents == ()
+
+
+# A hand-written dump: a loop of 10 trips whose body writes one row into a
+# (100, 64) buffer in place, through a copy embedded in an async
+# dynamic-slice wrapper (as XLA prints them), plus one launch nothing names.
+_HLO = """\
+%update (buffer: f32[100,64], row: f32[1,64], i: s32[]) -> f32[100,64] {
+  %buffer = f32[100,64]{1,0} parameter(0)
+  %row = f32[1,64]{1,0} parameter(1)
+  %i = s32[] parameter(2)
+  %zero = s32[] constant(0)
+  ROOT %dus = f32[100,64]{1,0} dynamic-update-slice(%buffer, %row, %i, %zero)
+}
+
+%body (p: (s32[], f32[100,64], f32[1,64])) -> (s32[], f32[100,64], f32[1,64]) {
+  %p = (s32[], f32[100,64]{1,0}, f32[1,64]{1,0}) parameter(0)
+  %written = f32[100,64]{1,0} fusion(%p#1, %p#2, %p#0), kind=kLoop, calls=%update
+  ROOT %t = (s32[], f32[100,64]{1,0}, f32[1,64]{1,0}) tuple(%p#0, %written, %p#2)
+}
+
+%cond (p: (s32[], f32[100,64], f32[1,64])) -> pred[] {
+  %p = (s32[], f32[100,64]{1,0}, f32[1,64]{1,0}) parameter(0)
+  ROOT %lt = pred[] compare(%p#0, %p#0), direction=LT
+}
+
+ENTRY %main (init: (s32[], f32[100,64], f32[1,64])) -> (s32[], f32[100,64], f32[1,64]) {
+  %init = (s32[], f32[100,64]{1,0}, f32[1,64]{1,0}) parameter(0)
+  ROOT %loop = (s32[], f32[100,64]{1,0}, f32[1,64]{1,0}) while(%init), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"10"}}
+}
+"""
+_THUNKS = """\
+001: kWhile [source | sink]
+condition:
+    002: kCustomKernel [source | sink] lt
+  body:
+    003: kAsyncStart [source | sink] stream=1
+        004: kDynamicSliceFusion [source | sink] params=1, results=1
+            005: kCopy [source | sink] kCopy
+    006: kCustomKernel [source | sink] mystery
+"""
+_METADATA = "".join(
+    f'thunk_metadata {{\n  thunk_info {{\n    profile_annotation: "{name}"\n'
+    f'    thunk_id: {i}\n  }}\n}}\n'
+    for i, name in ((1, "loop"), (2, "lt"), (3, "written-start"), (4, "written")))
+
+
+def test_wrapped_thunks_take_their_wrappers_instruction_and_updates_are_in_place(tmp_path):
+  (tmp_path / "module_0001.jit_x.sm_9.0a_gpu_after_optimizations.txt").write_text(_HLO)
+  (tmp_path / "module_0001.jit_x.thunk_sequence.txt").write_text(_THUNKS)
+  (tmp_path / "module_0001.jit_x.thunk_metadata.txt").write_text(_METADATA)
+  thunks = {t.thunk_id: t for t in km.parse_thunk_sequence(_THUNKS)}
+  assert thunks[5].parents == ((3, "kAsyncStart"), (4, "kDynamicSliceFusion"))
+  assert thunks[5].is_leaf and not thunks[4].is_leaf
+  dump = km.analyse_dump(str(tmp_path))
+  assert dump.outer_trip_count == 10
+  copy = _kernel(dump, "written")
+  assert copy.thunk_id == 5 and copy.runs_per_iteration == 1
+  # In place: the 64-float row read and written, plus the s32 index; not
+  # the (100, 64) buffer.
+  assert copy.bytes == 4 * 64 * 2 + 4
+  assert dump.unnamed_launches_per_iteration == 1
+  assert _kernel(dump, "").bytes == 0
+  assert _kernel(dump, "lt").runs_per_iteration == pytest.approx(11 / 10)
 
 
 # --------------------------------------------------------------------------
