@@ -63,13 +63,11 @@ Prints a table and writes everything to --json_out. A bad flag or config
 prints one line to stderr and exits 2.
 """
 
-import functools
 import json
 import os
 import platform
 import statistics
 import sys
-import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from absl import app
@@ -84,11 +82,9 @@ from experiments.benchmarking import flops
 from experiments.benchmarking import measure
 from experiments.benchmarking import profiling
 from experiments.benchmarking import shapes
+from experiments.benchmarking import timing
 from gmn_jax import config as gmn_config
-from gmn_jax import evaluate
-from gmn_jax import parallel_train
 from gmn_jax import train_state
-from gmn_jax import train_step
 from gmn_jax.data.dataset import ZSLDataset
 from gmn_jax.errors import ConfigError
 from gmn_jax.errors import GMNError
@@ -164,256 +160,6 @@ SCALING_VALUES = {
 
 
 # --------------------------------------------------------------------------
-# Timing.
-
-
-def init_states(spec: train_state.TrainSpec, data, num_seeds: int):
-  """Initial states of seeds 0..num_seeds-1 (stacked when num_seeds > 1).
-
-  Args:
-    spec: the run's settings.
-    data: the device `TrainData`.
-    num_seeds: how many.
-
-  Returns:
-    (states, train keys): one `TrainState` and key, or stacked ones with a
-    leading seed axis (made as `parallel_train` makes them).
-  """
-  keys = jax.random.split(jax.random.key(0), num_seeds)
-  train_keys = jax.random.split(jax.random.key(1), num_seeds)
-  if num_seeds == 1:
-    return train_state.init_train_state(keys[0], spec, data), train_keys[0]
-  return parallel_train.init_train_states(spec, data, keys), train_keys
-
-
-def stage1_program(spec: train_state.TrainSpec, num_iterations: int, num_seeds: int):
-  """The jitted stage-1 chunk that training uses (vmapped over seeds when S > 1).
-
-  Args:
-    spec: the run's settings.
-    num_iterations: generator iterations per call.
-    num_seeds: independent runs per call.
-
-  Returns:
-    `program(states, data, hyper, keys) -> (states, metrics)`.
-  """
-  if num_seeds > 1:
-    return parallel_train.jitted_parallel_chunk_fn(spec, num_iterations)
-  return train_step.jitted_chunk_fn(spec, num_iterations)
-
-
-def time_stage1(spec: train_state.TrainSpec, dataset: ZSLDataset, hyper, *, iterations: int,
-                chunks: int, num_seeds: int = 1, count_flops: bool = False,
-                matmul_size: Optional[int] = None, profile_dir: Optional[str] = None,
-                dump_hlo_dir: Optional[str] = None) -> Dict[str, Any]:
-  """Compiles and times stage 1 at one setting.
-
-  Args:
-    spec: the run's settings.
-    dataset: the dataset.
-    hyper: the `Hyperparameters`.
-    iterations: generator iterations per timed call.
-    chunks: timed calls (after one untimed warm-up call).
-    num_seeds: seeds per call (vmapped).
-    count_flops: also return XLA's FLOP count of one iteration.
-    matmul_size: when given, the reference matrix product is timed (3
-      calls) after every chunk, so that each chunk has a rate measured under
-      the same load.
-    profile_dir: when given, one more chunk runs after the timed ones (and
-      their products) inside `jax.profiler.trace(profile_dir)`.
-    dump_hlo_dir: when given, the compilation dumps the program's HLO there
-      (`hlo_dump_options`); the dump's time counts in compile_s.
-
-  Returns:
-    {"ms_per_iteration" (wall, all seeds together), "cpu_ms_per_iteration",
-    "ms_per_iteration_per_seed", "chunk_seconds", "chunk_cpu_seconds",
-    "compile_s", "num_seeds", "iterations_per_chunk",
-    "analytic_flop_per_iteration" (all seeds), with count_flops "flops":
-    {"xla": ..., "analytic": ...}, with matmul_size "matmul_after_chunks",
-    with profile_dir "profile" (`profile_call`), with dump_hlo_dir
-    "hlo_dump": {"dir", "files" (`dumped_hlo_files`)}}; the profiled chunk
-    is in none of the timings.
-  """
-  data = jax.device_put(train_state.make_train_data(dataset, spec))
-  hyper = jax.device_put(hyper)
-  states, keys = init_states(spec, data, num_seeds)
-  program = stage1_program(spec, iterations, num_seeds)
-  started = time.perf_counter()
-  options = profiling.hlo_dump_options(dump_hlo_dir) if dump_hlo_dir else None
-  compiled = program.lower(states, data, hyper, keys).compile(compiler_options=options)
-  compile_s = time.perf_counter() - started
-  states, _ = jax.block_until_ready(compiled(states, data, hyper, keys))
-  walls, cpus, matmuls = [], [], []
-  for _ in range(chunks):
-    (states, metrics), wall, cpu = measure.timed(lambda: compiled(states, data, hyper, keys))
-    walls.append(wall)
-    cpus.append(cpu)
-    if matmul_size:
-      matmuls.append(measure.matmul_rate(matmul_size, repeats=3))
-  profile = None
-  if profile_dir:
-    profile = profiling.profile_call(lambda: compiled(states, data, hyper, keys), profile_dir)
-  if not all(np.isfinite(np.asarray(v)).all() for v in metrics.values()):
-    # Random data may diverge; the timing is still valid, but say so.
-    print("note: non-finite training metrics on the synthetic data", file=sys.stderr)
-  ms = 1e3 * statistics.median(walls) / iterations
-  row = {"num_seeds": num_seeds, "iterations_per_chunk": iterations,
-         "chunk_seconds": walls, "chunk_cpu_seconds": cpus, "compile_s": compile_s,
-         "ms_per_iteration": ms, "ms_per_iteration_per_seed": ms / num_seeds,
-         "cpu_ms_per_iteration": 1e3 * statistics.median(cpus) / iterations,
-         "analytic_flop_per_iteration":
-             num_seeds * flops.analytic_iteration_flops(spec)["per_iteration"]}
-  if matmul_size:
-    row["matmul_after_chunks"] = matmuls
-  if profile_dir:
-    row["profile"] = profile
-  if dump_hlo_dir:
-    row["hlo_dump"] = {"dir": dump_hlo_dir, "files": profiling.dumped_hlo_files(dump_hlo_dir)}
-  if count_flops:
-    one_state = states if num_seeds == 1 else parallel_train.tree_slice(states, 0)
-    one_key = keys if num_seeds == 1 else keys[0]
-    row["flops"] = {"xla": flops.xla_iteration_flops(spec, one_state, data, hyper, one_key),
-                    "analytic": flops.analytic_iteration_flops(spec)}
-  return row
-
-
-def fractions_of_matmul(flop_per_iteration: float, row: Dict[str, Any]) -> Dict[str, float]:
-  """The step's FLOP rate over the reference product's, by wall and CPU time.
-
-  Args:
-    flop_per_iteration: FLOPs of one iteration (all seeds of the row).
-    row: from `time_stage1` with matmul_size given.
-
-  Returns:
-    {"wall": median over chunks of (chunk rate / the product's rate timed
-    right after it), "cpu_time": the same with CPU-time rates, "achieved_flops":
-    the median wall rate}.
-  """
-  n = row["iterations_per_chunk"]
-  wall = [flop_per_iteration * n / t / m["flops"]
-          for t, m in zip(row["chunk_seconds"], row["matmul_after_chunks"])]
-  cpu = [flop_per_iteration * n / max(t, 1e-9) / m["flops_per_cpu_s"]
-         for t, m in zip(row["chunk_cpu_seconds"], row["matmul_after_chunks"])]
-  return {"wall": statistics.median(wall), "cpu_time": statistics.median(cpu),
-          "achieved_flops": flop_per_iteration / (row["ms_per_iteration"] / 1e3)}
-
-
-def time_components(spec: train_state.TrainSpec, dataset: ZSLDataset, hyper, *,
-                    repeats: int, matmul_size: int) -> Dict[str, Dict[str, float]]:
-  """Where an iteration's time goes: its parts timed alone, with their FLOPs.
-
-  Parts: one critic step; the generator step's value and gradient (with GM);
-  GM's value and gradient w.r.t. the generator alone. Each is jitted alone,
-  counted by XLA's cost analysis (`xla_flops`; the part's analytic count
-  where XLA gives none) and timed (median of `repeats` calls, each followed
-  by the reference product for its fraction).
-
-  Args:
-    spec: the run's settings.
-    dataset: the dataset.
-    hyper: the `Hyperparameters`.
-    repeats: timed calls per part.
-    matmul_size: the reference product's side.
-
-  Returns:
-    {part: {"ms", "cpu_ms", "flop", "flop_source" (one of FLOP_SOURCES),
-    "fraction_wall", "fraction_cpu_time"}}.
-  """
-  data = jax.device_put(train_state.make_train_data(dataset, spec))
-  hyper = jax.device_put(hyper)
-  state = train_state.init_train_state(jax.random.key(0), spec, data)
-  key = jax.random.key(2)
-  thetas = {}
-  if spec.variant.gradient_matching:
-    thetas, _ = spec.theta_sampler(hyper).sample(state.theta_sampler, key, state.iteration)
-  batch = train_step.draw_generator_batch(spec, data, key, thetas)
-  analytic = flops.analytic_iteration_flops(spec)
-  analytic_counts = {"critic_step": analytic["critic_step"],
-                     "generator_step": analytic["generator_step"] + analytic["gm"],
-                     "gm_only": analytic["gm"]}
-  parts = {
-      "critic_step": (functools.partial(train_step.critic_step, spec),
-                      (hyper, state.critic, state.critic_opt, state.generator, data, key)),
-      "generator_step": (jax.value_and_grad(train_step.generator_loss, has_aux=True),
-                         (state.generator, spec, hyper, state.critic, state.cls_classifier,
-                          data, batch)),
-  }
-  if spec.variant.gradient_matching:
-    parts["gm_only"] = (
-        jax.value_and_grad(lambda g, d, b: train_step.gradient_matching_loss(spec, g, d, b)),
-        (state.generator, data, batch))
-  out = {}
-  for name, (fn, args) in parts.items():
-    static = tuple(i for i, a in enumerate(args) if isinstance(a, train_state.TrainSpec))
-    jitted = jax.jit(fn, static_argnums=static)
-    flop, source = flops.xla_flops(jitted, *args)
-    if flop is None:
-      flop, source = analytic_counts[name], "analytic"
-    jax.block_until_ready(jitted(*args))
-    walls, cpus, fractions, cpu_fractions = [], [], [], []
-    for _ in range(repeats):
-      _, wall, cpu = measure.timed(lambda: jitted(*args))  # pylint: disable=cell-var-from-loop
-      matmul = measure.matmul_rate(matmul_size, repeats=3)
-      walls.append(wall)
-      cpus.append(cpu)
-      fractions.append(flop / wall / matmul["flops"])
-      cpu_fractions.append(flop / max(cpu, 1e-9) / matmul["flops_per_cpu_s"])
-    out[name] = {"ms": 1e3 * statistics.median(walls), "cpu_ms": 1e3 * statistics.median(cpus),
-                 "flop": flop, "flop_source": source,
-                 "fraction_wall": statistics.median(fractions),
-                 "fraction_cpu_time": statistics.median(cpu_fractions)}
-  return out
-
-
-def time_final_classifier(config: ml_collections.ConfigDict, dataset: ZSLDataset, *,
-                          epochs: int) -> Dict[str, Any]:
-  """Times the final classifier stage (all classifier seeds at once).
-
-  The training set is the real seen features plus `eval.n_synth_unseen`
-  random features per unseen class (and seen classes topped up to
-  `eval.n_synth_seen`), as in `evaluate.evaluate_generator`; it is evaluated
-  on the test sets every epoch.
-
-  Args:
-    config: the configuration (its `eval` block).
-    dataset: the dataset.
-    epochs: epochs to time; the result is projected to `config.eval.epochs`.
-
-  Returns:
-    {"epochs_timed", "first_call_s" (includes compilation), "seconds",
-    "projected_s" (for config.eval.epochs), "num_classifier_seeds",
-    "num_train_rows"}.
-  """
-  counts = evaluate.synthetic_class_counts(dataset, config.eval.n_synth_unseen,
-                                           config.eval.n_synth_seen)
-  labels = np.concatenate([dataset.train_labels] + [np.full(n, c, np.int32)
-                                                     for c, n in counts.items()])
-  rng = np.random.default_rng(0)
-  synthetic_rows = np.abs(rng.standard_normal((labels.size - dataset.train_labels.size,
-                                               dataset.feature_dim), np.float32))
-  features = np.concatenate([dataset.train_features, synthetic_rows])
-  cfg = ml_collections.ConfigDict(config.eval.to_dict())
-  cfg.epochs = epochs
-
-  def run():
-    result = evaluate.train_final_classifier(jax.random.key(0), features, labels,
-                                             dataset.class_embeddings, dataset, cfg)
-    return result.last
-
-  started = time.perf_counter()
-  jax.block_until_ready(run())
-  first = time.perf_counter() - started
-  started = time.perf_counter()
-  jax.block_until_ready(run())
-  seconds = time.perf_counter() - started
-  return {"epochs_timed": epochs, "first_call_s": first, "seconds": seconds,
-          "projected_s": seconds * config.eval.epochs / epochs,
-          "epochs": int(config.eval.epochs),
-          "num_classifier_seeds": int(config.eval.num_classifier_seeds),
-          "num_train_rows": int(labels.size)}
-
-
-# --------------------------------------------------------------------------
 # Scaling rows.
 
 
@@ -446,7 +192,7 @@ def scaling_row(name: str, config: ml_collections.ConfigDict, dataset: ZSLDatase
       dump_hlo_dir/<point>.
 
   Returns:
-    One dict per value: {"row", "value", **time_stage1(...), "fraction_wall",
+    One dict per value: {"row", "value", **timing.time_stage1(...), "fraction_wall",
     "fraction_cpu_time"} (fractions of the product's rate from the analytic
     FLOP count, comparable across points whatever the load did meanwhile); a
     value the dataset cannot take (e.g. more GM classes than seen classes) is
@@ -473,11 +219,11 @@ def scaling_row(name: str, config: ml_collections.ConfigDict, dataset: ZSLDatase
       continue
     where = profiling.point_name(name, value)
     point = {"row": name, "value": value,
-             **time_stage1(spec, point_dataset, hyper, iterations=iterations, chunks=chunks,
-                           num_seeds=num_seeds, matmul_size=matmul_size,
-                           profile_dir=_subdirectory(profile_dir, where),
-                           dump_hlo_dir=_subdirectory(dump_hlo_dir, where))}
-    fractions = fractions_of_matmul(point["analytic_flop_per_iteration"], point)
+             **timing.time_stage1(spec, point_dataset, hyper, iterations=iterations,
+                                  chunks=chunks, num_seeds=num_seeds, matmul_size=matmul_size,
+                                  profile_dir=_subdirectory(profile_dir, where),
+                                  dump_hlo_dir=_subdirectory(dump_hlo_dir, where))}
+    fractions = timing.fractions_of_matmul(point["analytic_flop_per_iteration"], point)
     point.update(fraction_wall=fractions["wall"], fraction_cpu_time=fractions["cpu_time"])
     points.append(point)
     on_result(point)
@@ -574,12 +320,13 @@ def run_benchmark(config: ml_collections.ConfigDict, *, iterations: int, chunks:
                        "gm_fake_repeat": spec.gm_fake_repeat,
                        "num_theta_samples": spec.num_theta_samples}
   hyper = train_state.make_hyperparameters(config)
-  main_row = time_stage1(spec, dataset, hyper, iterations=iterations, chunks=chunks,
-                         count_flops=True, matmul_size=matmul_size,
-                         profile_dir=_subdirectory(profile_dir, profiling.point_name(None)),
-                         dump_hlo_dir=_subdirectory(dump_hlo_dir, profiling.point_name(None)))
+  main_row = timing.time_stage1(
+      spec, dataset, hyper, iterations=iterations, chunks=chunks, count_flops=True,
+      matmul_size=matmul_size,
+      profile_dir=_subdirectory(profile_dir, profiling.point_name(None)),
+      dump_hlo_dir=_subdirectory(dump_hlo_dir, profiling.point_name(None)))
   flop, flop_source = flops.iteration_flop_count(main_row["flops"])
-  fractions = fractions_of_matmul(flop, main_row)
+  fractions = timing.fractions_of_matmul(flop, main_row)
   results["matmul"]["after_chunks"] = main_row["matmul_after_chunks"]
   results["matmul"]["flops_next_to_chunks"] = statistics.median(
       m["flops"] for m in main_row["matmul_after_chunks"])
@@ -605,8 +352,8 @@ def run_benchmark(config: ml_collections.ConfigDict, *, iterations: int, chunks:
       f"{percent(results['fraction_of_matmul_peak_cpu_time'], 0)} (CPU time)")
   results["peak_memory_stage1"] = measure.peak_memory()  # Before the scaling rows.
   if breakdown:
-    results["components"] = time_components(spec, dataset, hyper, repeats=chunks,
-                                            matmul_size=matmul_size)
+    results["components"] = timing.time_components(spec, dataset, hyper, repeats=chunks,
+                                                   matmul_size=matmul_size)
     log(f"components: {results['components']}")
 
   if "profile" in main_row:
@@ -620,7 +367,7 @@ def run_benchmark(config: ml_collections.ConfigDict, *, iterations: int, chunks:
         dump_hlo_dir=dump_hlo_dir)
   if not skip_classifier:
     epochs = classifier_epochs or int(config.eval.epochs)
-    results["final_classifier"] = time_final_classifier(config, dataset, epochs=epochs)
+    results["final_classifier"] = timing.time_final_classifier(config, dataset, epochs=epochs)
     log(f"final classifier: {results['final_classifier']}")
   results["peak_memory"] = measure.peak_memory()
   return results

@@ -187,8 +187,8 @@ def compile_for_target(config, target_text: str, seed_counts: Sequence[int], ite
     ConfigError: no CUDA plugin, a bad target, or a dump folder in use.
   """
   import jax  # pylint: disable=g-import-not-at-top
-  from experiments import benchmark  # pylint: disable=g-import-not-at-top
   from experiments.benchmarking import shapes  # pylint: disable=g-import-not-at-top
+  from experiments.benchmarking import timing  # pylint: disable=g-import-not-at-top
   from gmn_jax import train_state  # pylint: disable=g-import-not-at-top
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
 
@@ -222,8 +222,8 @@ def compile_for_target(config, target_text: str, seed_counts: Sequence[int], ite
   hyper = train_state.make_hyperparameters(config)
   data = train_state.make_train_data(dataset, spec)
   for seeds, folder in folders.items():
-    states, keys = benchmark.init_states(spec, data, seeds)  # On the CPU: shapes only.
-    program = benchmark.stage1_program(spec, iterations, seeds)
+    states, keys = timing.init_states(spec, data, seeds)  # On the CPU: shapes only.
+    program = timing.stage1_program(spec, iterations, seeds)
     os.makedirs(folder, exist_ok=True)
     program.lower(on_target(states), on_target(data), on_target(hyper),
                   on_target(keys)).compile(compiler_options={

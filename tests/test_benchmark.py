@@ -17,6 +17,7 @@ from experiments import benchmark
 from experiments.benchmarking import flops as flop_counts
 from experiments.benchmarking import profiling
 from experiments.benchmarking import shapes
+from experiments.benchmarking import timing
 from experiments.scripts import probe_summary
 from gmn_jax import config as gmn_config
 from gmn_jax import train_state
@@ -187,7 +188,7 @@ def test_components_record_where_their_counts_came_from(monkeypatch):
     with monkeypatch.context() as patched:
       if patch:
         _cost_analysis_missing_on_the_device(patched, **patch)
-      parts = benchmark.time_components(spec, dataset, hyper, repeats=1, matmul_size=32)
+      parts = timing.time_components(spec, dataset, hyper, repeats=1, matmul_size=32)
     assert set(parts) == set(expected)
     for part_name, part in parts.items():
       assert part["flop_source"] == source, (name, part_name)
@@ -266,9 +267,9 @@ def test_profiled_and_dumped_stage1_keeps_its_timings(tmp_path):
   dataset = tiny_dataset()
   spec = train_state.make_train_spec(config, dataset)
   hyper = train_state.make_hyperparameters(config)
-  row = benchmark.time_stage1(spec, dataset, hyper, iterations=2, chunks=2,
-                              profile_dir=str(tmp_path / "trace"),
-                              dump_hlo_dir=str(tmp_path / "hlo"))
+  row = timing.time_stage1(spec, dataset, hyper, iterations=2, chunks=2,
+                           profile_dir=str(tmp_path / "trace"),
+                           dump_hlo_dir=str(tmp_path / "hlo"))
   # The profiled chunk adds entries, and no timed chunk.
   assert set(row) == _STAGE1_KEYS | {"profile", "hlo_dump"}
   assert len(row["chunk_seconds"]) == len(row["chunk_cpu_seconds"]) == 2
