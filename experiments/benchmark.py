@@ -63,7 +63,6 @@ Prints a table and writes everything to --json_out. A bad flag or config
 prints one line to stderr and exits 2.
 """
 
-import json
 import os
 import platform
 import statistics
@@ -498,13 +497,11 @@ def main(argv: Sequence[str]) -> None:
         seed_counts=parse_counts(_SEED_COUNTS.value, "seed_counts"),
         profile_dir=_PROFILE_DIR.value, dump_hlo_dir=_DUMP_HLO_DIR.value,
         log=lambda line: print(line, file=sys.stderr))
+    print(format_table(results))
+    if _JSON_OUT.value:
+      cli.write_results(_JSON_OUT.value, results)
   except GMNError as error:
     cli.fail(error)
-  print(format_table(results))
-  if _JSON_OUT.value:
-    with open(_JSON_OUT.value, "w", encoding="utf-8") as f:
-      json.dump(results, f, indent=1)
-    print(f"results: {_JSON_OUT.value}")
 
 
 if __name__ == "__main__":

@@ -90,3 +90,23 @@ def load_config(config_flag: flags.FlagHolder, example: str = "experiments/confi
   except OSError as error:
     raise ConfigError(f"--config: {' '.join(str(error).split())}") from error
   return config
+
+
+def write_results(path: str, results) -> None:
+  """Writes a binary's results as JSON (whole or not at all) and says where.
+
+  Args:
+    path: the --json_out file; its folder must exist.
+    results: JSON-serialisable results.
+
+  Raises:
+    ConfigError: the file cannot be written.
+  """
+  # Imported here: gmn_jax.metric_writers imports NumPy, which this module's
+  # light users (check_data) need not load for their flags.
+  from gmn_jax import metric_writers  # pylint: disable=g-import-not-at-top
+  try:
+    metric_writers.write_json_atomic(path, results, indent=1)
+  except OSError as error:
+    raise ConfigError(f"--json_out: cannot write {path}: {error.strerror}") from error
+  print(f"results: {path}")

@@ -28,7 +28,6 @@ A bad flag, config or dump prints one line to stderr and exits 2. Existing
 dump folders are never overwritten.
 """
 
-import json
 import math
 import os
 import re
@@ -412,13 +411,11 @@ def main(argv: Sequence[str]) -> None:
     results = analyse(dumps, fit or base, target_peak_bandwidth(target_text), measured,
                       _TOP.value)
     results["fitted"] = fit is not None
+    print(("fitted to the measured times; " if results["fitted"] else "") + format_table(results))
+    if _JSON_OUT.value:
+      cli.write_results(_JSON_OUT.value, results)
   except GMNError as error:
     cli.fail(error)
-  print(("fitted to the measured times; " if results["fitted"] else "") + format_table(results))
-  if _JSON_OUT.value:
-    with open(_JSON_OUT.value, "w", encoding="utf-8") as f:
-      json.dump(results, f, indent=1)
-    print(f"results: {_JSON_OUT.value}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """experiments/cli.py and the binaries that share it: one-line errors, status 2."""
 
+import json
 import os
 import subprocess
 import sys
@@ -43,6 +44,15 @@ def test_load_config_names_the_example_when_the_flag_is_missing():
   with pytest.raises(ConfigError, match="--config: expected a config file such as "
                      "experiments/configs/cub.py, found nothing"):
     cli.load_config(holder, example="experiments/configs/cub.py")
+
+
+def test_write_results_writes_whole_json_or_a_config_error(tmp_path, capsys):
+  path = tmp_path / "results.json"
+  cli.write_results(str(path), {"b": 1.5, "a": [1, 2]})
+  assert json.loads(path.read_text()) == {"a": [1, 2], "b": 1.5}
+  assert capsys.readouterr().out == f"results: {path}\n"
+  with pytest.raises(ConfigError, match="--json_out: cannot write .*missing"):
+    cli.write_results(str(tmp_path / "missing" / "results.json"), {})
 
 
 @pytest.mark.parametrize("module", BINARIES)

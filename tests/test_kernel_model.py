@@ -346,6 +346,8 @@ def test_binary_analyses_dumps_and_fits_measured_times(tmp_path):
     (["--analyse_dir=."], "XLA:GPU dumps"),
     (["--analyse_dir=.", "--measured_ms=1=2"], "--measured_ms"),
     (["--analyse_dir=.", "--target_config=/nonexistent.txtpb"], "--target_config"),
+    ([f"--analyse_dir={FIXTURES}", "--json_out=/nonexistent/folder/model.json"],
+     "--json_out: cannot write"),
 ])
 def test_binary_errors_are_one_line(flags, message):
   result = _run(*flags)
