@@ -395,9 +395,9 @@ def main(argv: Sequence[str]) -> None:
       if _ITERATIONS.value < 1:
         raise ConfigError(f"--iterations: expected a positive integer, found "
                           f"{_ITERATIONS.value}")
-      compile_for_target(config, target_text, seed_counts, _ITERATIONS.value, _OUT_DIR.value,
-                         log=lambda line: print(line, file=sys.stderr))
-      dumps = dumps_under(_OUT_DIR.value)
+      folders = compile_for_target(config, target_text, seed_counts, _ITERATIONS.value,
+                                   _OUT_DIR.value, log=lambda line: print(line, file=sys.stderr))
+      dumps = {s: kernel_model.analyse_dump(f) for s, f in sorted(folders.items())}
     else:
       dumps = dumps_under(_ANALYSE_DIR.value)
     base = kernel_model.Device(_MATMUL_RATE.value, _BANDWIDTH.value or FALLBACK_BANDWIDTH,
