@@ -39,6 +39,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from experiments import cli
+from experiments import gpu_dump
 from experiments import kernel_model
 from gmn_jax.errors import ConfigError
 from gmn_jax.errors import DataError
@@ -231,7 +232,7 @@ def compile_for_target(config, target_text: str, seed_counts: Sequence[int], ite
   return folders
 
 
-def fit_device(dumps: Dict[int, kernel_model.Dump], measured: Dict[int, float],
+def fit_device(dumps: Dict[int, gpu_dump.Dump], measured: Dict[int, float],
                base: kernel_model.Device) -> kernel_model.Device:
   """The bandwidth and launch latency that best explain measured times.
 
@@ -265,7 +266,7 @@ def fit_device(dumps: Dict[int, kernel_model.Dump], measured: Dict[int, float],
   return best[1]
 
 
-def analyse(dumps: Dict[Any, kernel_model.Dump], device: kernel_model.Device,
+def analyse(dumps: Dict[Any, gpu_dump.Dump], device: kernel_model.Device,
             peak_bandwidth: Optional[float], measured: Dict[int, float],
             top: int) -> Dict[str, Any]:
   """The model's rows for every program, JSON-ready.
@@ -335,7 +336,7 @@ def format_table(results: Dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
-def dumps_under(directory: str) -> Dict[Any, kernel_model.Dump]:
+def dumps_under(directory: str) -> Dict[Any, gpu_dump.Dump]:
   """Analyses every subfolder of directory that holds a dump.
 
   Args:
@@ -364,7 +365,7 @@ def dumps_under(directory: str) -> Dict[Any, kernel_model.Dump]:
       if 1 in dumps:
         continue
       key = 1
-    dumps[key] = kernel_model.analyse_dump(folder)
+    dumps[key] = gpu_dump.analyse_dump(folder)
   if not dumps:
     raise DataError(directory, None, "subfolders with XLA:GPU dumps "
                     "(*after_optimizations.txt)", "none")
@@ -397,7 +398,7 @@ def main(argv: Sequence[str]) -> None:
                           f"{_ITERATIONS.value}")
       folders = compile_for_target(config, target_text, seed_counts, _ITERATIONS.value,
                                    _OUT_DIR.value, log=lambda line: print(line, file=sys.stderr))
-      dumps = {s: kernel_model.analyse_dump(f) for s, f in sorted(folders.items())}
+      dumps = {s: gpu_dump.analyse_dump(f) for s, f in sorted(folders.items())}
     else:
       dumps = dumps_under(_ANALYSE_DIR.value)
     base = kernel_model.Device(_MATMUL_RATE.value, _BANDWIDTH.value or FALLBACK_BANDWIDTH,

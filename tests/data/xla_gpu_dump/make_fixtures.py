@@ -1,4 +1,4 @@
-"""Regenerates the XLA:GPU dumps that tests/test_kernel_model.py reads.
+"""Regenerates the XLA:GPU dumps that tests/test_gpu_dump.py and test_gpu_aot.py read.
 
 Needs JAX's CUDA plugin (pip install "jax[cuda12]"), no GPU:
 
