@@ -28,6 +28,7 @@ A bad flag, config or dump prints one line to stderr and exits 2. Existing
 dump folders are never overwritten.
 """
 
+import dataclasses
 import math
 import os
 import re
@@ -258,7 +259,7 @@ def fit_device(dumps: Dict[int, gpu_dump.Dump], measured: Dict[int, float],
   best = None
   for bandwidth in (x * 0.05e12 for x in range(10, 81)):
     for latency in (x * 0.25e-6 for x in range(41)):
-      device = kernel_model.Device(base.matmul_rate, bandwidth, latency, base.num_sms, base.tile)
+      device = dataclasses.replace(base, bandwidth=bandwidth, launch_latency=latency)
       error = sum(math.log(kernel_model.model_time(dumps[s], device).total * 1e3 / measured[s])
                   ** 2 for s in common)
       if best is None or error < best[0]:
@@ -297,8 +298,7 @@ def analyse(dumps: Dict[Any, gpu_dump.Dump], device: kernel_model.Device,
                     "mb": k.bytes / 1e6, "gflop": k.flop / 1e9, "us_per_iteration": s * 1e6}
                    for k, s in kernel_model.top_kernels(dump, device, top)]}
     if peak_bandwidth:
-      bound = kernel_model.Device(device.matmul_rate, peak_bandwidth, 0.0, device.num_sms,
-                                  device.tile)
+      bound = dataclasses.replace(device, bandwidth=peak_bandwidth, launch_latency=0.0)
       row["lower_bound_ms"] = kernel_model.model_time(dump, bound).total * 1e3
     if key in measured:
       row["measured_ms"] = measured[key]

@@ -521,8 +521,8 @@ def analyse_dump(directory: str) -> Dump:
   if not outer:
     raise DataError(files["hlo"], entry, "a while loop in the entry computation (the loop "
                     "that iterations are counted in)", "none")
-  outer_trips = trip_count(outer[0].thunk_id)
   trips = {t.thunk_id: trip_count(t.thunk_id) for t in thunks if t.kind == "kWhile"}
+  outer_trips = trips[outer[0].thunk_id]
 
   def runs(loops):
     count = 1

@@ -81,6 +81,20 @@ def product_seconds(product: gpu_dump.Product, device: Device) -> float:
       rate / device.num_sms)
 
 
+def launch_bounds(kernel: gpu_dump.Kernel, device: Device) -> Tuple[float, float]:
+  """Seconds of one launch of a kernel by its products and by its bytes.
+
+  Args:
+    kernel: the launch site.
+    device: the device.
+
+  Returns:
+    (product seconds, bytes / bandwidth); the launch costs the larger.
+  """
+  return (sum(product_seconds(p, device) for p in kernel.products),
+          kernel.bytes / device.bandwidth)
+
+
 def model_time(dump: gpu_dump.Dump, device: Device) -> ModelTime:
   """The model's seconds per iteration of a dumped program.
 
@@ -94,8 +108,7 @@ def model_time(dump: gpu_dump.Dump, device: Device) -> ModelTime:
   """
   product_bound = memory_bound = latency = 0.0
   for kernel in dump.kernels:
-    compute = sum(product_seconds(p, device) for p in kernel.products)
-    memory = kernel.bytes / device.bandwidth
+    compute, memory = launch_bounds(kernel, device)
     if compute > memory:
       product_bound += kernel.runs_per_iteration * compute
     else:
@@ -117,7 +130,5 @@ def top_kernels(dump: gpu_dump.Dump, device: Device,
   Returns:
     (kernel, seconds per iteration without latency), most first.
   """
-  priced = [(k, k.runs_per_iteration * max(
-      sum(product_seconds(p, device) for p in k.products), k.bytes / device.bandwidth))
-            for k in dump.kernels]
+  priced = [(k, k.runs_per_iteration * max(launch_bounds(k, device))) for k in dump.kernels]
   return sorted(priced, key=lambda pair: -pair[1])[:count]

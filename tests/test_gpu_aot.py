@@ -1,11 +1,7 @@
 """Tests of the experiments.gpu_aot binary and its helpers.
 
-The dumps under tests/data/xla_gpu_dump are XLA:GPU's own output for a
-small program with known products (make_fixtures.py there regenerates
-them): an outer loop of 3 trips around an inner loop of 4 trips, two
-(64 × 32)·(32 × 32) products per inner trip, one (64 × 32)·(32 × 48)
-product per outer trip. `triton/` runs the inner body as a command buffer;
-`cublas/` has cuBLAS calls and no command buffer.
+It reads the dumps of tests/data/xla_gpu_dump (the program and its known
+products are described in make_fixtures.py there and in test_gpu_dump.py).
 """
 
 import importlib.util
