@@ -68,12 +68,12 @@ def format_ablation_table(rows: Sequence[Dict[str, Any]], *, title: str = "",
     Markdown text: one row per method, columns ZSL T1, GZSL u, s, H as
     "mean ± std" over the generator seeds (in %).
   """
-  labels = train.METRIC_LABELS
+  labels = cli.METRIC_LABELS
   lines = [f"## {title}", ""] if title else []
   lines += ["| method | row | seeds | " + " | ".join(labels.values()) + " |",
             "|---|---|---|" + "---|" * len(labels)]
   for row in rows:
-    cells = [train.format_mean_std(row["metrics"][name]) for name in labels]
+    cells = [cli.format_mean_std(row["metrics"][name]) for name in labels]
     lines.append(f"| {row['method']} | {row['paper_row']} | {len(row['seeds'])} | "
                  + " | ".join(cells) + " |")
   lines += ["", "Accuracies in %, per-class mean top-1 at the last epoch of the final "
@@ -121,7 +121,7 @@ def run_ablation(config, workdir: str, methods: Sequence[str], *, overwrite: boo
 
 def main(argv: Sequence[str]) -> None:
   cli.reject_arguments(argv)
-  train.quiet_checkpoint_logs()
+  cli.quiet_checkpoint_logs()
   try:
     config = cli.load_config(_CONFIG)
     if not _WORKDIR.value:

@@ -5,12 +5,20 @@ data) ends with one line `error: ...` on stderr and exit status 2; a stop
 signal ends with `interrupted: ...` and status 128 + the signal number.
 """
 
+import os
+import re
 import sys
-from typing import TYPE_CHECKING, NoReturn, Sequence
+from typing import TYPE_CHECKING, Any, Dict, NoReturn, Sequence
 
 from absl import flags
+from absl import logging
 
 from gmn_jax.errors import ConfigError
+
+METRIC_LABELS = {"zsl_t1": "ZSL T1", "gzsl_u": "GZSL u", "gzsl_s": "GZSL s",
+                 "gzsl_h": "GZSL H"}
+CALIBRATION_LABELS = {"ausuc": "AUSUC", "oracle_calibrated_gzsl_h": "H cal.*",
+                      "calibrated_gzsl_h": "H cal."}
 
 if TYPE_CHECKING:
   # Imported for the annotation only: the data binaries (check_data) use this
@@ -54,9 +62,7 @@ def parse_flags(argv: Sequence[str]) -> Sequence[str]:
     return flags.FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as error:
     # config_flags reports an unknown or mistyped --config.<field> with these.
-    # Imported here: gmn_jax.train imports JAX, which check_data must not.
-    from gmn_jax import train  # pylint: disable=g-import-not-at-top
-    fail(train.command_line_error(error, argv))
+    fail(command_line_error(error, argv))
 
 
 def reject_arguments(argv: Sequence[str]) -> None:
@@ -90,6 +96,95 @@ def load_config(config_flag: flags.FlagHolder, example: str = "experiments/confi
   except OSError as error:
     raise ConfigError(f"--config: {' '.join(str(error).split())}") from error
   return config
+
+
+def command_line_error(error: Exception, argv: Sequence[str]) -> ConfigError:
+  """One clear line for a command-line error of absl / config_flags.
+
+  config_flags reports an unknown `--config.<field>` as a KeyError holding
+  only the last name ('wieght' and a suggestion); this names the whole flag
+  and the field suggested, like `validate_config` does.
+
+  Args:
+    error: what parsing the flags raised.
+    argv: the command line.
+
+  Returns:
+    The ConfigError to print.
+  """
+  if error.args and isinstance(error.args[0], KeyError):
+    error = error.args[0]  # config_flags wraps it in an AttributeError.
+  raw = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+  text = " ".join(str(raw).split())
+  unknown = re.fullmatch(r"Unknown command line flag '(config\.[^']+)'", text)
+  if unknown:
+    return ConfigError(f"--{unknown.group(1)}: {unknown.group(1)} is not a known field")
+  if isinstance(error, KeyError):
+    missing = str(raw).splitlines()[0].strip("'\"") if str(raw) else ""
+    suggestion = re.search(r'Did you mean "([^"]+)"', str(raw))
+    for arg in argv:
+      if not arg.startswith("--config."):
+        continue
+      path = arg[len("--config."):].split("=", 1)[0]
+      parts = path.split(".")
+      if missing in parts:
+        prefix = parts[:parts.index(missing)]
+        message = f"--config.{path}: config.{'.'.join(prefix + [missing])} is not a known field"
+        if suggestion:
+          message += f" (did you mean config.{'.'.join(prefix + [suggestion.group(1)])}?)"
+        return ConfigError(message)
+  return ConfigError(f"command line: {text}")
+
+
+def quiet_checkpoint_logs() -> None:
+  """Hides orbax's INFO lines (several per checkpoint) from the absl log.
+
+  Binaries call this; warnings and errors still show.
+  """
+  import logging as python_logging  # pylint: disable=g-import-not-at-top
+  logging.get_absl_handler().addFilter(
+      lambda record: record.levelno >= python_logging.WARNING
+      or f"{os.sep}orbax{os.sep}" not in record.pathname)
+
+
+def format_mean_std(entry: Dict[str, Any]) -> str:
+  """'55.31 ± 1.20' from a results.json metric entry.
+
+  Args:
+    entry: {"mean": float, "std": float, ...}.
+
+  Returns:
+    The text.
+  """
+  return f"{entry['mean']:.2f} ± {entry['std']:.2f}"
+
+
+def format_results_table(results: Dict[str, Any]) -> str:
+  """The table printed at the end of a run (one row per metric).
+
+  Args:
+    results: the results.json dict of `train.train_and_evaluate`.
+
+  Returns:
+    A multi-line text.
+  """
+  seeds = results["seeds"]
+  lines = [f"{results['paper_row']} ({results['method']}) on {results['dataset']}, "
+           f"{len(seeds)} generator seed{'s' if len(seeds) != 1 else ''} {tuple(seeds)}; "
+           "accuracies in %, last epoch, mean ± std over seeds",
+           f"{'metric':<8}  {'mean ± std':>14}  per seed"]
+  labels = dict(METRIC_LABELS)
+  labels.update({k: v for k, v in CALIBRATION_LABELS.items() if k in results["metrics"]})
+  for name, label in labels.items():
+    entry = results["metrics"][name]
+    per_seed = " ".join(f"{v:.2f}" for v in entry["per_seed"])
+    lines.append(f"{label:<8}  {format_mean_std(entry):>14}  {per_seed}")
+  if "oracle_calibrated_gzsl_h" in results["metrics"]:
+    lines.append("AUSUC: area under the seen-unseen curve of calibrated stacking; H cal.*: "
+                 "its best H, gamma chosen on this split (an oracle)")
+  if "calibrated_gzsl_h" in results["metrics"]:
+    lines.append("H cal.: calibrated stacking with the gamma chosen on the validation split")
+  return "\n".join(lines)
 
 
 def write_results(path: str, results) -> None:

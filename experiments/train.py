@@ -4,7 +4,7 @@ r"""Trains and evaluates one configuration for all its seeds, then prints the ta
       --workdir=/tmp/gmn_digits [--config.gm.weight=50 ...] [--overwrite]
 
 Writes config.json, results.json, metrics.jsonl, TensorBoard files and orbax
-checkpoints under --workdir (see gmn_jax.train). Rerunning the same command
+checkpoints under --workdir (see gmn_jax.workdir). Rerunning the same command
 resumes; a different config in the same workdir is refused unless
 --overwrite. Any bad input (config, data directory, diverged training) prints
 one line to stderr and exits with status 2.
@@ -36,6 +36,7 @@ from experiments import cli
 from gmn_jax import parallel
 from gmn_jax import preemption
 from gmn_jax import train
+from gmn_jax import workdir
 from gmn_jax.errors import ConfigError
 from gmn_jax.errors import GMNError
 
@@ -82,7 +83,7 @@ def define_flags() -> None:
 
 def main(argv: Sequence[str]) -> None:
   cli.reject_arguments(argv)
-  train.quiet_checkpoint_logs()
+  cli.quiet_checkpoint_logs()
   try:
     # Before anything touches a device.
     multihost = parallel.initialize_multihost(_MULTIHOST.value)
@@ -94,7 +95,7 @@ def main(argv: Sequence[str]) -> None:
       raise ConfigError("--workdir: expected a directory for the run's outputs, found nothing")
     gamma = None
     if _CALIBRATION_FROM.value:
-      gamma = train.calibration_gamma_from(_CALIBRATION_FROM.value)
+      gamma = workdir.calibration_gamma_from(_CALIBRATION_FROM.value)
     results = train.train_and_evaluate(config, _WORKDIR.value,
                                        overwrite=_OVERWRITE.value, calibration_gamma=gamma,
                                        mesh=mesh)
@@ -103,8 +104,8 @@ def main(argv: Sequence[str]) -> None:
   except preemption.Interrupted as interrupted:
     stop(interrupted)
   if parallel.is_primary():
-    print(train.format_results_table(results))
-    print(f"results: {_WORKDIR.value}/{train.RESULTS_FILE}")
+    print(cli.format_results_table(results))
+    print(f"results: {_WORKDIR.value}/{workdir.RESULTS_FILE}")
 
 
 if __name__ == "__main__":

@@ -21,14 +21,13 @@ each stepped on its own real batch.
 """
 
 import dataclasses
-import numbers
 from typing import Any, Callable, NamedTuple
 
 import jax
+from jax import lax
 import jax.numpy as jnp
 
 from gmn_jax import losses
-from gmn_jax.errors import ConfigError
 
 SAMPLER_KINDS = ("random_init", "trajectory")
 
@@ -92,7 +91,8 @@ def sgd_momentum_step(params, momentum, grads, *, lr, momentum_decay, weight_dec
 class ThetaSampler:
   """A θ distribution with static settings; its state lives in the train state.
 
-  Use `make_theta_sampler` to build one. Every method is pure and jittable.
+  Built from a validated config by `TrainSpec.theta_sampler`. Every method
+  is pure and jittable.
 
   Attributes:
     kind: "random_init" or "trajectory".
@@ -133,16 +133,18 @@ class ThetaSampler:
     """The sampler state before iteration 0.
 
     Args:
-      key: PRNG key.
+      key: PRNG key (only the structure of a draw is used).
 
     Returns:
-      {} for random_init; a `TrajectoryState` for trajectory (its params are
-      replaced at iteration 0 anyway, so only the structure matters).
+      {} for random_init; for trajectory a `TrajectoryState` of zeros (the
+      trajectory is initialised at iteration 0, which is a multiple of R, so
+      only the structure matters and nothing is drawn).
     """
     if self.kind == "random_init":
       return {}
-    params = self._fresh(key)
-    return TrajectoryState(params, jax.tree_util.tree_map(jnp.zeros_like, params))
+    shapes = jax.eval_shape(self._fresh, key)
+    zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    return TrajectoryState(zeros, zeros)
 
   def sample(self, state, key, iteration):
     """The θ samples for one generator iteration.
@@ -154,15 +156,18 @@ class ThetaSampler:
 
     Returns:
       (thetas, state): thetas with a leading axis of M; the state after a
-      re-initialisation when the iteration starts a new trajectory.
+      re-initialisation when the iteration starts a new trajectory (drawn
+      only then: a `lax.cond`, which stays a branch when `iteration` is
+      shared by a vmapped group of seeds).
     """
-    fresh = self._fresh(key)
     if self.kind == "random_init":
-      return fresh, state
-    restart = (iteration % self.reset_every) == 0
-    restarted = TrajectoryState(fresh, jax.tree_util.tree_map(jnp.zeros_like, fresh))
-    state = jax.tree_util.tree_map(
-        lambda new, old: jnp.where(restart, new, old), restarted, state)
+      return self._fresh(key), state
+
+    def restarted(_):
+      fresh = self._fresh(key)
+      return TrajectoryState(fresh, jax.tree_util.tree_map(jnp.zeros_like, fresh))
+
+    state = lax.cond(iteration % self.reset_every == 0, restarted, lambda _: state, None)
     return state.params, state
 
   def step(self, state, features, labels, class_embeddings):
@@ -189,51 +194,3 @@ class ThetaSampler:
 
     params, momentum = jax.vmap(one)(state.params, state.momentum, features, labels)
     return TrajectoryState(params, momentum)
-
-
-def make_theta_sampler(kind, *, init_fn, apply_fn, num_samples, feature_dim, embedding_dim,
-                       num_classes, reset_every=1, lr=0.01, momentum=0.9,
-                       weight_decay=0.0) -> ThetaSampler:
-  """Builds and validates a `ThetaSampler`.
-
-  Args:
-    kind: "random_init" or "trajectory".
-    init_fn: classifier init function (`models.get_classifier`).
-    apply_fn: classifier apply function.
-    num_samples: M ≥ 1.
-    feature_dim: D.
-    embedding_dim: K.
-    num_classes: number of classes the classifier scores.
-    reset_every: R ≥ 1 (trajectory only; R = 1 is a fresh θ every iteration).
-    lr: trajectory SGD learning rate (≥ 0; a float or a traced scalar).
-    momentum: trajectory SGD momentum in [0, 1) (float or traced scalar).
-    weight_decay: trajectory weight decay (≥ 0; float or traced scalar).
-
-  Returns:
-    The sampler.
-
-  Raises:
-    ConfigError: for an unknown kind or out-of-range settings.
-  """
-  if kind not in SAMPLER_KINDS:
-    raise ConfigError(f"config.gm.theta_sampling: expected one of {SAMPLER_KINDS}, "
-                      f"found {kind!r}")
-  if not isinstance(num_samples, int) or num_samples < 1:
-    raise ConfigError(f"config.gm.num_theta_samples: expected an int >= 1, found "
-                      f"{num_samples!r}")
-  if kind == "trajectory":
-    if not isinstance(reset_every, int) or reset_every < 1:
-      raise ConfigError("config.gm.trajectory_reset_every: expected an int >= 1, found "
-                        f"{reset_every!r}")
-    # The SGD settings may be traced scalars (hyperparameters passed to a
-    # jitted step); only Python numbers can be checked here.
-    checks = (("trajectory_lr", lr, lambda v: v >= 0, ">= 0"),
-              ("trajectory_momentum", momentum, lambda v: 0 <= v < 1, "a value in [0, 1)"),
-              ("trajectory_weight_decay", weight_decay, lambda v: v >= 0, ">= 0"))
-    for name, value, valid, expected in checks:
-      if isinstance(value, numbers.Real) and not valid(value):
-        raise ConfigError(f"config.gm.{name}: expected {expected}, found {value!r}")
-  return ThetaSampler(kind=kind, init_fn=init_fn, apply_fn=apply_fn, num_samples=num_samples,
-                      feature_dim=feature_dim, embedding_dim=embedding_dim,
-                      num_classes=num_classes, reset_every=reset_every, lr=lr,
-                      momentum=momentum, weight_decay=weight_decay)

@@ -159,7 +159,6 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.eval.n_synth_unseen = 250
   c.eval.n_synth_seen = 0  # seen classes topped up to this many samples
   c.eval.num_classifier_seeds = 5
-  c.eval.selection = "last"  # last | validation
 
   c.precision = "float32"  # float32 | bfloat16 (matrix products only)
   return c
@@ -183,7 +182,6 @@ def config_rules() -> List[config_utils.Rule]:
   """
   # pylint: disable=g-import-not-at-top
   from gmn_jax import classifier_sampling
-  from gmn_jax import evaluate
   from gmn_jax import gram_gradient_matching
   from gmn_jax import losses
   from gmn_jax import models
@@ -244,32 +242,38 @@ def config_rules() -> List[config_utils.Rule]:
       u.non_negative_int("eval.n_synth_unseen"),
       u.non_negative_int("eval.n_synth_seen"),
       u.positive_int("eval.num_classifier_seeds"),
-      u.one_of("eval.selection", evaluate.SELECTIONS),
       u.one_of("precision", ("float32", "bfloat16")),
+      # The transductive critic sees unlabelled unseen features: no class to
+      # condition on, and every batch holds a seen and an unseen example.
+      u.Rule(("method", "critic.conditional"),
+             lambda method, conditional: not (_transductive(method) and conditional),
+             "no conditional critic for a transductive method", skip_none=True),
+      u.Rule(("method", "train.batch_size"),
+             lambda method, batch_size: not _transductive(method) or batch_size >= 2,
+             "a batch of at least 2 for a transductive method (seen and unseen examples)"),
   ]
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
+def _transductive(method) -> bool:
+  return method in VARIANTS and VARIANTS[method].transductive
+
+
+def validate(config: ml_collections.ConfigDict, *, check_data_dir: bool = True) -> None:
   """Checks every field name, type and value before anything is compiled.
+
+  This is the one place where a config is checked: the specs built from it
+  (`gmn_jax.specs`) and everything below them trust it.
 
   Args:
     config: a full configuration (e.g. a preset with command-line overrides).
+    check_data_dir: whether `data_dir` must name an existing directory (off
+      for runs given an in-memory dataset, where it is only a label).
 
   Raises:
     ConfigError: one line naming every unknown, missing, mistyped or
       out-of-range field.
   """
-  config_utils.validate_config(config, get_base_config(), config_rules())
-
-
-def validate_fields(config: ml_collections.ConfigDict) -> None:
-  """`validate` without the data_dir check (for runs given an in-memory dataset).
-
-  Args:
-    config: a full configuration.
-
-  Raises:
-    ConfigError: as `validate`.
-  """
-  rules = [rule for rule in config_rules() if rule.paths != ("data_dir",)]
+  rules = config_rules()
+  if not check_data_dir:
+    rules = [rule for rule in rules if rule.paths != ("data_dir",)]
   config_utils.validate_config(config, get_base_config(), rules)

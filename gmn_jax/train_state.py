@@ -1,301 +1,62 @@
-"""Stage 1's static settings, device-resident data and training state.
+"""Stage 1's device-resident data and training state, and a seed's PRNG streams.
 
-Four pieces, all built once per run and passed to the jitted step:
-
-* `TrainSpec`: the static (hashable) settings of one run, read from the
-  config, the variant and the dataset's sizes: everything that decides shapes
-  or which losses exist. A new spec means a new compilation.
-* `Hyperparameters`: the numeric settings (learning rates, Adam betas, loss
-  weights, ...) as float32 scalars, passed to the jitted step as an argument,
-  so that changing them never recompiles (and they can be vmapped).
 * `TrainData`: the training data as a small pytree of arrays that lives on
   the device, in *local* class indices: seen classes are 0..S-1 in the order
   of `dataset.seen_classes`, unseen classes S..S+U-1 (transductive only).
 * `TrainState`: a NamedTuple of everything that changes during training
   (generator/critic params and Adam states, the θ-sampler state, the frozen
   L_CLS classifier, the iteration counter). A pure function of the seed.
+* `seed_keys`: the independent PRNG streams of one generator seed.
+
+The static settings and hyperparameters that go with them are in
+`gmn_jax.specs`.
 """
 
-import dataclasses
 import functools
-from typing import Any, NamedTuple, Optional, Tuple
+from typing import Any, NamedTuple
 
 import jax
 from jax import lax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
-from gmn_jax import classifier_sampling
-from gmn_jax import config as gmn_config
-from gmn_jax import gram_gradient_matching
 from gmn_jax import losses
 from gmn_jax import models
-from gmn_jax import precision
 from gmn_jax.data import samplers
 from gmn_jax.data.dataset import ZSLDataset
-from gmn_jax.errors import ConfigError, DataError
+from gmn_jax.specs import TrainSpec
 
-GRANULARITIES = losses.GRANULARITIES
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainSpec:
-  """Static settings of stage 1 (hashable; closed over by the jitted step).
-
-  Attributes:
-    variant: the `config.Variant` (which losses, which critic).
-    feature_dim: D.
-    embedding_dim: K.
-    num_seen: S, seen classes.
-    num_unseen: U, unseen classes (used by the transductive variant only).
-    generator_kind: "latent_noise" | "attribute_concat".
-    noise_dim: Z (already resolved: 0 in the config means K).
-    generator_hidden: generator hidden widths.
-    critic_hidden: critic hidden widths.
-    batch_size: critic and adversarial batch size.
-    n_critic: critic steps per generator iteration.
-    class_balanced: whether the critic's real batch is class-balanced.
-    transductive_seen_count: real seen examples per critic batch in the
-      transductive variant (the rest are unlabelled unseen); 0 otherwise.
-    gm_classifier: "bilinear" | "softmax".
-    gm_num_classes: seen classes per iteration.
-    gm_real_per_class: real examples per GM class.
-    gm_fake_repeat: fake batch = this × the real batch.
-    gm_granularity: "row" | "tensor" | "global".
-    gm_implementation: "gram" | "autodiff", how L_GM is computed (the same
-      loss; see `gmn_jax.gram_gradient_matching`).
-    theta_sampling: "random_init" | "trajectory".
-    num_theta_samples: M.
-    trajectory_reset_every: R.
-    cls_classifier: "bilinear" | "softmax" (the frozen L_CLS classifier).
-    cls_pretrain_epochs: epochs of the L_CLS classifier's pretraining.
-    cls_pretrain_lr: its Adam learning rate.
-    precision: "float32" | "bfloat16", the generator's and critic's matrix
-      products (see `gmn_jax.precision`).
-  """
-
-  variant: gmn_config.Variant
-  feature_dim: int
-  embedding_dim: int
-  num_seen: int
-  num_unseen: int
-  generator_kind: str
-  noise_dim: int
-  generator_hidden: Tuple[int, ...]
-  critic_hidden: Tuple[int, ...]
-  batch_size: int
-  n_critic: int
-  class_balanced: bool
-  transductive_seen_count: int
-  gm_classifier: str
-  gm_num_classes: int
-  gm_real_per_class: int
-  gm_fake_repeat: int
-  gm_granularity: str
-  theta_sampling: str
-  num_theta_samples: int
-  trajectory_reset_every: int
-  cls_classifier: str
-  cls_pretrain_epochs: int
-  cls_pretrain_lr: float
-  precision: str = "float32"
-  gm_implementation: str = "gram"
-
-  @property
-  def num_generated_classes(self) -> int:
-    """Classes the generator's adversarial batch covers: S, or S + U."""
-    return self.num_seen + (self.num_unseen if self.variant.transductive else 0)
-
-  def theta_sampler(self, hyper: Optional["Hyperparameters"] = None
-                    ) -> classifier_sampling.ThetaSampler:
-    """The θ distribution of gradient matching (logits over the S seen classes).
-
-    Args:
-      hyper: supplies the trajectory's SGD settings (may be traced); None
-        when only `init`/`sample` are needed.
-
-    Returns:
-      The sampler.
-    """
-    init_fn, apply_fn = models.get_classifier(self.gm_classifier)
-    sgd = {}
-    if hyper is not None:
-      sgd = dict(lr=hyper.trajectory_lr, momentum=hyper.trajectory_momentum,
-                 weight_decay=hyper.trajectory_weight_decay)
-    return classifier_sampling.make_theta_sampler(
-        self.theta_sampling, init_fn=init_fn, apply_fn=apply_fn,
-        num_samples=self.num_theta_samples, feature_dim=self.feature_dim,
-        embedding_dim=self.embedding_dim, num_classes=self.num_seen,
-        reset_every=self.trajectory_reset_every, **sgd)
+# Sub-keys of a seed's PRNG key (fold_in constants), one per consumer.
+_INIT_STREAM, _TRAIN_STREAM, _EVAL_STREAM = 0, 1, 2
 
 
-class Hyperparameters(NamedTuple):
-  """Numeric settings of stage 1, float32 scalars traced by the jitted step.
+class SeedKeys(NamedTuple):
+  """The PRNG streams of one generator seed.
 
   Attributes:
-    lr_generator: Adam learning rate of the generator.
-    lr_critic: Adam learning rate of the critic.
-    adam_b1: Adam β1 (both networks).
-    adam_b2: Adam β2 (both networks).
-    gp_weight: λ of the gradient penalty.
-    gm_weight: β, the L_GM weight.
-    cls_weight: c, the L_CLS weight.
-    trajectory_lr: SGD learning rate of the θ trajectory.
-    trajectory_momentum: its momentum.
-    trajectory_weight_decay: its weight decay.
+    init: the initial state (networks, θ sampler, L_CLS pretraining).
+    train: stage 1's iterations (`fold_in(train, iteration)`).
+    eval: stage 2 (synthesis and final classifiers).
   """
 
-  lr_generator: jax.Array
-  lr_critic: jax.Array
-  adam_b1: jax.Array
-  adam_b2: jax.Array
-  gp_weight: jax.Array
-  gm_weight: jax.Array
-  cls_weight: jax.Array
-  trajectory_lr: jax.Array
-  trajectory_momentum: jax.Array
-  trajectory_weight_decay: jax.Array
-
-  def generator_optimizer(self) -> optax.GradientTransformation:
-    """Adam for the generator (its state does not depend on the settings)."""
-    return optax.adam(self.lr_generator, b1=self.adam_b1, b2=self.adam_b2)
-
-  def critic_optimizer(self) -> optax.GradientTransformation:
-    """Adam for the critic."""
-    return optax.adam(self.lr_critic, b1=self.adam_b1, b2=self.adam_b2)
+  init: jax.Array
+  train: jax.Array
+  eval: jax.Array
 
 
-def make_hyperparameters(config: ml_collections.ConfigDict) -> Hyperparameters:
-  """Reads and checks the numeric stage-1 settings of a config.
+def seed_keys(seed: int) -> SeedKeys:
+  """The independent PRNG streams of a generator seed.
 
   Args:
-    config: the full configuration.
+    seed: the generator seed.
 
   Returns:
-    `Hyperparameters` of float32 numpy scalars.
-
-  Raises:
-    ConfigError: for a negative value, or a momentum or Adam β outside [0, 1).
+    Its `SeedKeys` (folded from `jax.random.key(seed)`).
   """
-  train, gm = config.train, config.gm
-  values = {
-      "lr_generator": ("config.train.lr_generator", train.lr_generator),
-      "lr_critic": ("config.train.lr_critic", train.lr_critic),
-      "adam_b1": ("config.train.adam_b1", train.adam_b1),
-      "adam_b2": ("config.train.adam_b2", train.adam_b2),
-      "gp_weight": ("config.train.gp_weight", train.gp_weight),
-      "gm_weight": ("config.gm.weight", gm.weight),
-      "cls_weight": ("config.cls.weight", config.cls.weight),
-      "trajectory_lr": ("config.gm.trajectory_lr", gm.trajectory_lr),
-      "trajectory_momentum": ("config.gm.trajectory_momentum", gm.trajectory_momentum),
-      "trajectory_weight_decay": ("config.gm.trajectory_weight_decay",
-                                  gm.trajectory_weight_decay),
-  }
-  checked = {name: _non_negative(path, value) for name, (path, value) in values.items()}
-  for name in ("adam_b1", "adam_b2", "trajectory_momentum"):
-    if not checked[name] < 1:
-      raise ConfigError(f"{values[name][0]}: expected a number in [0, 1), found "
-                        f"{values[name][1]!r}")
-  return Hyperparameters(**{name: np.float32(v) for name, v in checked.items()})
-
-
-def _positive_int(name, value):
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-    raise ConfigError(f"{name}: expected a positive int, found {value!r}")
-  return int(value)
-
-
-def _non_negative(name, value):
-  if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-    raise ConfigError(f"{name}: expected a non-negative number, found {value!r}")
-  return float(value)
-
-
-def _one_of(name, value, choices):
-  if value not in choices:
-    raise ConfigError(f"{name}: expected one of {tuple(choices)}, found {value!r}")
-  return value
-
-
-def make_train_spec(config: ml_collections.ConfigDict, dataset: ZSLDataset) -> TrainSpec:
-  """Reads and checks stage 1's settings from a config and the dataset's sizes.
-
-  Args:
-    config: the full configuration.
-    dataset: the loaded dataset (only its sizes are read).
-
-  Returns:
-    The `TrainSpec`.
-
-  Raises:
-    ConfigError: for an unknown method, an invalid value, or settings the
-      dataset cannot satisfy (e.g. more GM classes than seen classes, a
-      conditional critic in the transductive variant).
-  """
-  variant = gmn_config.get_variant(config)
-  num_seen = int(dataset.seen_classes.shape[0])
-  num_unseen = int(dataset.unseen_classes.shape[0])
-  k = dataset.embedding_dim
-  train, gm, cls = config.train, config.gm, config.cls
-  noise_dim = int(config.generator.noise_dim)
-  if noise_dim < 0:
-    raise ConfigError(f"config.generator.noise_dim: expected >= 0 (0 means the embedding "
-                      f"size), found {noise_dim}")
-  batch_size = _positive_int("config.train.batch_size", train.batch_size)
-  gm_num_classes = _positive_int("config.gm.num_classes", gm.num_classes)
-  if variant.gradient_matching and gm_num_classes > num_seen:
-    raise ConfigError(f"config.gm.num_classes: expected at most the {num_seen} seen classes, "
-                      f"found {gm_num_classes}")
-  transductive_seen_count = 0
-  if variant.transductive:
-    if variant.conditional_critic:
-      raise ConfigError("config.critic.conditional: expected None or False for the "
-                        f"transductive method {variant.name!r} (unlabelled unseen features "
-                        "have no class to condition on), found True")
-    if dataset.test_unseen_features.shape[0] == 0:
-      raise DataError(dataset.name, "test_unseen_features",
-                      "unlabelled unseen features for the transductive variant", "none")
-    if batch_size < 2:
-      raise ConfigError("config.train.batch_size: expected >= 2 for the transductive variant "
-                        f"(seen and unseen examples in every batch), found {batch_size}")
-    # The critic's real batch holds seen and unseen examples in the
-    # proportion S:U of class counts, at least one of each.
-    transductive_seen_count = int(round(batch_size * num_seen / (num_seen + num_unseen)))
-    transductive_seen_count = min(max(transductive_seen_count, 1), batch_size - 1)
-  return TrainSpec(
-      variant=variant,
-      feature_dim=dataset.feature_dim,
-      embedding_dim=k,
-      num_seen=num_seen,
-      num_unseen=num_unseen,
-      generator_kind=_one_of("config.generator.kind", config.generator.kind,
-                             models.GENERATOR_KINDS),
-      noise_dim=noise_dim or k,
-      generator_hidden=tuple(int(w) for w in config.generator.hidden_dims),
-      critic_hidden=tuple(int(w) for w in config.critic.hidden_dims),
-      batch_size=batch_size,
-      n_critic=_positive_int("config.train.n_critic", train.n_critic),
-      class_balanced=bool(train.class_balanced),
-      transductive_seen_count=transductive_seen_count,
-      gm_classifier=_one_of("config.gm.classifier", gm.classifier, models.CLASSIFIER_KINDS),
-      gm_num_classes=gm_num_classes,
-      gm_real_per_class=_positive_int("config.gm.real_per_class", gm.real_per_class),
-      gm_fake_repeat=_positive_int("config.gm.fake_repeat", gm.fake_repeat),
-      gm_granularity=_one_of("config.gm.granularity", gm.granularity, GRANULARITIES),
-      theta_sampling=_one_of("config.gm.theta_sampling", gm.theta_sampling,
-                             classifier_sampling.SAMPLER_KINDS),
-      num_theta_samples=_positive_int("config.gm.num_theta_samples", gm.num_theta_samples),
-      trajectory_reset_every=_positive_int("config.gm.trajectory_reset_every",
-                                           gm.trajectory_reset_every),
-      cls_classifier=_one_of("config.cls.classifier", cls.classifier, models.CLASSIFIER_KINDS),
-      cls_pretrain_epochs=_positive_int("config.cls.pretrain_epochs", cls.pretrain_epochs),
-      cls_pretrain_lr=_non_negative("config.cls.pretrain_lr", cls.pretrain_lr),
-      precision=_one_of("config.precision", config.precision, precision.PRECISIONS),
-      gm_implementation=_one_of("config.gm.implementation", gm.implementation,
-                                gram_gradient_matching.IMPLEMENTATIONS),
-  )
+  base = jax.random.key(seed)
+  return SeedKeys(*(jax.random.fold_in(base, s)
+                    for s in (_INIT_STREAM, _TRAIN_STREAM, _EVAL_STREAM)))
 
 
 class TrainData(NamedTuple):
@@ -431,28 +192,22 @@ def _init_networks(spec: TrainSpec, key):
   return generator, critic, adam.init(generator), adam.init(critic), theta_state
 
 
-def init_train_state(key, spec: TrainSpec, data: Optional[TrainData] = None) -> TrainState:
+def init_train_state(key, spec: TrainSpec, data: TrainData) -> TrainState:
   """The state before iteration 0 (a pure function of key).
 
   Args:
     key: PRNG key of this generator seed's initialisation.
     spec: the run's settings.
-    data: the training data; needed only when the variant has L_CLS (its
+    data: the training data (read only when the variant has L_CLS: its
       classifier is pretrained here).
 
   Returns:
     The initial `TrainState`.
-
-  Raises:
-    ConfigError: when the variant needs `data` and none is given.
   """
   network_key, cls_key = jax.random.split(key)
   generator, critic, generator_opt, critic_opt, theta_state = _init_networks(spec, network_key)
   cls_classifier = {}
   if spec.variant.classification_loss:
-    if data is None:
-      raise ConfigError(f"method {spec.variant.name!r}: the L_CLS classifier is pretrained "
-                        "on the training data, but init_train_state got none")
     cls_classifier = pretrain_seen_classifier(cls_key, spec, data)
   return TrainState(
       iteration=jnp.zeros((), jnp.int32),

@@ -44,7 +44,8 @@ from gmn_jax import models
 from gmn_jax import parallel
 from gmn_jax import precision
 from gmn_jax.data import samplers
-from gmn_jax.train_state import Hyperparameters, TrainData, TrainSpec, TrainState
+from gmn_jax.specs import Hyperparameters, TrainSpec
+from gmn_jax.train_state import TrainData, TrainState
 
 Metrics = Dict[str, jax.Array]
 
@@ -316,7 +317,7 @@ def generator_loss(generator, spec: TrainSpec, hyper: Hyperparameters, critic, c
 
 
 def train_iteration(spec: TrainSpec, state: TrainState, data: TrainData, hyper: Hyperparameters,
-                    base_key) -> Tuple[TrainState, Metrics]:
+                    base_key, iteration=None) -> Tuple[TrainState, Metrics]:
   """One generator iteration (n_critic critic steps, one generator step).
 
   Args:
@@ -325,13 +326,19 @@ def train_iteration(spec: TrainSpec, state: TrainState, data: TrainData, hyper: 
     data: the training data.
     hyper: the numeric settings.
     base_key: the run's PRNG key; this iteration uses
-      `fold_in(base_key, state.iteration)`.
+      `fold_in(base_key, iteration)`.
+    iteration: the 0-based index of this iteration; None reads
+      `state.iteration`. The chunk passes its own counter, which is shared by
+      every seed of a vmapped group (they are always at the same iteration),
+      so that the θ sampler's restart test stays a real branch under vmap.
 
   Returns:
     (new state, metrics of the iteration: the critic's averaged over its
     steps, plus "generator_loss" and "generator_grad_norm").
   """
-  key = jax.random.fold_in(base_key, state.iteration)
+  if iteration is None:
+    iteration = state.iteration
+  key = jax.random.fold_in(base_key, iteration)
   critic_key, generator_key, theta_key, trajectory_key = jax.random.split(key, 4)
 
   def one_critic_step(carry, step_key):
@@ -348,7 +355,7 @@ def train_iteration(spec: TrainSpec, state: TrainState, data: TrainData, hyper: 
   theta_state, thetas = state.theta_sampler, {}
   if spec.variant.gradient_matching:
     sampler = spec.theta_sampler(hyper)
-    thetas, theta_state = sampler.sample(theta_state, theta_key, state.iteration)
+    thetas, theta_state = sampler.sample(theta_state, theta_key, iteration)
   batch = draw_generator_batch(spec, data, generator_key, thetas)
   (loss, generator_metrics), grads = jax.value_and_grad(generator_loss, has_aux=True)(
       state.generator, spec, hyper, critic, state.cls_classifier, data, batch)
@@ -372,6 +379,20 @@ def train_iteration(spec: TrainSpec, state: TrainState, data: TrainData, hyper: 
   return new_state, metrics
 
 
+def all_finite(tree) -> jax.Array:
+  """Whether every floating-point value of a pytree is finite.
+
+  Args:
+    tree: a pytree of arrays (e.g. a `TrainState`).
+
+  Returns:
+    A boolean scalar.
+  """
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.floating)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
 def make_chunk_fn(spec: TrainSpec, num_iterations: int) -> Callable:
   """The (unjitted) function running `num_iterations` generator iterations.
 
@@ -380,29 +401,20 @@ def make_chunk_fn(spec: TrainSpec, num_iterations: int) -> Callable:
     num_iterations: iterations per call (static: the scan length).
 
   Returns:
-    `chunk(state, data, hyper, base_key) -> (state, metrics)` where every
-    metric has a leading axis of num_iterations. Wrap it in `jax.jit`.
+    `chunk(state, data, hyper, base_key, first_iteration) -> (state, metrics,
+    finite)`: every metric has a leading axis of num_iterations, `finite`
+    says whether every parameter of the final state is finite (so that one
+    transfer per call brings back both), and `first_iteration` (an int32
+    scalar equal to `state.iteration`) numbers the iterations. `stage1`
+    jits it over a seed axis.
   """
 
-  def chunk(state: TrainState, data: TrainData, hyper: Hyperparameters, base_key):
-    def body(carry, _):
-      return train_iteration(spec, carry, data, hyper, base_key)
+  def chunk(state: TrainState, data: TrainData, hyper: Hyperparameters, base_key,
+            first_iteration):
+    def body(carry, offset):
+      return train_iteration(spec, carry, data, hyper, base_key, first_iteration + offset)
 
-    return lax.scan(body, state, None, length=num_iterations)
+    state, metrics = lax.scan(body, state, jnp.arange(num_iterations, dtype=jnp.int32))
+    return state, metrics, all_finite(state)
 
   return chunk
-
-
-@functools.lru_cache(maxsize=16)
-def jitted_chunk_fn(spec: TrainSpec, num_iterations: int) -> Callable:
-  """`jax.jit(make_chunk_fn(spec, num_iterations))`, cached per (spec, length).
-
-  Args:
-    spec: the run's settings (hashable).
-    num_iterations: iterations per call.
-
-  Returns:
-    The jitted chunk function; repeated calls with states of the same
-    structure reuse one compilation.
-  """
-  return jax.jit(make_chunk_fn(spec, num_iterations))

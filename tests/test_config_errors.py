@@ -18,7 +18,7 @@ import pytest
 
 from experiments.configs import digits
 from gmn_jax import config_utils
-from gmn_jax import train
+from gmn_jax import workdir as workdirs
 from gmn_jax.errors import ConfigError
 from test_train_support import tiny_config
 
@@ -115,7 +115,7 @@ def outcomes(tmp_path_factory):
   (base / "file").write_text("x")
   cases["workdir_is_a_file"] = [DIGITS, f"--workdir={base / 'file'}"]
   other = base / "other"
-  train.prepare_workdir(digits.get_config(), str(other))  # seeds (1, 67, 99)
+  workdirs.prepare(digits.get_config(), str(other))  # seeds (1, 67, 99)
   cases["other_config"] = [DIGITS, "--config.gm.weight=5.0", "--config.seeds=(1,)",
                            f"--workdir={other}"]
   (base / "cases.json").write_text(json.dumps(cases))
@@ -175,21 +175,32 @@ def test_a_workdir_of_another_config_is_refused_with_the_differing_fields(outcom
 
 
 def test_fields_that_only_change_reporting_may_differ_on_resume(tmp_path):
-  train.prepare_workdir(tiny_config(), str(tmp_path))
-  train.prepare_workdir(tiny_config(**{"train.log_every": 3}), str(tmp_path))
+  workdirs.prepare(tiny_config(), str(tmp_path))
+  workdirs.prepare(tiny_config(**{"train.log_every": 3}), str(tmp_path))
   stored = json.loads((tmp_path / "config.json").read_text())
   assert config_utils.diff_configs(stored, config_utils.config_fingerprint(
       tiny_config(**{"train.log_every": 3}))) == []
 
 
 def test_a_workdir_resumes_across_gm_implementations_and_from_before_the_field(tmp_path):
-  train.prepare_workdir(tiny_config(**{"gm.implementation": "autodiff"}), str(tmp_path))
-  train.prepare_workdir(tiny_config(**{"gm.implementation": "gram"}), str(tmp_path))
+  workdirs.prepare(tiny_config(**{"gm.implementation": "autodiff"}), str(tmp_path))
+  workdirs.prepare(tiny_config(**{"gm.implementation": "gram"}), str(tmp_path))
   # A workdir written before gm.implementation existed.
   stored = json.loads((tmp_path / "config.json").read_text())
   del stored["gm.implementation"]
   (tmp_path / "config.json").write_text(json.dumps(stored))
-  train.prepare_workdir(tiny_config(), str(tmp_path))
+  workdirs.prepare(tiny_config(), str(tmp_path))
   # Any other GM field still refuses.
   with pytest.raises(ConfigError, match="gm.weight"):
-    train.prepare_workdir(tiny_config(**{"gm.weight": 3.0}), str(tmp_path))
+    workdirs.prepare(tiny_config(**{"gm.weight": 3.0}), str(tmp_path))
+
+
+def test_a_workdir_written_with_the_retired_selection_field_resumes(tmp_path):
+  # eval.selection left the schema; "last" meant what every run does now.
+  workdirs.prepare(tiny_config(), str(tmp_path))
+  stored = json.loads((tmp_path / "config.json").read_text())
+  (tmp_path / "config.json").write_text(json.dumps({**stored, "eval.selection": "last"}))
+  workdirs.prepare(tiny_config(), str(tmp_path))
+  (tmp_path / "config.json").write_text(json.dumps({**stored, "eval.selection": "validation"}))
+  with pytest.raises(ConfigError, match=r'eval\.selection: "validation" -> <absent>'):
+    workdirs.prepare(tiny_config(), str(tmp_path))

@@ -1,482 +1,68 @@
-"""Tests of gmn_jax.evaluate: optimiser, batching, final classifier, synthesis."""
+"""Tests of gmn_jax.evaluate: stage 2 of generators (pooling, the real-only baseline), selection.
 
-import functools
+Grouped evaluation (G generators in one program, memory-bound batches,
+train_and_evaluate) is tested in test_evaluate_group.
+"""
 
-import chex
+import dataclasses
+
 import jax
-import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
 from gmn_jax import evaluate
-from gmn_jax import metrics
-from gmn_jax import models
-from gmn_jax.data.dataset import ZSLDataset
-from gmn_jax.errors import ConfigError, DataError
-
-SEEN = np.array([0, 2, 3, 5], np.int32)
-UNSEEN = np.array([1, 4], np.int32)
-NUM_CLASSES, EMBEDDING_DIM, FEATURE_DIM = 6, 5, 8
-NOISE = 1.0
-# Scoring 7 rows at a time splits test_seen (20 rows) into 3 chunks and
-# test_unseen (10) into 2, so every standard run also exercises chunking.
-EVAL_CHUNK = 7
+from gmn_jax import final_classifier
+from gmn_jax import synthesis
+from gmn_jax.errors import ConfigError
+from test_final_classifier import EVAL_CHUNK, SEEN, SPEC, UNSEEN, make_dataset, oracle_sampler
 
 
-def make_cfg(**changes):
-  """The standard tiny config; 40 pooled toy examples leave a remainder of 4."""
-  cfg = ml_collections.ConfigDict(dict(
-      classifier="bilinear", epochs=3, batch_size=6, lr=0.05, lr_decay=0.9,
-      weight_decay=1e-3, momentum=0.9, n_synth_unseen=6, n_synth_seen=0,
-      num_classifier_seeds=2, selection="last"))
-  cfg.update(changes)
-  return cfg
-
-
-def class_means(embeddings, projection):
-  return 3.0 * jax.nn.relu(embeddings @ projection)
-
-
-def oracle_sampler(projection, noise_scale, embeddings, key):
-  """Draws from the true class-conditional distribution of `make_dataset`."""
-  noise = jax.random.normal(key, (embeddings.shape[0], projection.shape[1]))
-  return class_means(embeddings, projection) + noise_scale * noise
-
-
-def make_dataset(seed=0, per_class=(7, 5), split="test", noise=NOISE):
-  """A toy benchmark: features are noisy functions of class embeddings.
-
-  The default noise makes the classes overlap (accuracies are neither 0 nor
-  100 and move between epochs); a small noise makes them separable. Tests
-  vary values, not shapes, so that they share jit compilations.
-  """
-  rng = np.random.default_rng(seed)
-  embeddings = rng.normal(size=(NUM_CLASSES, EMBEDDING_DIM)).astype(np.float32)
-  embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
-  projection = rng.normal(size=(EMBEDDING_DIM, FEATURE_DIM)).astype(np.float32)
-  means = np.asarray(class_means(embeddings, projection))
-
-  def draw(classes, n):
-    labels = np.repeat(classes, n).astype(np.int32)
-    variation = noise * rng.normal(size=(labels.size, FEATURE_DIM))
-    return (means[labels] + variation).astype(np.float32), labels
-
-  train = draw(SEEN, per_class[0])
-  test_seen = draw(SEEN, per_class[1])
-  test_unseen = draw(UNSEEN, per_class[1])
-  dataset = ZSLDataset(
-      name="toy", split=split, train_features=train[0], train_labels=train[1],
-      test_seen_features=test_seen[0], test_seen_labels=test_seen[1],
-      test_unseen_features=test_unseen[0], test_unseen_labels=test_unseen[1],
-      class_embeddings=embeddings, seen_classes=SEEN, unseen_classes=UNSEEN)
-  return dataset, (projection, noise)
-
-
-def oracle(truth):
-  projection, noise = truth
-  return functools.partial(oracle_sampler, jnp.asarray(projection), jnp.float32(noise))
-
-
-def pooled_training_set(dataset, truth, n_unseen=6, seed=1):
-  """Real seen training features + oracle features for the unseen classes."""
-  fake, fake_labels = evaluate.synthesize(
-      oracle(truth),
-      jax.random.PRNGKey(seed), UNSEEN, dataset.class_embeddings, n_unseen)
-  return (np.concatenate([dataset.train_features, np.asarray(fake)]),
-          np.concatenate([dataset.train_labels, np.asarray(fake_labels)]))
-
-
-@pytest.fixture(scope="module")
-def toy():
-  """The standard toy problem (most tests share its shapes, hence compilations)."""
+def test_evaluate_generators_pools_synthetic_features():
   dataset, truth = make_dataset()
-  features, labels = pooled_training_set(dataset, truth)
-  return dataset, truth, features, labels
+  spec = dataclasses.replace(SPEC, classifier="softmax", num_classifier_seeds=1)
+  key = jax.random.PRNGKey(0)
+  (got,) = evaluate.evaluate_generators(oracle_sampler, [truth], dataset, spec, [key],
+                                        eval_chunk_size=EVAL_CHUNK)
+  # The same, step by step: the oracle's unseen features pooled with the
+  # real seen ones, every class over all class columns.
+  synth_key, train_key = jax.random.split(key)
+  fake, fake_labels = synthesis.synthesize(
+      oracle_sampler, truth, synth_key, UNSEEN, dataset.class_embeddings, spec.n_synth_unseen)
+  want = final_classifier.train_final_classifier(
+      train_key, np.concatenate([dataset.train_features, fake]),
+      np.concatenate([dataset.train_labels, fake_labels]), dataset.class_embeddings,
+      dataset, spec, eval_chunk_size=EVAL_CHUNK)
+  for name in final_classifier.CURVE_NAMES:
+    np.testing.assert_array_equal(got.curves[name], want.curves[name])
+  assert got.split == "test"
+  # Without synthetic features a softmax never predicts an unseen class.
+  (real_only,) = evaluate.evaluate_generators(oracle_sampler, None, dataset, spec, [key],
+                                              eval_chunk_size=EVAL_CHUNK)
+  assert got.last["gzsl_u"].min() > 0.0
+  np.testing.assert_array_equal(real_only.curves["gzsl_u"], 0.0)
 
 
-@pytest.fixture(scope="module")
-def three_seeds(toy):
-  """Three seeds trained at once on the standard problem."""
-  dataset, _, features, labels = toy
-  keys = jax.random.split(jax.random.PRNGKey(5), 3)
-  result = evaluate.train_final_classifier_from_keys(
-      keys, features, labels, dataset.class_embeddings, dataset, make_cfg(),
-      eval_chunk_size=EVAL_CHUNK)
-  return keys, result
-
-
-def run_single(toy, key, eval_sets="toy"):
-  dataset, _, features, labels = toy
-  return evaluate.train_final_classifier_from_keys(
-      key[None], features, labels, dataset.class_embeddings,
-      dataset if eval_sets == "toy" else eval_sets, make_cfg(),
-      eval_chunk_size=EVAL_CHUNK)
-
-
-# --------------------------------------------------------------------------
-# Optimiser and batching.
-
-
-def test_sgd_with_step_lr_matches_pytorch_rule():
-  rng = np.random.default_rng(0)
-  params = {"kernel": rng.normal(size=(3, 2)), "bias": rng.normal(size=(2,))}
-  grads = [{k: rng.normal(size=v.shape) for k, v in params.items()} for _ in range(5)]
-  lr, decay, momentum, wd, steps_per_epoch = 0.1, 0.5, 0.9, 0.01, 2
-
-  # torch.optim.SGD + StepLR(1 epoch): d = g + wd p; buf = m buf + d;
-  # p -= lr_epoch * buf.
-  want = {k: v.copy() for k, v in params.items()}
-  buf = {k: np.zeros_like(v) for k, v in params.items()}
-  for t, g in enumerate(grads):
-    step_lr = lr * decay ** (t // steps_per_epoch)
-    for k in want:
-      buf[k] = momentum * buf[k] + g[k] + wd * want[k]
-      want[k] = want[k] - step_lr * buf[k]
-
-  optimizer = evaluate.sgd_with_momentum(
-      evaluate.step_lr(lr, decay, steps_per_epoch), momentum=momentum, weight_decay=wd)
-  got = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), params)
-  state = optimizer.init(got)
-  for g in grads:
-    g = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), g)
-    updates, state = optimizer.update(g, state, got)
-    got = jax.tree.map(lambda p, u: p + u, got, updates)
-  for k in want:
-    np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("num_examples,batch_size,sizes", [
-    (10, 4, [4, 4, 2]), (8, 4, [4, 4]), (3, 4, [3])])
-def test_epoch_batches_see_every_example_exactly_once(num_examples, batch_size, sizes):
-  indices, mask = evaluate.epoch_batches(jax.random.PRNGKey(3), num_examples, batch_size)
-  assert indices.shape == (len(sizes), batch_size)
-  np.testing.assert_array_equal(np.asarray(mask).sum(axis=1), sizes)
-  # Valid slots come first in the remainder batch and hold a permutation.
-  np.testing.assert_array_equal(np.sort(np.asarray(indices)[np.asarray(mask)]),
-                                np.arange(num_examples))
-
-
-def test_epoch_batches_reshuffle_with_the_key():
-  first, _ = evaluate.epoch_batches(jax.random.PRNGKey(0), 50, 8)
-  second, _ = evaluate.epoch_batches(jax.random.PRNGKey(1), 50, 8)
-  assert not np.array_equal(first, second)
-
-
-# --------------------------------------------------------------------------
-# The final classifier against a numpy re-implementation.
-
-
-def numpy_training(kind, init, features, labels, embeddings, batches, cfg, columns=None):
-  """Float64 SGD (PyTorch rule) on masked mean cross-entropy, by hand."""
-  params = {k: np.asarray(v, np.float64) for k, v in init.items()}
-  buf = {k: np.zeros_like(v) for k, v in params.items()}
-  if columns is not None:
-    local = {c: i for i, c in enumerate(columns)}
-    labels = np.array([local[c] for c in labels])
-  snapshots, losses = [], []
-  for epoch, (indices, mask) in enumerate(batches):
-    lr = cfg.lr * cfg.lr_decay ** epoch
-    loss_sum = 0.0
-    for idx, valid in zip(indices, mask):
-      x, y = features[idx[valid]].astype(np.float64), labels[idx[valid]]
-      if kind == "bilinear":
-        logits = (x @ params["kernel"] + params["bias"]) @ embeddings.T
-      else:
-        logits = x @ params["kernel"] + params["bias"]
-      if columns is not None:
-        logits = logits[:, columns]
-      logits = logits - logits.max(axis=1, keepdims=True)
-      probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-      loss_sum += -np.log(probs[np.arange(len(y)), y]).sum()
-      delta = probs
-      delta[np.arange(len(y)), y] -= 1.0
-      delta /= len(y)
-      if columns is not None:
-        full = np.zeros((len(y), embeddings.shape[0]))
-        full[:, columns] = delta
-        delta = full
-      hidden = delta @ embeddings if kind == "bilinear" else delta
-      grads = {"kernel": x.T @ hidden, "bias": hidden.sum(axis=0)}
-      for k in params:
-        buf[k] = cfg.momentum * buf[k] + grads[k] + cfg.weight_decay * params[k]
-        params[k] = params[k] - lr * buf[k]
-    snapshots.append({k: v.copy() for k, v in params.items()})
-    losses.append(loss_sum / len(labels))
-  return params, snapshots, np.array(losses)
-
-
-def numpy_scores(kind, params, features, embeddings):
-  if kind == "bilinear":
-    return (features @ params["kernel"] + params["bias"]) @ embeddings.T
-  return features @ params["kernel"] + params["bias"]
-
-
-@pytest.mark.parametrize("kind,real_only", [
-    ("bilinear", False), ("softmax", False), ("bilinear", True)])
-def test_training_matches_numpy_loop(toy, kind, real_only):
-  dataset, _, features, labels = toy
-  columns = None
-  if real_only:  # the reference's seen-only baseline: seen logit columns
-    features, labels, columns = dataset.train_features, dataset.train_labels, SEEN
-  cfg = make_cfg(classifier=kind)
-  assert len(labels) % cfg.batch_size  # a remainder batch every epoch
-  seed_key = jax.random.PRNGKey(11)
-  result = evaluate.train_final_classifier_from_keys(
-      seed_key[None], features, labels, dataset.class_embeddings, dataset, cfg,
-      train_classes=columns, eval_chunk_size=EVAL_CHUNK)
-
-  init_key, shuffle_key = jax.random.split(seed_key)
-  init_fn, _ = models.get_classifier(kind)
-  init = init_fn(init_key, feature_dim=FEATURE_DIM, embedding_dim=EMBEDDING_DIM,
-                 num_classes=NUM_CLASSES)
-  batches = [tuple(np.asarray(a) for a in evaluate.epoch_batches(
-      jax.random.fold_in(shuffle_key, e), len(labels), cfg.batch_size))
-             for e in range(cfg.epochs)]
-  embeddings = dataset.class_embeddings.astype(np.float64)
-  want, snapshots, want_losses = numpy_training(
-      kind, init, features, labels, embeddings, batches, cfg, columns)
-
-  for k in want:
-    np.testing.assert_allclose(result.params[k][0], want[k], rtol=2e-4, atol=1e-5)
-  np.testing.assert_allclose(result.curves["train_loss"][0], want_losses, rtol=1e-4)
-  for epoch, snapshot in enumerate(snapshots):
-    expected = metrics.gzsl_metrics(
-        numpy_scores(kind, snapshot, dataset.test_unseen_features, embeddings),
-        dataset.test_unseen_labels,
-        numpy_scores(kind, snapshot, dataset.test_seen_features, embeddings),
-        dataset.test_seen_labels, SEEN, UNSEEN)
-    for name in metrics.METRIC_NAMES:
-      np.testing.assert_allclose(result.curves[name][0, epoch], expected[name],
-                                 rtol=1e-5, err_msg=f"{name} epoch {epoch}")
-
-
-def test_vmapped_seeds_equal_separate_single_seed_runs(toy, three_seeds):
-  keys, together = three_seeds
-  for i in range(3):
-    alone = run_single(toy, keys[i])
-    for k in alone.params:
-      np.testing.assert_allclose(together.params[k][i], alone.params[k][0],
-                                 rtol=1e-5, atol=1e-6)
-    for name, curve in alone.curves.items():
-      np.testing.assert_allclose(together.curves[name][i], curve[0], rtol=1e-5)
-  # The seeds really differ.
-  assert not np.allclose(together.params["kernel"][0], together.params["kernel"][1])
-
-
-def test_last_epoch_rule_and_curves(toy, three_seeds):
-  dataset = toy[0]
-  _, result = three_seeds
-  assert set(result.curves) == set(evaluate.CURVE_NAMES)
-  for name, curve in result.curves.items():
-    assert curve.shape == (3, make_cfg().epochs)
-    np.testing.assert_array_equal(result.last[name], curve[:, -1])
-  # The last epoch's metrics (scored in chunks) are those of the returned
-  # (final) parameters scored at once.
-  _, apply_fn = models.get_classifier("bilinear")
-  for seed in range(3):
-    params = jax.tree.map(lambda p, s=seed: p[s], result.params)
-    expected = metrics.gzsl_metrics(
-        apply_fn(params, dataset.test_unseen_features, dataset.class_embeddings),
-        dataset.test_unseen_labels,
-        apply_fn(params, dataset.test_seen_features, dataset.class_embeddings),
-        dataset.test_seen_labels, SEEN, UNSEEN)
-    for name in metrics.METRIC_NAMES:
-      np.testing.assert_allclose(result.last[name][seed], expected[name], rtol=1e-6)
-  assert result.split == "test"
-  summary = result.summary()
-  np.testing.assert_allclose(summary["gzsl_h"]["mean"], result.last["gzsl_h"].mean())
-  assert summary["zsl_t1"]["per_seed"] == list(result.last["zsl_t1"])
-
-
-def test_calibration_metrics_are_those_of_the_final_scores(toy, three_seeds):
-  dataset = toy[0]
-  _, result = three_seeds
-  _, apply_fn = models.get_classifier("bilinear")
-  assert set(evaluate.ORACLE_CALIBRATION_NAMES) <= set(result.last)
-  assert not set(evaluate.CALIBRATION_NAMES) & set(result.last)  # no gamma given
-  assert len(result.seen_unseen_curves) == 3
-  is_seen = np.isin(np.arange(NUM_CLASSES), SEEN)
-  for seed in range(3):
-    params = jax.tree.map(lambda p, s=seed: p[s], result.params)
-    scores_u = np.asarray(apply_fn(params, dataset.test_unseen_features,
-                                   dataset.class_embeddings))
-    scores_s = np.asarray(apply_fn(params, dataset.test_seen_features,
-                                   dataset.class_embeddings))
-    curve = metrics.seen_unseen_curve(
-        metrics.calibration_rows(scores_u, dataset.test_unseen_labels, SEEN, UNSEEN),
-        dataset.test_unseen_labels,
-        metrics.calibration_rows(scores_s, dataset.test_seen_labels, SEEN, UNSEEN),
-        dataset.test_seen_labels, SEEN, UNSEEN)
-    got = result.seen_unseen_curves[seed]
-    np.testing.assert_allclose(got.unseen, curve.unseen, atol=1e-9)
-    np.testing.assert_allclose(got.seen, curve.seen, atol=1e-9)
-    np.testing.assert_allclose(result.last["ausuc"][seed], curve.ausuc(), rtol=1e-9)
-    # The oracle gamma, applied by the definition (subtract it from the seen
-    # columns, argmax), gives the reported best-H accuracies.
-    gamma = result.last["oracle_calibration_gamma"][seed]
-    expected = metrics.gzsl_metrics(scores_u - is_seen * gamma, dataset.test_unseen_labels,
-                                    scores_s - is_seen * gamma, dataset.test_seen_labels,
-                                    SEEN, UNSEEN)
-    for name in ("gzsl_u", "gzsl_s", "gzsl_h"):
-      np.testing.assert_allclose(result.last[f"oracle_calibrated_{name}"][seed],
-                                 expected[name], rtol=1e-5)
-    # Calibration can only help the best H, and the curve ends at ZSL T1.
-    assert result.last["oracle_calibrated_gzsl_h"][seed] >= result.last["gzsl_h"][seed] - 1e-4
-    np.testing.assert_allclose(got.unseen[-1], result.last["zsl_t1"][seed], rtol=1e-5)
-  summary = result.summary()
-  assert summary["ausuc"]["per_seed"] == list(result.last["ausuc"])
-  assert 0.0 < summary["ausuc"]["mean"] < 100.0
-
-
-def test_a_given_calibration_gamma_is_applied_per_seed(toy):
-  dataset, _, features, labels = toy
-  keys = jax.random.split(jax.random.PRNGKey(5), 3)
-  gammas = np.array([0.0, 2.0, -3.0])
-  result = evaluate.train_final_classifier_from_keys(
-      keys, features, labels, dataset.class_embeddings, dataset, make_cfg(),
-      eval_chunk_size=EVAL_CHUNK, calibration_gamma=gammas)
-  _, apply_fn = models.get_classifier("bilinear")
-  is_seen = np.isin(np.arange(NUM_CLASSES), SEEN)
-  np.testing.assert_array_equal(result.last["calibration_gamma"], gammas)
-  for seed, gamma in enumerate(gammas):
-    params = jax.tree.map(lambda p, s=seed: p[s], result.params)
-    expected = metrics.gzsl_metrics(
-        apply_fn(params, dataset.test_unseen_features, dataset.class_embeddings)
-        - is_seen * gamma, dataset.test_unseen_labels,
-        apply_fn(params, dataset.test_seen_features, dataset.class_embeddings)
-        - is_seen * gamma, dataset.test_seen_labels, SEEN, UNSEEN)
-    for name in ("gzsl_u", "gzsl_s", "gzsl_h"):
-      np.testing.assert_allclose(result.last[f"calibrated_{name}"][seed], expected[name],
-                                 rtol=1e-5)
-  # gamma = 0 is the plain classifier.
-  for name in ("gzsl_u", "gzsl_s", "gzsl_h"):
-    np.testing.assert_allclose(result.last[f"calibrated_{name}"][0], result.last[name][0],
-                               rtol=1e-5)
-  with pytest.raises(ConfigError, match="calibration_gamma: expected a finite float or 3"):
-    evaluate.train_final_classifier_from_keys(
-        keys, features, labels, dataset.class_embeddings, dataset, make_cfg(),
-        calibration_gamma=[1.0, 2.0])
-  with pytest.raises(ConfigError, match="calibration_gamma"):
-    evaluate.train_final_classifier_from_keys(
-        keys, features, labels, dataset.class_embeddings, dataset, make_cfg(),
-        calibration_gamma=float("nan"))
-
-
-def test_train_final_classifier_derives_seed_keys_from_key(toy, three_seeds):
-  dataset, _, features, labels = toy
-  _, together = three_seeds
-  result = evaluate.train_final_classifier(
-      jax.random.PRNGKey(5), features, labels, dataset.class_embeddings, dataset,
-      make_cfg(num_classifier_seeds=3),  # num_seeds from the config
-      eval_chunk_size=EVAL_CHUNK)
-  np.testing.assert_array_equal(result.params["kernel"], together.params["kernel"])
-
-
-@pytest.mark.parametrize("kind", ["bilinear", "softmax"])
-def test_solves_a_separable_problem(kind):
-  dataset, truth = make_dataset(noise=0.05)
-  features, labels = pooled_training_set(dataset, truth)
-  result = evaluate.train_final_classifier(
-      jax.random.PRNGKey(0), features, labels, dataset.class_embeddings, dataset,
-      make_cfg(classifier=kind, lr=0.1), num_seeds=1, eval_chunk_size=EVAL_CHUNK)
-  for name in ("zsl_t1", "gzsl_u", "gzsl_s", "gzsl_h"):
-    assert result.last[name].min() > 95.0, (name, result.last[name])
-  # Learning happened: the loss fell.
-  assert (result.curves["train_loss"][:, -1] < 0.5 * result.curves["train_loss"][:, 0]).all()
-
-
-def test_training_never_sees_the_evaluation_sets(toy):
-  other, _ = make_dataset(seed=7)  # same shapes, different data
-  key = jax.random.PRNGKey(2)
-  runs = [run_single(toy, key, eval_sets=sets) for sets in ("toy", other, None)]
-  for run in runs[1:]:
-    for k in runs[0].params:
-      np.testing.assert_array_equal(run.params[k], runs[0].params[k])
-    np.testing.assert_array_equal(run.curves["train_loss"], runs[0].curves["train_loss"])
-  assert not np.array_equal(runs[0].curves["gzsl_s"], runs[1].curves["gzsl_s"])
-  assert set(runs[2].last) == {"train_loss"}
-
-
-def test_bad_config_and_inputs_raise_clear_errors():
+def test_evaluate_generators_real_only_bilinear_trains_on_seen_columns():
   dataset, _ = make_dataset()
-  args = (jax.random.PRNGKey(0), dataset.train_features, dataset.train_labels,
-          dataset.class_embeddings, dataset)
-  with pytest.raises(ConfigError, match="eval.classifier"):
-    evaluate.train_final_classifier(*args, make_cfg(classifier="mlp"), num_seeds=1)
-  with pytest.raises(ConfigError, match="eval.lr"):
-    evaluate.train_final_classifier(*args, make_cfg(lr=-1.0), num_seeds=1)
-  with pytest.raises(ConfigError, match="eval.selection"):
-    evaluate.train_final_classifier(*args, make_cfg(selection="test"), num_seeds=1)
-  cfg = make_cfg()
-  del cfg["momentum"]
-  with pytest.raises(ConfigError, match="eval.momentum"):
-    evaluate.train_final_classifier(*args, cfg, num_seeds=1)
-  with pytest.raises(DataError, match=r"train_labels.*\[0, 6\)"):
-    evaluate.train_final_classifier(
-        args[0], dataset.train_features, dataset.train_labels + 10,
-        dataset.class_embeddings, dataset, make_cfg(), num_seeds=1)
-
-
-# --------------------------------------------------------------------------
-# Synthesis and selection.
-
-
-def test_synthetic_class_counts_top_up_seen_classes():
-  dataset, _ = make_dataset(per_class=(7, 5))  # 7 real samples per seen class
-  counts = evaluate.synthetic_class_counts(dataset, n_synth_unseen=20, n_synth_seen=10)
-  assert counts == {0: 3, 2: 3, 3: 3, 5: 3, 1: 20, 4: 20}
-  # AWA1-like: a target below the real count adds nothing for that class.
-  uneven = dataset.replace(train_labels=np.array([0] * 12 + [2] * 7 + [3] * 7 + [5] * 2,
-                                                 np.int32))
-  counts = evaluate.synthetic_class_counts(uneven, n_synth_unseen=5, n_synth_seen=10)
-  assert counts == {0: 0, 2: 3, 3: 3, 5: 8, 1: 5, 4: 5}
-  assert set(evaluate.synthetic_class_counts(dataset, 4, 0).values()) == {0, 4}
-  with pytest.raises(ConfigError, match="n_synth_seen"):
-    evaluate.synthetic_class_counts(dataset, 4, -1)
-
-
-def linear_sampler(projection, embeddings, key):
-  del key
-  return embeddings @ projection
-
-
-def test_synthesize_counts_labels_and_features():
-  dataset, (projection, _) = make_dataset()
-  sample_fn = functools.partial(linear_sampler, jnp.asarray(projection))
-  ids, counts = np.array([4, 0, 1]), np.array([5, 0, 7])
-  features, labels = evaluate.synthesize(
-      sample_fn, jax.random.PRNGKey(0), ids, dataset.class_embeddings, counts, chunk_size=4)
-  np.testing.assert_array_equal(labels, [4] * 5 + [1] * 7)
-  np.testing.assert_allclose(features, dataset.class_embeddings[labels] @ projection,
-                             rtol=1e-6)
-  assert features.dtype == jnp.float32 and labels.dtype == jnp.int32
-  empty, empty_labels = evaluate.synthesize(
-      sample_fn, jax.random.PRNGKey(0), ids, dataset.class_embeddings, 0)
-  assert empty.shape == (0, FEATURE_DIM) and empty_labels.shape == (0,)
-
-
-def test_synthesize_traces_once_across_chunks_and_parameters():
-  def counted(projection, embeddings, key):
-    return embeddings @ projection + jax.random.normal(key, (embeddings.shape[0], 1))
-
-  traced_once = chex.assert_max_traces(counted, n=1)
-  dataset, (projection, _) = make_dataset()
-  for scale in (1.0, 2.0):  # new weights, same shapes: no retrace
-    sample_fn = functools.partial(traced_once, jnp.asarray(scale * projection))
-    features, _ = evaluate.synthesize(
-        sample_fn, jax.random.PRNGKey(0), UNSEEN, dataset.class_embeddings, 9,
-        chunk_size=4)  # 18 rows: 5 chunks, the last one padded
-    assert features.shape == (18, FEATURE_DIM)
-  # Each chunk draws fresh noise: no two rows of one class are equal.
-  noise = np.asarray(features - dataset.class_embeddings[np.repeat(UNSEEN, 9)]
-                     @ (2.0 * projection))
-  assert len(np.unique(noise[:, 0].round(5))) == 18
+  spec = dataclasses.replace(SPEC, num_classifier_seeds=1)
+  key = jax.random.PRNGKey(0)
+  # sample_fn is ignored without generators.
+  (got,) = evaluate.evaluate_generators(None, None, dataset, spec, [key],
+                                        eval_chunk_size=EVAL_CHUNK)
+  want = final_classifier.train_final_classifier(
+      jax.random.split(key)[1], dataset.train_features, dataset.train_labels,
+      dataset.class_embeddings, dataset, spec, train_classes=SEEN, eval_chunk_size=EVAL_CHUNK)
+  np.testing.assert_array_equal(got.params["kernel"], want.params["kernel"])
+  # Over all class columns the same data trains another classifier.
+  all_columns = final_classifier.train_final_classifier(
+      jax.random.split(key)[1], dataset.train_features, dataset.train_labels,
+      dataset.class_embeddings, dataset, spec, eval_chunk_size=EVAL_CHUNK)
+  assert np.abs(all_columns.params["kernel"] - got.params["kernel"]).max() > 1e-3
 
 
 def test_select_on_validation_refuses_test_results():
   def result(h, split):
-    return evaluate.FinalClassifierResult(
+    return final_classifier.FinalClassifierResult(
         last={"gzsl_h": np.array(h)}, curves={}, params=None, split=split)
 
   best = evaluate.select_on_validation(
@@ -485,40 +71,3 @@ def test_select_on_validation_refuses_test_results():
   with pytest.raises(ConfigError, match="split 'validation'"):
     evaluate.select_on_validation({100: result([40.0], "validation"),
                                    200: result([50.0], "test")})
-
-
-def test_evaluate_generator_pools_synthetic_features(toy):
-  dataset, truth, _, _ = toy
-  cfg = make_cfg(classifier="softmax", num_classifier_seeds=1)
-  key = jax.random.PRNGKey(0)
-  got = evaluate.evaluate_generator(oracle(truth), dataset, cfg, key,
-                                    eval_chunk_size=EVAL_CHUNK)
-  # The same, step by step: the oracle's unseen features pooled with the
-  # real seen ones, every class over all class columns.
-  synth_key, train_key = jax.random.split(key)
-  fake, fake_labels = evaluate.synthesize(
-      oracle(truth), synth_key, UNSEEN, dataset.class_embeddings, cfg.n_synth_unseen)
-  want = evaluate.train_final_classifier(
-      train_key, np.concatenate([dataset.train_features, fake]),
-      np.concatenate([dataset.train_labels, fake_labels]), dataset.class_embeddings,
-      dataset, cfg, eval_chunk_size=EVAL_CHUNK)
-  for name in evaluate.CURVE_NAMES:
-    np.testing.assert_array_equal(got.curves[name], want.curves[name])
-  assert got.split == "test"
-  # Without synthetic features a softmax never predicts an unseen class.
-  real_only = evaluate.evaluate_generator(None, dataset, cfg, key,
-                                          eval_chunk_size=EVAL_CHUNK)
-  assert got.last["gzsl_u"].min() > 0.0
-  np.testing.assert_array_equal(real_only.curves["gzsl_u"], 0.0)
-
-
-def test_evaluate_generator_real_only_bilinear_trains_on_seen_columns(toy):
-  dataset = toy[0]
-  cfg = make_cfg(num_classifier_seeds=1)
-  key = jax.random.PRNGKey(0)
-  got = evaluate.evaluate_generator(None, dataset, cfg, key, eval_chunk_size=EVAL_CHUNK)
-  want = evaluate.train_final_classifier(
-      jax.random.split(key)[1], dataset.train_features, dataset.train_labels,
-      dataset.class_embeddings, dataset, cfg, train_classes=SEEN,
-      eval_chunk_size=EVAL_CHUNK)
-  np.testing.assert_array_equal(got.params["kernel"], want.params["kernel"])

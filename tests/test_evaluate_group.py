@@ -1,13 +1,13 @@
 """Grouped stage 2: G generators' final classifiers trained in one program.
 
-`evaluate.evaluate_generators` must give, for every generator, what
-`evaluate.evaluate_generator` gives for it alone with its own key, and
-`train.train_and_evaluate` with num_parallel_seeds > 1 (which uses it) must
-give the results of one seed at a time, also after an interruption between
-the stages.
+`evaluate.evaluate_generators` with G generators must give, for every
+generator, what it gives for that generator alone (G = 1, traced without the
+outer vmap) with its own key, and `train.train_and_evaluate` with
+num_parallel_seeds > 1 (which uses it) must give the results of one seed at
+a time, also after an interruption between the stages.
 """
 
-import functools
+import dataclasses
 import json
 import shutil
 
@@ -16,10 +16,13 @@ import numpy as np
 import pytest
 
 from gmn_jax import evaluate
-from gmn_jax import models
+from gmn_jax import final_classifier
+from gmn_jax import metric_writers
+from gmn_jax import synthesis
 from gmn_jax import train
-from gmn_jax.errors import ConfigError, DataError
-from test_evaluate import EMBEDDING_DIM, EVAL_CHUNK, FEATURE_DIM, make_cfg, make_dataset
+from gmn_jax import workdir as workdirs
+from gmn_jax.errors import ConfigError
+from test_final_classifier import EMBEDDING_DIM, EVAL_CHUNK, FEATURE_DIM, SPEC, make_dataset
 from test_train_support import tiny_config, tiny_dataset
 
 NUM_GENERATORS = 3
@@ -31,14 +34,17 @@ PARAM_TOLERANCE = dict(rtol=1e-5, atol=1e-6)
 METRIC_TOLERANCE = dict(rtol=1e-5, atol=1e-4)
 
 
+def linear_sampler(params, embeddings, key):
+  """A small test-local generator (a `synthesis.SampleFn`): ReLU(a W + b + noise)."""
+  noise = jax.random.normal(key, (embeddings.shape[0], params["w"].shape[1]))
+  return jax.nn.relu(embeddings @ params["w"] + params["b"] + noise)
+
+
 def _generators(num=NUM_GENERATORS):
-  """Sample functions of `num` differently initialised generators of one architecture."""
-  return [
-      functools.partial(models.apply_generator, models.init_generator(
-          jax.random.key(100 + g), kind="latent_noise", embedding_dim=EMBEDDING_DIM,
-          feature_dim=FEATURE_DIM, noise_dim=3, hidden_dims=(8,)))
-      for g in range(num)
-  ]
+  """Parameters of `num` differently drawn generators of one architecture."""
+  rngs = [np.random.default_rng(100 + g) for g in range(num)]
+  return [{"w": rng.normal(size=(EMBEDDING_DIM, FEATURE_DIM)).astype(np.float32),
+           "b": rng.normal(size=(FEATURE_DIM,)).astype(np.float32)} for rng in rngs]
 
 
 def _keys(num=NUM_GENERATORS):
@@ -61,43 +67,46 @@ def _assert_results_close(got, want):
     np.testing.assert_allclose(a.seen, b.seen, **METRIC_TOLERANCE)
 
 
-# The two configurations cover both classifiers and the seen-class top-up (7
-# real training examples per seen class: n_synth_seen=9 adds 2 synthetic ones).
-CONFIGS = {"bilinear": dict(classifier="bilinear"),
-           "softmax_top_up": dict(classifier="softmax", n_synth_seen=9)}
+# The two settings cover both classifiers and the seen-class top-up (7 real
+# training examples per seen class: n_synth_seen=9 adds 2 synthetic ones).
+SPECS = {"bilinear": dataclasses.replace(SPEC, classifier="bilinear"),
+         "softmax_top_up": dataclasses.replace(SPEC, classifier="softmax", n_synth_seen=9)}
 
 
-def _alone(dataset, cfg, **kwargs):
-  return [evaluate.evaluate_generator(fn, dataset, cfg, key, eval_chunk_size=EVAL_CHUNK,
-                                      **kwargs)
-          for fn, key in zip(_generators(), _keys())]
+def _evaluate(params, dataset, spec, keys, **kwargs):
+  return evaluate.evaluate_generators(linear_sampler, params, dataset, spec, keys,
+                                      eval_chunk_size=EVAL_CHUNK, **kwargs)
 
 
-@pytest.mark.parametrize("name", sorted(CONFIGS))
+def _alone(dataset, spec, **kwargs):
+  """Each generator evaluated on its own (G = 1) with its own key."""
+  return [_evaluate([params], dataset, spec, [key], **kwargs)[0]
+          for params, key in zip(_generators(), _keys())]
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
 def test_group_equals_each_generator_evaluated_alone(name):
   dataset, _ = make_dataset()
-  cfg = make_cfg(**CONFIGS[name])
-  sample_fns, keys = _generators(), _keys()
-  group = evaluate.evaluate_generators(sample_fns, dataset, cfg, keys,
-                                       eval_chunk_size=EVAL_CHUNK, calibration_gamma=0.5)
+  spec = SPECS[name]
+  generators, keys = _generators(), _keys()
+  group = _evaluate(generators, dataset, spec, keys, calibration_gamma=0.5)
   assert len(group) == NUM_GENERATORS
-  alone = _alone(dataset, cfg, calibration_gamma=0.5)
+  alone = _alone(dataset, spec, calibration_gamma=0.5)
   for got, want in zip(group, alone):
     _assert_results_close(got, want)
-    assert got.params["kernel"].shape[0] == cfg.num_classifier_seeds
+    assert got.params["kernel"].shape[0] == spec.num_classifier_seeds
   # A mixed-up generator or key would be caught: their classifiers differ far
   # beyond the tolerance.
   for i, j in ((0, 1), (1, 2)):
     gap = np.abs(group[i].params["kernel"] - alone[j].params["kernel"]).max()
     assert gap > 1e3 * PARAM_TOLERANCE["atol"], (i, j, gap)
-  swapped_key = evaluate.evaluate_generator(sample_fns[0], dataset, cfg, keys[1],
-                                            eval_chunk_size=EVAL_CHUNK)
+  (swapped_key,) = _evaluate(generators[:1], dataset, spec, keys[1:2])
   assert np.abs(swapped_key.params["kernel"] - group[0].params["kernel"]).max() > 1e-3
 
 
 def test_group_synthesises_with_each_generators_own_key(monkeypatch):
   dataset, _ = make_dataset()
-  cfg = make_cfg(n_synth_seen=9)
+  spec = dataclasses.replace(SPEC, n_synth_seen=9)
   pooled = []
 
   def spy(seed_keys, features, labels, *args, **kwargs):
@@ -106,19 +115,22 @@ def test_group_synthesises_with_each_generators_own_key(monkeypatch):
                    np.asarray(labels)))
     return [None] * features.shape[0]
 
-  monkeypatch.setattr(evaluate, "train_final_classifier_group", spy)
-  sample_fns, keys = _generators(2), _keys(2)
-  assert evaluate.evaluate_generators(sample_fns, dataset, cfg, keys) == [None, None]
+  monkeypatch.setattr(final_classifier, "train_final_classifiers", spy)
+  generators, keys = _generators(2), _keys(2)
+  assert evaluate.evaluate_generators(linear_sampler, generators, dataset, spec,
+                                      keys) == [None, None]
   (seed_keys, features, labels), = pooled
-  ids, counts = evaluate._synthetic_plan(dataset, cfg)  # pylint: disable=protected-access
-  for g, (fn, key) in enumerate(zip(sample_fns, keys)):
+  ids, counts = synthesis.synthetic_plan(dataset, spec)
+  assert counts.sum() == 4 * 2 + 2 * spec.n_synth_unseen  # the top-up is synthesised
+  for g, (params, key) in enumerate(zip(generators, keys)):
     synth_key, train_key = jax.random.split(key)
-    fake, fake_labels = evaluate.synthesize(fn, synth_key, ids, dataset.class_embeddings,
-                                            counts)
+    fake, fake_labels = synthesis.synthesize(linear_sampler, params, synth_key, ids,
+                                             dataset.class_embeddings, counts)
     np.testing.assert_array_equal(features[g], np.concatenate([dataset.train_features, fake]))
     np.testing.assert_array_equal(labels, np.concatenate([dataset.train_labels, fake_labels]))
     np.testing.assert_array_equal(
-        seed_keys[g], jax.random.key_data(jax.random.split(train_key, cfg.num_classifier_seeds)))
+        seed_keys[g],
+        jax.random.key_data(jax.random.split(train_key, spec.num_classifier_seeds)))
   assert not np.array_equal(features[0], features[1])
 
 
@@ -134,40 +146,27 @@ def test_generator_batches_bound_the_pooled_bytes(num, size, bound, expected):
 
 def test_a_group_over_the_memory_bound_is_split_with_the_same_results(monkeypatch):
   dataset, _ = make_dataset()
-  cfg = make_cfg(**CONFIGS["bilinear"])
+  spec = SPECS["bilinear"]
   sizes = []
-  real_group = evaluate.train_final_classifier_group
+  real_train = final_classifier.train_final_classifiers
 
   def spy(seed_keys, features, *args, **kwargs):
     sizes.append(features.shape[0])
-    return real_group(seed_keys, features, *args, **kwargs)
+    return real_train(seed_keys, features, *args, **kwargs)
 
-  monkeypatch.setattr(evaluate, "train_final_classifier_group", spy)
-  pooled_bytes = (dataset.train_labels.size + 2 * cfg.n_synth_unseen) * FEATURE_DIM * 4
-  split = evaluate.evaluate_generators(_generators(), dataset, cfg, _keys(),
-                                       eval_chunk_size=EVAL_CHUNK,
-                                       max_pooled_bytes=pooled_bytes + 1)
+  monkeypatch.setattr(final_classifier, "train_final_classifiers", spy)
+  pooled_bytes = (dataset.train_labels.size + 2 * spec.n_synth_unseen) * FEATURE_DIM * 4
+  split = _evaluate(_generators(), dataset, spec, _keys(), max_pooled_bytes=pooled_bytes + 1)
   assert sizes == [1, 1, 1]
-  for got, want in zip(split, _alone(dataset, cfg)):
+  monkeypatch.undo()
+  for got, want in zip(split, _alone(dataset, spec)):
     _assert_results_close(got, want)
 
 
 def test_bad_group_inputs_raise_clear_errors():
   dataset, _ = make_dataset()
-  cfg = make_cfg()
-  with pytest.raises(ConfigError, match="sample_fns"):
-    evaluate.evaluate_generators([], dataset, cfg, [])
-  with pytest.raises(ConfigError, match="real-only"):
-    evaluate.evaluate_generators([None], dataset, cfg, _keys(1))
   with pytest.raises(ConfigError, match="expected 2 PRNG keys"):
-    evaluate.evaluate_generators(_generators(2), dataset, cfg, _keys(3))
-  with pytest.raises(ConfigError, match="max_pooled_bytes"):
-    evaluate.evaluate_generators(_generators(1), dataset, cfg, _keys(1), max_pooled_bytes=0)
-  features = np.zeros((2, dataset.train_labels.size, FEATURE_DIM), np.float32)
-  keys = jax.random.split(jax.random.key(0), (3, 2))
-  with pytest.raises(DataError, match=r"\(G, N, D\)"):
-    evaluate.train_final_classifier_group(keys, features, dataset.train_labels,
-                                          dataset.class_embeddings, dataset, cfg)
+    _evaluate(_generators(2), dataset, SPEC, _keys(3))
 
 
 # --------------------------------------------------------------------------
@@ -197,20 +196,24 @@ def _assert_same_results(got, want):
       assert a == b
 
 
+def _counting(calls):
+  """`evaluate.evaluate_generators`, recording how many generators each call gets."""
+  real = evaluate.evaluate_generators
+
+  def spy(sample_fn, generator_params, *args, **kwargs):
+    calls.append(len(generator_params))
+    return real(sample_fn, generator_params, *args, **kwargs)
+
+  return spy
+
+
 @pytest.fixture(scope="module")
 def grouped(tmp_path_factory):
   """A tiny run with num_parallel_seeds=2: (workdir, results, group sizes evaluated)."""
   workdir = tmp_path_factory.mktemp("grouped")
   calls = []
-  real_group = evaluate.evaluate_generators
-
-  def spy(sample_fns, *args, **kwargs):
-    calls.append(len(sample_fns))
-    return real_group(sample_fns, *args, **kwargs)
-
   with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(evaluate, "evaluate_generators", spy)
-    patch.setattr(evaluate, "evaluate_generator", None)  # never called per seed
+    patch.setattr(evaluate, "evaluate_generators", _counting(calls))
     results = train.train_and_evaluate(GROUP_CONFIG, workdir, dataset=tiny_dataset())
   return workdir, results, calls
 
@@ -229,23 +232,27 @@ def test_parallel_seeds_are_evaluated_in_one_call(grouped):
   for index, seed in enumerate(SEEDS):
     assert results["per_seed"][index]["seed"] == seed
     assert results["per_seed"][index]["timings"]["parallel_seeds"] == 2
-    assert (workdir / f"seed_{seed}" / train.SAMPLES_FILE).is_file()
-    records = train.metric_writers.read_jsonl(workdir / f"seed_{seed}" / "eval" /
+    assert (workdir / f"seed_{seed}" / workdirs.SAMPLES_FILE).is_file()
+    records = metric_writers.read_jsonl(workdir / f"seed_{seed}" / "eval" /
                                               "metrics.jsonl")
     assert [r["step"] for r in records] == [1, 2, 3]
 
 
-def test_grouped_stage_2_gives_the_results_of_one_seed_at_a_time(tmp_path, grouped):
+def test_grouped_stage_2_gives_the_results_of_one_seed_at_a_time(tmp_path, monkeypatch,
+                                                                  grouped):
   # The same stage-1 generators (their final checkpoints, copied), then
-  # num_parallel_seeds=1: each seed restores its generator and runs
-  # evaluate_generator on its own. (That grouped and separate stage 1 agree
-  # is test_parallel_seeds' concern.)
+  # num_parallel_seeds=1: each seed restores its generator and is evaluated
+  # on its own (G = 1). (That grouped and separate stage 1 agree is
+  # test_parallel_seeds' concern.)
   workdir, results, _ = grouped
-  shutil.copytree(workdir / train.CHECKPOINT_DIR, tmp_path / train.CHECKPOINT_DIR)
+  shutil.copytree(workdir / workdirs.CHECKPOINT_DIR, tmp_path / workdirs.CHECKPOINT_DIR)
+  calls = []
+  monkeypatch.setattr(evaluate, "evaluate_generators", _counting(calls))
   one_at_a_time = train.train_and_evaluate(tiny_config("cwgan", seeds=SEEDS), tmp_path,
                                            dataset=tiny_dataset())
+  assert calls == [1, 1]
   assert [r["timings"]["stage1_start_iteration"] for r in one_at_a_time["per_seed"]] == [4, 4]
-  assert "parallel_seeds" not in one_at_a_time["per_seed"][0]["timings"]
+  assert [r["timings"]["parallel_seeds"] for r in one_at_a_time["per_seed"]] == [1, 1]
   _assert_same_results(results, one_at_a_time)
   # The two seeds' generators really differ.
   per_seed = results["metrics"]["gzsl_h"]["per_seed"]
@@ -273,12 +280,7 @@ def test_group_resumes_after_a_crash_between_the_stages(tmp_path, monkeypatch, g
   # Finished seeds are not evaluated again; a new calibration gamma
   # re-evaluates the group (stage 2 only), still in one call.
   calls = []
-
-  def spy(sample_fns, *args, **kwargs):
-    calls.append(len(sample_fns))
-    return real_group(sample_fns, *args, **kwargs)
-
-  monkeypatch.setattr(evaluate, "evaluate_generators", spy)
+  monkeypatch.setattr(evaluate, "evaluate_generators", _counting(calls))
   again = train.train_and_evaluate(GROUP_CONFIG, tmp_path, dataset=tiny_dataset())
   assert calls == [] and again["metrics"] == resumed["metrics"]
   calibrated = train.train_and_evaluate(GROUP_CONFIG, tmp_path, dataset=tiny_dataset(),

@@ -5,7 +5,8 @@ worker ...`): each process has two CPU devices of its own, joins the run
 with `parallel.initialize_multihost`, trains a few stage-1 iterations of the
 tiny problem on the four global devices, saves its final parameters, then
 runs `train.train_and_evaluate` (which resumes the finished stage 1 and
-writes results from process 0 only).
+writes results from process 0 only). The reference is the tests' plain
+one-process loop (`reference_training.plain_stage1`).
 """
 
 import os
@@ -18,7 +19,7 @@ import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SEED = 3
-RUN = dict(num_iterations=2, iterations_per_call=2, checkpoint_every=2, log_every=1)
+NUM_ITERATIONS = 2
 WORKER_TIMEOUT_S = 240
 
 
@@ -36,13 +37,17 @@ def _flat_state(state):
 
 def _problem():
   # pylint: disable=g-import-not-at-top
+  from gmn_jax import specs
   from gmn_jax import train_state
   from test_train_support import tiny_config, tiny_dataset
   # pylint: enable=g-import-not-at-top
-  config, dataset = tiny_config(seeds=(SEED,), **{"eval.num_classifier_seeds": 1}), tiny_dataset()
-  spec = train_state.make_train_spec(config, dataset)
+  config, dataset = tiny_config(seeds=(SEED,), **{"eval.num_classifier_seeds": 1,
+                                                   "train.num_iterations": NUM_ITERATIONS,
+                                                   "train.iterations_per_call": 2,
+                                                   "train.checkpoint_every": 2}), tiny_dataset()
+  spec = specs.train_spec(config, dataset)
   data = train_state.make_train_data(dataset, spec)
-  return config, dataset, spec, data, train_state.make_hyperparameters(config)
+  return config, dataset, spec, data, specs.hyperparameters(config)
 
 
 def worker(process_id: int, port: int, workdir: str) -> None:
@@ -57,8 +62,10 @@ def worker(process_id: int, port: int, workdir: str) -> None:
     pass
   # pylint: disable=g-import-not-at-top
   from gmn_jax import parallel
-  from gmn_jax import parallel_train
+  from gmn_jax import specs
+  from gmn_jax import stage1
   from gmn_jax import train
+  from gmn_jax import workdir as workdirs
   # pylint: enable=g-import-not-at-top
   assert parallel.initialize_multihost(True, coordinator_address=f"127.0.0.1:{port}",
                                        num_processes=2, process_id=process_id,
@@ -67,11 +74,11 @@ def worker(process_id: int, port: int, workdir: str) -> None:
   assert parallel.is_primary() == (process_id == 0)
   config, dataset, spec, data, hyper = _problem()
   mesh = parallel.make_mesh()
-  checkpoint_dir = os.path.join(workdir, train.CHECKPOINT_DIR, f"seed_{SEED}")
-  (result,) = parallel_train.train_generators(
-      spec, data, hyper, seeds=(SEED,), checkpoint_dirs=[checkpoint_dir],
-      metrics_dirs=[os.path.join(workdir, f"seed_{SEED}")], mesh=mesh, **RUN)
-  np.savez(os.path.join(workdir, f"state_{process_id}.npz"), **_flat_state(result["state"]))
+  (result,) = stage1.train_generators(
+      spec, data, hyper, seeds=(SEED,), schedule=specs.schedule(config),
+      checkpoint_dirs=[workdirs.checkpoint_dir(workdir, SEED)],
+      metrics_dirs=[workdirs.seed_dir(workdir, SEED)], mesh=mesh)
+  np.savez(os.path.join(workdir, f"state_{process_id}.npz"), **_flat_state(result.state))
   summary = train.train_and_evaluate(config, workdir, dataset=dataset, mesh=mesh)
   print(f"process {process_id}: zsl_t1 {summary['metrics']['zsl_t1']['mean']:.6f}", flush=True)
 
@@ -98,7 +105,8 @@ def test_two_processes_train_in_lockstep_and_match_one_process(tmp_path):
     assert proc.returncode == 0, f"process {i} failed:\n{output[-3000:]}"
 
   # pylint: disable=g-import-not-at-top
-  from gmn_jax import train
+  from gmn_jax import workdir as workdirs
+  from reference_training import plain_stage1
   # pylint: enable=g-import-not-at-top
   states = [dict(np.load(tmp_path / f"state_{i}.npz")) for i in range(2)]
   assert states[0].keys() == states[1].keys()
@@ -106,9 +114,8 @@ def test_two_processes_train_in_lockstep_and_match_one_process(tmp_path):
     np.testing.assert_array_equal(states[0][name], states[1][name], err_msg=name)
 
   _, _, spec, data, hyper = _problem()
-  one = train.train_generator(spec, data, hyper, seed=SEED,
-                              checkpoint_dir=str(tmp_path / "one_process"), **RUN)
-  reference = _flat_state(one["state"])
+  one, _ = plain_stage1(spec, data, hyper, SEED, NUM_ITERATIONS)
+  reference = _flat_state(one)
   assert reference.keys() == states[0].keys()
   for name, value in reference.items():
     np.testing.assert_allclose(states[0][name], value, rtol=1e-3, atol=1e-4, err_msg=name)
@@ -116,7 +123,7 @@ def test_two_processes_train_in_lockstep_and_match_one_process(tmp_path):
   # Both processes computed the same summary; process 0 wrote it.
   lines = [next(l for l in out.splitlines() if l.startswith("process ")) for out in outputs]
   assert lines[0].split()[-1] == lines[1].split()[-1]
-  assert (tmp_path / train.RESULTS_FILE).is_file()
+  assert (tmp_path / workdirs.RESULTS_FILE).is_file()
   assert (tmp_path / f"seed_{SEED}" / "metrics.jsonl").is_file()
 
 

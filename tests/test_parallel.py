@@ -124,30 +124,28 @@ def test_initialize_multihost_rejects_a_malformed_environment(monkeypatch):
 
 def test_training_on_four_devices_equals_one_device(tmp_path):
   # pylint: disable=g-import-not-at-top
-  from gmn_jax import train
+  from gmn_jax import specs
+  from gmn_jax import stage1
   from gmn_jax import train_state
   from gmn_jax import train_step
-  from gmn_jax import parallel_train
+  from reference_training import assert_trees_close, plain_stage1
   from test_train_support import tiny_config, tiny_dataset
   # pylint: enable=g-import-not-at-top
   config, dataset = tiny_config(), tiny_dataset()  # batch 8, GM 2 x (4 real + 8 fake)
-  spec = train_state.make_train_spec(config, dataset)
+  spec = specs.train_spec(config, dataset)
   data = train_state.make_train_data(dataset, spec)
-  hyper = train_state.make_hyperparameters(config)
-  run = dict(num_iterations=2, iterations_per_call=2, checkpoint_every=2, log_every=1)
-  single = train.train_generator(spec, data, hyper, seed=3,
-                                 checkpoint_dir=str(tmp_path / "one"), **run)
+  hyper = specs.hyperparameters(config)
+  schedule = specs.Schedule(num_iterations=2, iterations_per_call=2, checkpoint_every=2,
+                            log_every=1)
+  single, _ = plain_stage1(spec, data, hyper, 3, schedule.num_iterations)
   mesh = parallel.make_mesh()
-  (sharded,) = parallel_train.train_generators(
-      spec, data, hyper, seeds=(3,), checkpoint_dirs=[str(tmp_path / "four")], mesh=mesh,
-      **run)
-  leaves = jax.tree_util.tree_leaves
-  for got, want in zip(leaves(sharded["state"]), leaves(single["state"])):
-    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
+  (sharded,) = stage1.train_generators(
+      spec, data, hyper, seeds=(3,), schedule=schedule,
+      checkpoint_dirs=[str(tmp_path / "four")], mesh=mesh)
+  assert_trees_close(sharded.state, single, rtol=1e-3, atol=1e-4)
   # Training moved the parameters, so the comparison is not of two inits.
-  init_key = train._seed_keys(3)[0]  # pylint: disable=protected-access
-  init = train_state.init_train_state(init_key, spec, data)
-  assert not np.allclose(sharded["state"].generator["layers"]["layer_0"]["kernel"],
+  init = train_state.init_train_state(train_state.seed_keys(3).init, spec, data)
+  assert not np.allclose(sharded.state.generator["layers"]["layer_0"]["kernel"],
                          init.generator["layers"]["layer_0"]["kernel"])
   # The step really splits its batches: XLA sums partial gradients (checked
   # on a critic step, a smaller program to compile than the whole chunk).

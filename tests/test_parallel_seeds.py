@@ -1,4 +1,4 @@
-"""Several generator seeds in one vmapped program equal separate runs."""
+"""Stage 1 of S seeds in one program equals a plain loop per seed."""
 
 import json
 import os
@@ -9,26 +9,24 @@ import pytest
 
 from gmn_jax import checkpoint
 from gmn_jax import parallel
-from gmn_jax import parallel_train
+from gmn_jax import seed_axis
+from gmn_jax import specs
+from gmn_jax import stage1
 from gmn_jax import train
 from gmn_jax import train_state
+from gmn_jax import workdir
+from reference_training import assert_trees_close, plain_stage1
 from test_train_support import tiny_config, tiny_dataset
 
 SEEDS = (3, 5)
-RUN = dict(num_iterations=2, iterations_per_call=2, checkpoint_every=2, log_every=1)
+SCHEDULE = specs.Schedule(num_iterations=3, iterations_per_call=2, checkpoint_every=2,
+                          log_every=1)
 
 
 def _setup():
   config, dataset = tiny_config(), tiny_dataset()
-  spec = train_state.make_train_spec(config, dataset)
-  return spec, train_state.make_train_data(dataset, spec), train_state.make_hyperparameters(config)
-
-
-def _assert_trees_close(got, want, **tolerance):
-  got_leaves, want_leaves = jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)
-  assert len(got_leaves) == len(want_leaves)
-  for g, w in zip(got_leaves, want_leaves):
-    np.testing.assert_allclose(np.asarray(g), np.asarray(w), **tolerance)
+  spec = specs.train_spec(config, dataset)
+  return spec, train_state.make_train_data(dataset, spec), specs.hyperparameters(config)
 
 
 def _read_metrics(directory):
@@ -36,42 +34,61 @@ def _read_metrics(directory):
     return [json.loads(line) for line in f]
 
 
+@pytest.fixture(scope="module")
+def references():
+  spec, data, hyper = _setup()
+  return {s: plain_stage1(spec, data, hyper, s, SCHEDULE.num_iterations) for s in SEEDS}
+
+
 def test_vmapped_init_equals_separate_inits():
   spec, data, _ = _setup()
-  keys = [train._seed_keys(s)[0] for s in SEEDS]  # pylint: disable=protected-access
-  stacked = parallel_train.init_train_states(spec, jax.device_put(data), jax.numpy.stack(keys))
+  keys = [train_state.seed_keys(s).init for s in SEEDS]
+  stacked = stage1.init_states(spec, jax.device_put(data), jax.numpy.stack(keys))
   for i, key in enumerate(keys):
-    _assert_trees_close(parallel_train.tree_slice(stacked, i),
-                        train_state.init_train_state(key, spec, data), rtol=1e-6, atol=1e-7)
+    assert_trees_close(seed_axis.unstack(stacked, i),
+                       train_state.init_train_state(key, spec, data), rtol=1e-6, atol=1e-7)
 
 
-def test_group_of_seeds_equals_separate_runs(tmp_path):
+@pytest.mark.parametrize("seeds", [SEEDS, SEEDS[:1]], ids=["two_seeds", "one_seed"])
+def test_a_group_equals_a_plain_loop_per_seed(tmp_path, references, seeds):
   spec, data, hyper = _setup()
-  separate = [train.train_generator(spec, data, hyper, seed=s,
-                                    checkpoint_dir=str(tmp_path / f"one_{s}"),
-                                    metrics_dir=str(tmp_path / f"one_metrics_{s}"), **RUN)
-              for s in SEEDS]
-  group = parallel_train.train_generators(
-      spec, data, hyper, seeds=SEEDS,
-      checkpoint_dirs=[str(tmp_path / f"group_{s}") for s in SEEDS],
-      metrics_dirs=[str(tmp_path / f"group_metrics_{s}") for s in SEEDS], **RUN)
-  assert [g["parallel_seeds"] for g in group] == [2, 2]
-  for s, one, grouped in zip(SEEDS, separate, group):
-    _assert_trees_close(grouped["state"], one["state"], rtol=1e-4, atol=1e-6)
-    one_rows = _read_metrics(tmp_path / f"one_metrics_{s}")
-    group_rows = _read_metrics(tmp_path / f"group_metrics_{s}")
-    assert [r["step"] for r in group_rows] == [r["step"] for r in one_rows] == [1, 2]
-    for a, b in zip(group_rows, one_rows):
-      np.testing.assert_allclose(a["train/generator_loss"], b["train/generator_loss"],
-                                 rtol=1e-4, atol=1e-5)
-    # Each seed's checkpoint holds its own unstacked state, as a one-seed run's.
-    template = train_state.init_train_state(jax.random.key(0), spec, data)
-    with checkpoint.Checkpointer(str(tmp_path / f"group_{s}")) as ckpt:
-      assert ckpt.latest_step() == 2
-      _assert_trees_close(ckpt.restore(template)[0], grouped["state"], rtol=0, atol=0)
-  # The seeds really are different runs.
-  assert not np.allclose(group[0]["state"].generator["layers"]["layer_0"]["kernel"],
-                         group[1]["state"].generator["layers"]["layer_0"]["kernel"])
+  group = stage1.train_generators(
+      spec, data, hyper, seeds=seeds, schedule=SCHEDULE,
+      checkpoint_dirs=[str(tmp_path / f"ckpt_{s}") for s in seeds],
+      metrics_dirs=[str(tmp_path / f"metrics_{s}") for s in seeds])
+  assert [g.parallel_seeds for g in group] == [len(seeds)] * len(seeds)
+  for s, grouped in zip(seeds, group):
+    state, per_iteration = references[s]
+    assert grouped.seed == s
+    assert_trees_close(grouped.state, state, rtol=1e-4, atol=1e-6)
+    rows = _read_metrics(tmp_path / f"metrics_{s}")
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    np.testing.assert_allclose([r["train/generator_loss"] for r in rows],
+                               per_iteration["generator_loss"], rtol=1e-4, atol=1e-5)
+    # Each seed's checkpoint holds its own unstacked final state.
+    with checkpoint.Checkpointer(str(tmp_path / f"ckpt_{s}")) as ckpt:
+      assert ckpt.all_steps() == [2, 3]
+      restored, extra = ckpt.restore(jax.tree.map(jax.numpy.asarray, grouped.state))
+      assert extra == {"seed": s, "iteration": 3}
+      assert_trees_close(restored, grouped.state, rtol=0, atol=0)
+  if len(seeds) > 1:  # The seeds really are different runs.
+    assert not np.allclose(group[0].state.generator["layers"]["layer_0"]["kernel"],
+                           group[1].state.generator["layers"]["layer_0"]["kernel"])
+
+
+def test_a_group_resumes_checkpoints_written_one_seed_at_a_time(tmp_path, references):
+  spec, data, hyper = _setup()
+  dirs = [str(tmp_path / f"ckpt_{s}") for s in SEEDS]
+  partial = specs.Schedule(num_iterations=2, iterations_per_call=2, checkpoint_every=2,
+                           log_every=1)
+  for seed, directory in zip(SEEDS, dirs):  # two one-seed runs stop at iteration 2
+    stage1.train_generators(spec, data, hyper, seeds=[seed], schedule=partial,
+                            checkpoint_dirs=[directory])
+  group = stage1.train_generators(spec, data, hyper, seeds=SEEDS, schedule=SCHEDULE,
+                                  checkpoint_dirs=dirs)
+  assert [g.start_iteration for g in group] == [2, 2]
+  for s, grouped in zip(SEEDS, group):
+    assert_trees_close(grouped.state, references[s][0], rtol=1e-4, atol=1e-6)
 
 
 class _FakeCheckpointer:
@@ -95,13 +112,7 @@ class _FakeCheckpointer:
 ])
 def test_group_resumes_from_the_newest_step_every_seed_keeps(steps, expected):
   checkpointers = [_FakeCheckpointer(s) for s in steps]
-  assert parallel_train._start_step(checkpointers) == expected  # pylint: disable=protected-access
-
-
-def test_mismatched_directory_lists_are_refused():
-  spec, data, hyper = _setup()
-  with pytest.raises(train.errors.ConfigError, match="one checkpoint and metrics directory"):
-    parallel_train.train_generators(spec, data, hyper, seeds=SEEDS, checkpoint_dirs=["a"], **RUN)
+  assert stage1._start_step(checkpointers) == expected  # pylint: disable=protected-access
 
 
 def test_num_parallel_seeds_gives_the_results_of_separate_runs(tmp_path, monkeypatch):
@@ -118,6 +129,7 @@ def test_num_parallel_seeds_gives_the_results_of_separate_runs(tmp_path, monkeyp
     np.testing.assert_allclose(together["metrics"][name]["per_seed"], entry["per_seed"],
                                atol=1e-6, err_msg=name)
   assert [r["timings"]["stage1_start_iteration"] for r in together["per_seed"]] == [0, 0]
-  assert sorted(os.listdir(tmp_path / "together")) == [train.CHECKPOINT_DIR]
-  assert sorted(os.listdir(tmp_path / "together" / train.CHECKPOINT_DIR)) == [
+  assert [r["timings"]["parallel_seeds"] for r in together["per_seed"]] == [2, 2]
+  assert sorted(os.listdir(tmp_path / "together")) == [workdir.CHECKPOINT_DIR]
+  assert sorted(os.listdir(tmp_path / "together" / workdir.CHECKPOINT_DIR)) == [
       f"seed_{s}" for s in SEEDS]

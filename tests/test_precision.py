@@ -5,12 +5,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gmn_jax import config as gmn_config
 from gmn_jax import losses
 from gmn_jax import models
 from gmn_jax import precision
 from gmn_jax import train_state
 from gmn_jax import train_step
 from gmn_jax.errors import ConfigError
+from gmn_jax import specs
 from test_train_support import tiny_config, tiny_dataset
 
 D, K, Z, B = 64, 12, 16, 32
@@ -83,14 +85,15 @@ def test_bfloat16_training_stays_close_to_float32_on_a_tiny_problem():
   outcomes = {}
   for mode in ("float32", "bfloat16"):
     config = tiny_config(precision=mode)
-    spec = train_state.make_train_spec(config, dataset)
+    spec = specs.train_spec(config, dataset)
     assert spec.precision == mode
     data = jax.device_put(train_state.make_train_data(dataset, spec))
     state = train_state.init_train_state(jax.random.key(0), spec, data)
     chunk = jax.jit(train_step.make_chunk_fn(spec, 4), compiler_options=_FAST_COMPILE)
-    outcomes[mode] = chunk(state, data, train_state.make_hyperparameters(config),
-                           jax.random.key(1))
-  (f32_state, f32_metrics), (bf16_state, bf16_metrics) = outcomes["float32"], outcomes["bfloat16"]
+    outcomes[mode] = chunk(state, data, specs.hyperparameters(config),
+                           jax.random.key(1), jnp.int32(0))
+  (f32_state, f32_metrics, _), (bf16_state, bf16_metrics, _) = (outcomes["float32"],
+                                                               outcomes["bfloat16"])
   for leaf in jax.tree_util.tree_leaves((bf16_state.generator, bf16_state.critic)):
     assert leaf.dtype == jnp.float32
   for name in ("critic_loss", "gradient_penalty", "gm_loss", "generator_loss"):
@@ -106,4 +109,4 @@ def test_unknown_precision_is_a_config_error():
   with pytest.raises(ConfigError, match=r"config\.precision: expected one of"):
     precision.compute_dtype("float16")
   with pytest.raises(ConfigError, match=r"config\.precision"):
-    train_state.make_train_spec(tiny_config(precision="int8"), tiny_dataset())
+    gmn_config.validate(tiny_config(precision="int8"), check_data_dir=False)

@@ -18,11 +18,15 @@ import jax
 import numpy as np
 import pytest
 
+from experiments import cli
 from gmn_jax import checkpoint
+from gmn_jax import errors
 from gmn_jax import preemption
+from gmn_jax import specs
+from gmn_jax import stage1
 from gmn_jax import train
 from gmn_jax import train_state
-from gmn_jax import train_step
+from gmn_jax import workdir as workdirs
 from test_train_support import tiny_config, tiny_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,7 +42,7 @@ def _config():
 
 def _final_params(workdir):
   config, dataset = _config(), tiny_dataset()
-  spec = train_state.make_train_spec(config, dataset)
+  spec = specs.train_spec(config, dataset)
   template = train_state.init_train_state(
       jax.random.key(0), spec, train_state.make_train_data(dataset, spec))
   with checkpoint.Checkpointer(os.path.join(workdir, "checkpoints", f"seed_{SEED}")) as ckpt:
@@ -70,11 +74,11 @@ def _stop_during_chunk(monkeypatch, number, signum):
   the main thread (where Python allows no handlers) the request is made
   directly, as the handler would.
   """
-  real = train_step.jitted_chunk_fn
+  real = stage1.compiled_chunk
   calls = []
 
-  def patched(spec, length):
-    fn = real(spec, length)
+  def patched(spec, length, num_seeds):
+    fn = real(spec, length, num_seeds)
 
     def wrapped(*args):
       calls.append(length)
@@ -87,7 +91,7 @@ def _stop_during_chunk(monkeypatch, number, signum):
 
     return wrapped
 
-  monkeypatch.setattr(train_step, "jitted_chunk_fn", patched)
+  monkeypatch.setattr(stage1, "compiled_chunk", patched)
   return calls
 
 
@@ -157,21 +161,21 @@ def test_signal_handlers_record_the_request_and_restore_the_previous_ones():
 _SCRIPT = textwrap.dedent("""
     import os, signal, sys
     sys.path.insert(0, {tests!r})
-    from gmn_jax import preemption, train, train_step
+    from gmn_jax import preemption, stage1, train
     from experiments import train as binary
     from test_train_support import tiny_config, tiny_dataset
 
     # Send a real signal to this process at host call SIGNAL_AT (0: never).
-    real, calls = train_step.jitted_chunk_fn, []
-    def patched(spec, length):
-      fn = real(spec, length)
+    real, calls = stage1.compiled_chunk, []
+    def patched(spec, length, num_seeds):
+      fn = real(spec, length, num_seeds)
       def wrapped(*args):
         calls.append(length)
         if len(calls) == int(os.environ["SIGNAL_AT"]):
           os.kill(os.getpid(), getattr(signal, os.environ["SIGNAL"]))
         return fn(*args)
       return wrapped
-    train_step.jitted_chunk_fn = patched
+    stage1.compiled_chunk = patched
     config = tiny_config(seeds=({seed},), **{overrides!r})
     try:
       train.train_and_evaluate(config, sys.argv[1], dataset=tiny_dataset())
@@ -222,7 +226,7 @@ def test_a_validation_gamma_adds_honest_calibrated_metrics(tmp_path, straight_ru
       "config": {"split": "validation"},
       "metrics": {"oracle_calibration_gamma": {"mean": 0.25, "std": 0.1,
                                                "per_seed": [0.15, 0.35]}}}))
-  gamma = train.calibration_gamma_from(validation)
+  gamma = workdirs.calibration_gamma_from(validation)
   assert gamma == 0.25
   results = train.train_and_evaluate(_config(), tmp_path / "run", dataset=tiny_dataset(),
                                      calibration_gamma=gamma)
@@ -235,7 +239,7 @@ def test_a_validation_gamma_adds_honest_calibrated_metrics(tmp_path, straight_ru
   for got, best in zip(results["per_seed"][0]["classifier_seeds"]["calibrated_gzsl_h"],
                        results["per_seed"][0]["classifier_seeds"]["oracle_calibrated_gzsl_h"]):
     assert got <= best + 1e-6
-  assert "H cal." in train.format_results_table(results)
+  assert "H cal." in cli.format_results_table(results)
   # Another gamma re-evaluates the finished seed (stage 2 only), never mixes.
   again = train.train_and_evaluate(_config(), tmp_path / "run", dataset=tiny_dataset(),
                                    calibration_gamma=0.5)
@@ -257,21 +261,21 @@ def test_a_validation_gamma_adds_honest_calibrated_metrics(tmp_path, straight_ru
 def test_calibration_gamma_from_refuses_other_runs(tmp_path, content, error, needle):
   if content is not None:
     (tmp_path / "results.json").write_text(json.dumps(content))
-  with pytest.raises(getattr(train.errors, error), match=needle):
-    train.calibration_gamma_from(tmp_path)
+  with pytest.raises(getattr(errors, error), match=needle):
+    workdirs.calibration_gamma_from(tmp_path)
 
 
 def test_stage_2_writes_real_and_generated_samples_for_the_plots(straight_run):
   dataset = tiny_dataset()
-  with np.load(os.path.join(straight_run, f"seed_{SEED}", train.SAMPLES_FILE)) as samples:
+  with np.load(os.path.join(straight_run, f"seed_{SEED}", workdirs.SAMPLES_FILE)) as samples:
     ids = samples["class_ids"]
     assert set(ids) <= set(dataset.unseen_classes) and len(ids) == min(
-        train.SAMPLE_CLASSES, dataset.unseen_classes.size)
+        workdirs.SAMPLE_CLASSES, dataset.unseen_classes.size)
     real, real_labels = samples["real_features"], samples["real_labels"]
     fake, fake_labels = samples["generated_features"], samples["generated_labels"]
     for class_id in ids:
       rows = dataset.test_unseen_features[dataset.test_unseen_labels == class_id]
-      count = min(len(rows), train.SAMPLES_PER_CLASS)
+      count = min(len(rows), workdirs.SAMPLES_PER_CLASS)
       np.testing.assert_array_equal(real[real_labels == class_id], rows[:count])
       assert np.sum(fake_labels == class_id) == count
     assert fake.shape == (len(fake_labels), dataset.feature_dim)

@@ -1,4 +1,4 @@
-"""Tests of gmn_jax.train: resume equivalence, divergence, workdir checks, results.
+"""Tests of a run: resume equivalence, divergence, workdir checks, results.
 
 All runs use the tiny config of test_train_support (one compilation of the
 chunk shared by the tests of a worker, since the hyperparameters are traced).
@@ -14,10 +14,14 @@ import numpy as np
 import pytest
 
 from gmn_jax import checkpoint
+from gmn_jax import evaluate
 from gmn_jax import metric_writers
+from gmn_jax import scoring
+from gmn_jax import specs
+from gmn_jax import stage1
 from gmn_jax import train
 from gmn_jax import train_state
-from gmn_jax import train_step
+from gmn_jax import workdir as workdirs
 from gmn_jax.errors import ConfigError
 from test_train_support import tiny_config, tiny_dataset
 
@@ -29,7 +33,7 @@ class _Interrupted(Exception):
 
 
 def _final_state(workdir, config, dataset, seed):
-  spec = train_state.make_train_spec(config, dataset)
+  spec = specs.train_spec(config, dataset)
   data = train_state.make_train_data(dataset, spec)
   template = train_state.init_train_state(jax.random.key(0), spec, data)
   with checkpoint.Checkpointer(os.path.join(workdir, "checkpoints", f"seed_{seed}")) as ckpt:
@@ -43,11 +47,11 @@ def test_resumed_run_equals_uninterrupted_run_bit_for_bit(tmp_path, monkeypatch)
 
   # Interrupt the second run after its first host call (iteration 2 of 4,
   # just after the checkpoint at 2), as a crash or a kill would.
-  real_chunk_fn = train_step.jitted_chunk_fn
+  real_chunk_fn = stage1.compiled_chunk
   calls = []
 
-  def interrupting_chunk_fn(spec, length):
-    fn = real_chunk_fn(spec, length)
+  def interrupting_chunk_fn(spec, length, num_seeds):
+    fn = real_chunk_fn(spec, length, num_seeds)
 
     def wrapped(*args):
       if calls:
@@ -57,11 +61,11 @@ def test_resumed_run_equals_uninterrupted_run_bit_for_bit(tmp_path, monkeypatch)
 
     return wrapped
 
-  monkeypatch.setattr(train_step, "jitted_chunk_fn", interrupting_chunk_fn)
+  monkeypatch.setattr(stage1, "compiled_chunk", interrupting_chunk_fn)
   with pytest.raises(_Interrupted):
     train.train_and_evaluate(config, tmp_path / "resumed", dataset=dataset)
   assert not (tmp_path / "resumed" / "results.json").exists()
-  monkeypatch.setattr(train_step, "jitted_chunk_fn", real_chunk_fn)
+  monkeypatch.setattr(stage1, "compiled_chunk", real_chunk_fn)
   resumed = train.train_and_evaluate(config, tmp_path / "resumed", dataset=dataset)
 
   assert resumed["per_seed"][0]["timings"]["stage1_start_iteration"] == 2
@@ -86,7 +90,7 @@ def test_results_json_schema_and_rerun_skips_finished_seeds(tmp_path, monkeypatc
   assert on_disk["dataset"] == "tiny" and on_disk["method"] == "cwgan_gm"
   assert on_disk["seeds"] == [1, 2]
   assert set(on_disk["metrics"]) == {"zsl_t1", "gzsl_u", "gzsl_s", "gzsl_h",
-                                     *train.evaluate.ORACLE_CALIBRATION_NAMES}
+                                     *scoring.ORACLE_CALIBRATION_NAMES}
   for name, entry in on_disk["metrics"].items():
     assert set(entry) == {"mean", "std", "per_seed"}
     assert len(entry["per_seed"]) == 2
@@ -113,7 +117,8 @@ def test_results_json_schema_and_rerun_skips_finished_seeds(tmp_path, monkeypatc
   def no_training(*args, **kwargs):
     raise AssertionError("a finished seed was trained again")
 
-  monkeypatch.setattr(train, "run_seed", no_training)
+  monkeypatch.setattr(stage1, "train_generators", no_training)
+  monkeypatch.setattr(evaluate, "evaluate_generators", no_training)
   again = train.train_and_evaluate(config, tmp_path, dataset=dataset)
   assert again["metrics"] == results["metrics"]
 
@@ -128,16 +133,20 @@ def test_real_only_trains_no_generator(tmp_path):
 
 def test_non_finite_loss_stops_and_keeps_the_last_finite_checkpoint(tmp_path):
   config, dataset = tiny_config(), tiny_dataset()
-  spec = train_state.make_train_spec(config, dataset)
+  spec = specs.train_spec(config, dataset)
   data = train_state.make_train_data(dataset, spec)
-  settings = dict(seed=5, iterations_per_call=2, checkpoint_every=2, log_every=1,
-                  checkpoint_dir=str(tmp_path / "ckpt"))
-  good = train.train_generator(spec, data, train_state.make_hyperparameters(config),
-                               num_iterations=2, **settings)
+
+  def run(hyper_config, num_iterations, **kwargs):
+    schedule = specs.Schedule(num_iterations=num_iterations, iterations_per_call=2,
+                              checkpoint_every=2, log_every=1)
+    return stage1.train_generators(spec, data, specs.hyperparameters(hyper_config), seeds=[5],
+                                   schedule=schedule, checkpoint_dirs=[str(tmp_path / "ckpt")],
+                                   **kwargs)
+
+  (good,) = run(config, 2)
   exploding = tiny_config(**{"train.lr_generator": 1e30, "train.lr_critic": 1e30})
-  with pytest.raises(train.NonFiniteLossError) as error:
-    train.train_generator(spec, data, train_state.make_hyperparameters(exploding),
-                          num_iterations=6, metrics_dir=str(tmp_path / "m"), **settings)
+  with pytest.raises(stage1.NonFiniteLossError) as error:
+    run(exploding, 6, metrics_dirs=[str(tmp_path / "m")])
   message = str(error.value)
   assert "seed 5" in message and "generator iteration" in message
   assert "last finite checkpoint (iteration 2)" in message
@@ -149,8 +158,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_finite_checkpoint(tmp_path):
       "adversarial_loss", "gm_loss", "generator_grad_norm", "parameters"}
   with checkpoint.Checkpointer(tmp_path / "ckpt") as ckpt:
     assert ckpt.all_steps() == [2]
-    restored, _ = ckpt.restore(good["state"])
-  for x, y in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(good["state"])):
+    restored, _ = ckpt.restore(jax.tree.map(jax.numpy.asarray, good.state))
+  for x, y in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(good.state)):
     np.testing.assert_array_equal(x, y)
   # Nothing non-finite reached the metrics file either.
   for record in metric_writers.read_jsonl(tmp_path / "m" / "metrics.jsonl"):
@@ -159,17 +168,17 @@ def test_non_finite_loss_stops_and_keeps_the_last_finite_checkpoint(tmp_path):
 
 def test_workdir_with_another_config_is_refused_unless_overwrite(tmp_path):
   config = tiny_config()
-  train.prepare_workdir(config, str(tmp_path))
+  workdirs.prepare(config, str(tmp_path))
   (tmp_path / "results.json").write_text("{}")
   (tmp_path / "notes.txt").write_text("mine")
-  train.prepare_workdir(tiny_config(**{"train.log_every": 7}), str(tmp_path))  # report-only
+  workdirs.prepare(tiny_config(**{"train.log_every": 7}), str(tmp_path))  # report-only
   changed = tiny_config(**{"gm.weight": 3.0, "train.batch_size": 4})
   with pytest.raises(ConfigError) as error:
-    train.prepare_workdir(changed, str(tmp_path))
+    workdirs.prepare(changed, str(tmp_path))
   assert "gm.weight: 10.0 -> 3.0" in str(error.value)
   assert "train.batch_size: 8 -> 4" in str(error.value)
   assert "--overwrite" in str(error.value)
-  train.prepare_workdir(changed, str(tmp_path), overwrite=True)
+  workdirs.prepare(changed, str(tmp_path), overwrite=True)
   assert not (tmp_path / "results.json").exists()
   assert (tmp_path / "notes.txt").read_text() == "mine"  # not ours: kept
   stored = json.loads((tmp_path / "config.json").read_text())
@@ -183,12 +192,14 @@ def test_workdir_with_another_config_is_refused_unless_overwrite(tmp_path):
     (13, []),
 ])
 def test_chunk_lengths_end_at_checkpoints(start, expected):
-  assert train.chunk_lengths(start, 13, 4, 5) == expected
+  schedule = specs.Schedule(num_iterations=13, iterations_per_call=4, checkpoint_every=5,
+                            log_every=1)
+  assert stage1.chunk_lengths(start, schedule) == expected
 
 
 def test_log_rows_average_each_window_inside_a_chunk():
   values = {"loss": np.array([1.0, 2.0, 3.0, 4.0, 5.0])}
-  rows = train._log_rows(values, first_iteration=10, log_every=2)  # pylint: disable=protected-access
+  rows = stage1.log_rows(values, first_iteration=10, log_every=2)
   assert rows == [(12, {"loss": 1.5}), (14, {"loss": 3.5})]
 
 
@@ -215,7 +226,7 @@ def test_binary_exits_2_with_one_line_on_bad_input(tmp_path, args, needle):
 
 
 def test_binary_refuses_a_workdir_of_another_config(tmp_path):
-  train.prepare_workdir(tiny_config(), str(tmp_path))
+  workdirs.prepare(tiny_config(), str(tmp_path))
   result = _run_binary("--config=experiments/configs/digits.py", f"--workdir={tmp_path}")
   assert result.returncode == 2
   assert "different config" in result.stderr and "Traceback" not in result.stderr

@@ -8,6 +8,7 @@ import pytest
 
 from gmn_jax import losses
 from gmn_jax import models
+from gmn_jax import specs
 from gmn_jax import train_state
 from gmn_jax import train_step
 from test_train_support import tiny_config, tiny_dataset
@@ -19,10 +20,10 @@ GENERATOR_KEYS = {"adversarial_loss", "generator_loss", "generator_grad_norm"}
 
 def _setup(config, dataset=None, seed=0):
   dataset = tiny_dataset() if dataset is None else dataset
-  spec = train_state.make_train_spec(config, dataset)
+  spec = specs.train_spec(config, dataset)
   data = jax.device_put(train_state.make_train_data(dataset, spec))
   state = train_state.init_train_state(jax.random.key(seed), spec, data)
-  return spec, data, state, train_state.make_hyperparameters(config)
+  return spec, data, state, specs.hyperparameters(config)
 
 
 def _tree_equal(a, b):
@@ -47,7 +48,8 @@ def test_every_variant_trains_with_finite_outputs_and_no_retracing(method):
   chex.clear_trace_counter()  # chex counts per source location, shared by the cases.
   chunk = jax.jit(chex.assert_max_traces(train_step.make_chunk_fn(spec, 2), n=1),
                   compiler_options=_FAST_COMPILE)
-  new_state, metrics = chunk(state, data, hyper, jax.random.key(1))
+  new_state, metrics, finite = chunk(state, data, hyper, jax.random.key(1), jnp.int32(0))
+  assert bool(finite)
   expected = CRITIC_KEYS | GENERATOR_KEYS
   if spec.variant.gradient_matching:
     expected |= {"gm_loss"}
@@ -75,8 +77,8 @@ def test_every_variant_trains_with_finite_outputs_and_no_retracing(method):
         metrics["adversarial_loss"] + hyper.cls_weight * metrics["cls_loss"], rtol=1e-5)
   # A second call with the new state and other hyperparameter values reuses
   # the trace (assert_max_traces raises otherwise).
-  later_state, _ = chunk(new_state, data, hyper._replace(lr_generator=np.float32(0.5)),
-                         jax.random.key(1))
+  later_state, _, _ = chunk(new_state, data, hyper._replace(lr_generator=np.float32(0.5)),
+                            jax.random.key(1), jnp.int32(2))
   assert int(later_state.iteration) == 4
   if spec.theta_sampling == "trajectory":
     # After iterations 0-1 the two trajectories have taken SGD steps; iteration

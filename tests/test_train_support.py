@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from gmn_jax import config as gmn_config
+from gmn_jax import specs
 from gmn_jax import train_state
 from gmn_jax.data.dataset import ZSLDataset
 from gmn_jax.errors import ConfigError
@@ -86,37 +87,42 @@ def test_tiny_dataset_is_a_valid_zero_shot_split():
 
 def test_train_data_uses_local_seen_indices():
   ds = tiny_dataset()
-  spec = train_state.make_train_spec(tiny_config(), ds)
+  spec = specs.train_spec(tiny_config(), ds)
   data = train_state.make_train_data(ds, spec)
   np.testing.assert_array_equal(ds.seen_classes[data.labels], ds.train_labels)
   np.testing.assert_array_equal(data.seen_embeddings, ds.class_embeddings[ds.seen_classes])
   np.testing.assert_array_equal(data.unseen_embeddings,
                                 ds.class_embeddings[ds.unseen_classes])
   assert data.unlabelled_features.shape == (0, ds.feature_dim)
-  spec = train_state.make_train_spec(tiny_config("wgan_su_gm"), ds)
+  spec = specs.train_spec(tiny_config("wgan_su_gm"), ds)
   data = train_state.make_train_data(ds, spec)
   np.testing.assert_array_equal(data.unlabelled_features, ds.test_unseen_features)
 
 
 def test_transductive_batch_split_follows_class_counts():
   ds = tiny_dataset()  # 6 seen : 3 unseen
-  spec = train_state.make_train_spec(tiny_config("wgan_su_gm", **{"train.batch_size": 9}), ds)
+  spec = specs.train_spec(tiny_config("wgan_su_gm", **{"train.batch_size": 9}), ds)
   assert spec.transductive_seen_count == 6
   assert spec.num_generated_classes == 9
   assert not spec.variant.conditional_critic
 
 
+def test_train_spec_refuses_what_the_dataset_cannot_satisfy():
+  with pytest.raises(ConfigError, match="gm.num_classes: expected at most the 6 seen classes"):
+    specs.train_spec(tiny_config(**{"gm.num_classes": 7}), tiny_dataset())
+
+
 @pytest.mark.parametrize("method, overrides, field", [
-    ("cwgan_gm", {"gm.num_classes": 7}, "gm.num_classes"),
     ("wgan_su_gm", {"critic.conditional": True}, "critic.conditional"),
+    ("wgan_su_gm", {"train.batch_size": 1}, "train.batch_size"),
     ("cwgan_gm", {"gm.granularity": "cell"}, "gm.granularity"),
     ("cwgan_gm", {"generator.kind": "vae"}, "generator.kind"),
     ("cwgan_gm", {"train.batch_size": 0}, "train.batch_size"),
     ("nope", {}, "method"),
 ])
-def test_make_train_spec_rejects_impossible_settings(method, overrides, field):
+def test_the_schema_refuses_impossible_settings(method, overrides, field):
   with pytest.raises(ConfigError, match=field):
-    train_state.make_train_spec(tiny_config(method, **overrides), tiny_dataset())
+    gmn_config.validate(tiny_config(method, **overrides), check_data_dir=False)
 
 
 def test_config_validation_names_every_bad_field():
@@ -124,7 +130,7 @@ def test_config_validation_names_every_bad_field():
   c.train.batch_size = -3
   c.gm.theta_sampling = "grid"
   with pytest.raises(ConfigError) as error:
-    gmn_config.validate_fields(c)
+    gmn_config.validate(c, check_data_dir=False)
   assert "config.train.batch_size" in str(error.value)
   assert "config.gm.theta_sampling" in str(error.value)
-  gmn_config.validate_fields(tiny_config())  # the tiny config itself is valid
+  gmn_config.validate(tiny_config(), check_data_dir=False)  # the tiny config itself is valid

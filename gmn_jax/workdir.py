@@ -1,0 +1,248 @@
+"""A run's directory: its layout, the config it was made with, and what it holds.
+
+Layout (`train.train_and_evaluate` writes it; only process 0 writes):
+  config.json               the effective config (a rerun must match it)
+  results.json              the summary across seeds
+  metrics.jsonl, tensorboard/   one line / point per finished seed
+  seed_<s>/metrics.jsonl, seed_<s>/tensorboard/   stage 1 scalars
+  seed_<s>/eval/metrics.jsonl, .../tensorboard/   stage 2 curves per epoch
+  seed_<s>/result.json      the seed's final metrics (a rerun skips the seed)
+  seed_<s>/samples.npz      real and generated features of a few unseen classes
+  checkpoints/seed_<s>/     orbax checkpoints of stage 1
+"""
+
+import os
+import shutil
+from typing import Any, Dict, Optional, Sequence
+
+import ml_collections
+import numpy as np
+
+from gmn_jax import config_utils
+from gmn_jax import errors
+from gmn_jax import metric_writers
+from gmn_jax import parallel
+from gmn_jax import synthesis
+from gmn_jax.data.dataset import ZSLDataset
+
+CONFIG_FILE = "config.json"
+RESULTS_FILE = "results.json"
+SEED_RESULT_FILE = "result.json"
+SAMPLES_FILE = "samples.npz"
+CHECKPOINT_DIR = "checkpoints"
+# samples.npz: real and generated features of a few unseen classes (plots).
+SAMPLE_CLASSES, SAMPLES_PER_CLASS = 5, 200
+# Fields a run may change between a stop and its resume: logging, and how GM
+# is computed (both implementations compute the same loss; workdirs written
+# before gm.implementation existed resume with the default).
+RESUME_SAFE_FIELDS = ("train.log_every", "gm.implementation")
+# Fields that no longer exist, with the one value that meant what the
+# current code does: a workdir that stored it resumes.
+RETIRED_FIELDS = {"eval.selection": "last"}
+
+
+def seed_dir(workdir: str, seed: int) -> str:
+  """The directory of one seed's metrics and results.
+
+  Args:
+    workdir: the run's directory.
+    seed: the generator seed.
+
+  Returns:
+    `workdir/seed_<seed>`.
+  """
+  return os.path.join(workdir, f"seed_{seed}")
+
+
+def checkpoint_dir(workdir: str, seed: int) -> str:
+  """The orbax directory of one seed's stage-1 checkpoints.
+
+  Args:
+    workdir: the run's directory.
+    seed: the generator seed.
+
+  Returns:
+    `workdir/checkpoints/seed_<seed>`.
+  """
+  return os.path.join(workdir, CHECKPOINT_DIR, f"seed_{seed}")
+
+
+def prepare(config: ml_collections.ConfigDict, workdir: str, *,
+            overwrite: bool = False) -> None:
+  """Creates the workdir, or checks that it was made with the same config.
+
+  Args:
+    config: the effective config.
+    workdir: the run's directory.
+    overwrite: delete this project's outputs in `workdir` (checkpoints,
+      results, metrics) and start afresh instead of resuming.
+
+  Raises:
+    ConfigError: when `workdir/config.json` exists with different fields and
+      `overwrite` is False; the message lists every differing field.
+    DataError: when `workdir` exists and is not a directory.
+  """
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise errors.DataError(workdir, None, "a directory (the workdir)", "a file")
+  if overwrite and parallel.is_primary():
+    _remove_outputs(workdir)
+  # In a multi-host run the others check config.json only after process 0 has
+  # removed the old outputs.
+  parallel.sync_processes("gmn_prepare_workdir")
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, CONFIG_FILE)
+  fingerprint = config_utils.config_fingerprint(config)
+  if os.path.isfile(path):
+    stored = metric_writers.read_json(path)
+    stored = {field: value for field, value in stored.items()
+              if RETIRED_FIELDS.get(field, object()) != value}
+    differences = config_utils.diff_configs(stored, fingerprint, ignore=RESUME_SAFE_FIELDS)
+    if differences:
+      raise errors.ConfigError(
+          f"{path}: this workdir was written with a different config (differing fields: "
+          f"{'; '.join(differences)}); use the same config to resume, --overwrite to start "
+          "afresh, or another --workdir")
+  if parallel.is_primary():
+    metric_writers.write_json_atomic(path, fingerprint)
+
+
+def _remove_outputs(workdir: str) -> None:
+  """Deletes what `train.train_and_evaluate` writes (and nothing else)."""
+  if not os.path.isdir(workdir):
+    return
+  for name in os.listdir(workdir):
+    target = os.path.join(workdir, name)
+    ours = (name in (CONFIG_FILE, RESULTS_FILE, CHECKPOINT_DIR, metric_writers.METRICS_FILE,
+                     metric_writers.TENSORBOARD_DIR) or name.startswith("seed_"))
+    if not ours:
+      continue
+    if os.path.isdir(target):
+      shutil.rmtree(target)
+    else:
+      os.remove(target)
+
+
+def read_seed_result(workdir: str, seed: int) -> Optional[Dict[str, Any]]:
+  """A finished seed's result.json, or None when the seed has not finished.
+
+  Args:
+    workdir: the run's directory.
+    seed: the generator seed.
+
+  Returns:
+    The dict `write_seed_outputs` saved, or None.
+  """
+  path = os.path.join(seed_dir(workdir, seed), SEED_RESULT_FILE)
+  return metric_writers.read_json(path) if os.path.isfile(path) else None
+
+
+def write_samples(path: str, sample_fn: synthesis.SampleFn, params, dataset: ZSLDataset, key, *,
+                  num_classes: int = SAMPLE_CLASSES,
+                  per_class: int = SAMPLES_PER_CLASS) -> None:
+  """Saves real and generated features of a few unseen classes (for plots).
+
+  The classes are `num_classes` unseen ones evenly spread over their ids;
+  each gets up to `per_class` real test_unseen features and as many
+  generated ones. Written atomically (temporary file, then rename).
+
+  Args:
+    path: the .npz file.
+    sample_fn: the generator's sample function (`synthesis.synthesize`).
+    params: the generator's parameters.
+    dataset: the dataset.
+    key: PRNG key of the generated features.
+    num_classes: how many unseen classes.
+    per_class: the most features per class and kind.
+  """
+  unseen = np.asarray(dataset.unseen_classes)
+  picked = unseen[np.unique(np.linspace(0, unseen.size - 1, min(num_classes, unseen.size))
+                            .round().astype(int))]
+  labels = np.asarray(dataset.test_unseen_labels)
+  rows = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in picked])
+  counts = np.array([np.sum(labels[rows] == c) for c in picked], np.int64)
+  fake, fake_labels = synthesis.synthesize(sample_fn, params, key, picked.astype(np.int32),
+                                           dataset.class_embeddings, counts)
+  names = [dataset.class_names[c] if dataset.class_names is not None else str(c)
+           for c in picked]
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = f"{path}.tmp.npz"
+  np.savez(tmp, class_ids=picked.astype(np.int32), class_names=np.asarray(names, dtype=str),
+           real_features=np.asarray(dataset.test_unseen_features)[rows],
+           real_labels=labels[rows].astype(np.int32),
+           generated_features=np.asarray(fake), generated_labels=np.asarray(fake_labels))
+  os.replace(tmp, path)
+
+
+def write_seed_outputs(workdir: str, seed_result: Dict[str, Any],
+                       curves: Dict[str, np.ndarray]) -> None:
+  """Writes a finished seed's stage-2 curves and result.json (process 0 only).
+
+  result.json goes last, atomically: its presence marks the seed finished.
+
+  Args:
+    workdir: the run's directory.
+    seed_result: the seed's result dict (`results.seed_result`).
+    curves: {name: (epochs,) values} of the final classifiers, seed mean.
+  """
+  if not parallel.is_primary():
+    return
+  directory = seed_dir(workdir, seed_result["seed"])
+  # resume_step=-1 empties the file first: a rerun after a crash rewrites it.
+  with metric_writers.MetricWriter(os.path.join(directory, "eval"), resume_step=-1) as writer:
+    for epoch in range(len(next(iter(curves.values())))):
+      writer.write_scalars(epoch + 1, {f"eval/{k}": v[epoch] for k, v in curves.items()})
+  metric_writers.write_json_atomic(os.path.join(directory, SEED_RESULT_FILE), seed_result)
+
+
+def write_summary(workdir: str, seed_results: Sequence[Dict[str, Any]],
+                  summary: Dict[str, Any]) -> None:
+  """Writes metrics.jsonl (one line per seed) and results.json (process 0 only).
+
+  Args:
+    workdir: the run's directory.
+    seed_results: the seeds' result dicts, in config order.
+    summary: the results.json dict (`results.summarize`).
+  """
+  if not parallel.is_primary():
+    return
+  # Rewritten whole (resume_step=-1) so reruns never duplicate.
+  with metric_writers.MetricWriter(workdir, resume_step=-1) as writer:
+    for index, result in enumerate(seed_results):
+      writer.write_scalars(index, {"seed": result["seed"],
+                                   **{f"final/{k}": v for k, v in result["metrics"].items()}})
+  metric_writers.write_json_atomic(os.path.join(workdir, RESULTS_FILE), summary)
+
+
+def calibration_gamma_from(validation_workdir) -> float:
+  """The calibrated-stacking gamma a validation-split run chose (honest on test).
+
+  It is the mean over generator seeds of `oracle_calibration_gamma`, the
+  gamma of best H on the validation split, which holds none of the test
+  split's data.
+
+  Args:
+    validation_workdir: the workdir of a finished run with config.split =
+      "validation".
+
+  Returns:
+    The gamma.
+
+  Raises:
+    DataError: when its results.json is missing or has no gamma.
+    ConfigError: when that run was not on the validation split.
+  """
+  path = os.path.join(os.fspath(validation_workdir), RESULTS_FILE)
+  if not os.path.isfile(path):
+    raise errors.DataError(path, None, "the results.json of a finished validation-split run",
+                           "no such file")
+  results = metric_writers.read_json(path)
+  split = results.get("config", {}).get("split")
+  if split != "validation":
+    raise errors.ConfigError(
+        f"{path}: expected a run with config.split='validation' (choosing gamma on the test "
+        f"split is test-set selection), found split {split!r}")
+  entry = results.get("metrics", {}).get("oracle_calibration_gamma")
+  if not isinstance(entry, dict) or not isinstance(entry.get("mean"), (int, float)):
+    raise errors.DataError(path, "metrics.oracle_calibration_gamma", "a mean gamma",
+                           "none (written by an older version?)")
+  return float(entry["mean"])
