@@ -83,7 +83,7 @@ from experiments.benchmarking import profiling
 from experiments.benchmarking import shapes
 from experiments.benchmarking import timing
 from gmn_jax import config as gmn_config
-from gmn_jax import train_state
+from gmn_jax import specs
 from gmn_jax.data.dataset import ZSLDataset
 from gmn_jax.errors import ConfigError
 from gmn_jax.errors import GMNError
@@ -197,7 +197,7 @@ def scaling_row(name: str, config: ml_collections.ConfigDict, dataset: ZSLDatase
     value the dataset cannot take (e.g. more GM classes than seen classes) is
     skipped.
   """
-  hyper = train_state.make_hyperparameters(config)
+  hyper = specs.hyperparameters(config)
   points = []
   for value in SCALING_VALUES[name] if values is None else values:
     point_config, point_dataset, num_seeds = config, dataset, 1
@@ -212,7 +212,7 @@ def scaling_row(name: str, config: ml_collections.ConfigDict, dataset: ZSLDatase
     elif name == "thetas":
       point_config = _override(config, "gm.num_theta_samples", value)
     try:
-      spec = train_state.make_train_spec(point_config, point_dataset)
+      spec = specs.train_spec(point_config, point_dataset)
     except ConfigError as error:
       print(f"skipping {name}={value}: {error}", file=sys.stderr)
       continue
@@ -294,7 +294,7 @@ def run_benchmark(config: ml_collections.ConfigDict, *, iterations: int, chunks:
   for flag, directory in (("profile_dir", profile_dir), ("dump_hlo_dir", dump_hlo_dir)):
     if directory and os.path.exists(directory) and not os.path.isdir(directory):
       raise ConfigError(f"--{flag}: expected a directory, found the file {directory}")
-  gmn_config.validate_fields(config)
+  gmn_config.validate(config, check_data_dir=False)
   variant = gmn_config.get_variant(config)
   if not variant.uses_generator:
     raise ConfigError(f"config.method: expected a method with a generator, found "
@@ -309,7 +309,7 @@ def run_benchmark(config: ml_collections.ConfigDict, *, iterations: int, chunks:
   log(f"float32 matmul {matmul_size}²: {results['matmul']['flops'] / 1e9:.1f} GFLOP/s")
 
   dataset = shapes.benchmark_dataset(config)
-  spec = train_state.make_train_spec(config, dataset)
+  spec = specs.train_spec(config, dataset)
   results["shapes"] = {"num_train": int(dataset.train_features.shape[0]),
                        "feature_dim": dataset.feature_dim, "embedding_dim": spec.embedding_dim,
                        "num_seen": spec.num_seen, "num_unseen": spec.num_unseen,
@@ -318,7 +318,7 @@ def run_benchmark(config: ml_collections.ConfigDict, *, iterations: int, chunks:
                        "gm_real_per_class": spec.gm_real_per_class,
                        "gm_fake_repeat": spec.gm_fake_repeat,
                        "num_theta_samples": spec.num_theta_samples}
-  hyper = train_state.make_hyperparameters(config)
+  hyper = specs.hyperparameters(config)
   main_row = timing.time_stage1(
       spec, dataset, hyper, iterations=iterations, chunks=chunks, count_flops=True,
       matmul_size=matmul_size,
@@ -375,7 +375,7 @@ def run_benchmark(config: ml_collections.ConfigDict, *, iterations: int, chunks:
 def progress_line(point: Dict[str, Any]) -> str:
   """The line logged when a scaling point has been measured.
 
-  `experiments/scripts/probe_summary.py` reads these lines back when a run
+  `experiments/benchmarking/probe_summary.py` reads these lines back when a run
   was cut short before writing its JSON, so keep its pattern in step.
 
   Args:

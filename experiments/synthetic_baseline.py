@@ -21,7 +21,7 @@ from absl import app
 from absl import flags
 
 from experiments import cli
-from gmn_jax.data import baseline
+from gmn_jax import baseline
 from gmn_jax.data import synthetic
 from gmn_jax.data import synthetic_features
 from gmn_jax.data import synthetic_presets

@@ -1,9 +1,9 @@
-"""Tests of the seen-only linear baseline (gmn_jax.data.baseline)."""
+"""Tests of the seen-only linear baseline (gmn_jax.baseline)."""
 
 import numpy as np
 import pytest
 
-from gmn_jax.data import baseline
+from gmn_jax import baseline
 from gmn_jax.data import synthetic
 from gmn_jax.data import synthetic_presets
 

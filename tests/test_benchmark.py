@@ -15,11 +15,12 @@ import pytest
 from experiments import benchmark
 # Aliased: a test below keeps its results in a local `flops`.
 from experiments.benchmarking import flops as flop_counts
+from experiments.benchmarking import probe_summary
 from experiments.benchmarking import profiling
 from experiments.benchmarking import shapes
 from experiments.benchmarking import timing
-from experiments.scripts import probe_summary
 from gmn_jax import config as gmn_config
+from gmn_jax import specs
 from gmn_jax import train_state
 from gmn_jax.errors import ConfigError
 from test_train_support import tiny_config, tiny_dataset
@@ -47,7 +48,7 @@ def test_benchmark_dataset_can_have_sun_many_seen_classes():
   assert dataset.unseen_classes.size == 50 and dataset.class_embeddings.shape == (695, 312)
   assert set(np.unique(dataset.train_labels)) == set(range(645))
   assert dataset.test_unseen_labels.min() >= 645
-  spec = train_state.make_train_spec(_cub_config("att"), dataset)
+  spec = specs.train_spec(_cub_config("att"), dataset)
   assert spec.num_seen == 645
 
 
@@ -57,10 +58,10 @@ def _spec(n_critic, **overrides):
                           "generator.hidden_dims": (128,), "critic.hidden_dims": (96,),
                           "generator.noise_dim": 32, "gm.real_per_class": 8, **overrides})
   dataset = tiny_dataset(feature_dim=256, embedding_dim=24)
-  spec = train_state.make_train_spec(config, dataset)
+  spec = specs.train_spec(config, dataset)
   data = train_state.make_train_data(dataset, spec)
   state = train_state.init_train_state(benchmark.jax.random.key(0), spec, data)
-  return spec, state, data, train_state.make_hyperparameters(config)
+  return spec, state, data, specs.hyperparameters(config)
 
 
 def test_xla_count_adds_the_critic_steps_that_the_loop_body_hides():
@@ -94,7 +95,7 @@ def test_gram_count_drops_cub_gm_work_by_the_thin_products():
   for implementation in ("autodiff", "gram"):
     config = _cub_config("att+sent")
     config.gm.implementation = implementation
-    spec = train_state.make_train_spec(config, dataset)
+    spec = specs.train_spec(config, dataset)
     gm[implementation] = flop_counts.analytic_iteration_flops(spec)["gm"]
   # 5 classes x (60 real + 120 fake) at D = 2048, K = 1336: the autodiff path
   # also forms the 5 x 3 D x K per-class gradients and their second-order pass
@@ -175,8 +176,8 @@ def test_iteration_count_falls_back_to_the_analytic_one(monkeypatch, missing):
 def test_components_record_where_their_counts_came_from(monkeypatch):
   config = tiny_config(**{"train.batch_size": 16, "gm.real_per_class": 4})
   dataset = tiny_dataset(feature_dim=32, embedding_dim=8)
-  spec = train_state.make_train_spec(config, dataset)
-  hyper = train_state.make_hyperparameters(config)
+  spec = specs.train_spec(config, dataset)
+  hyper = specs.hyperparameters(config)
   analytic = flop_counts.analytic_iteration_flops(spec)
   expected = {"critic_step": analytic["critic_step"],
               "generator_step": analytic["generator_step"] + analytic["gm"],
@@ -265,8 +266,8 @@ def _trace_events(path):
 def test_profiled_and_dumped_stage1_keeps_its_timings(tmp_path):
   config = tiny_config(**{"train.n_critic": 1})
   dataset = tiny_dataset()
-  spec = train_state.make_train_spec(config, dataset)
-  hyper = train_state.make_hyperparameters(config)
+  spec = specs.train_spec(config, dataset)
+  hyper = specs.hyperparameters(config)
   row = timing.time_stage1(spec, dataset, hyper, iterations=2, chunks=2,
                            profile_dir=str(tmp_path / "trace"),
                            dump_hlo_dir=str(tmp_path / "hlo"))
@@ -541,7 +542,7 @@ def test_probe_script_runs_on_the_cpu_with_tiny_settings(tmp_path):
              PROFILE_ITERATIONS="2", DEADLINE="400", PYTHON=sys.executable)
   env.pop("XLA_FLAGS", None)
   result = subprocess.run(
-      ["bash", "experiments/scripts/gpu_parallel_seeds_probe.sh",
+      ["bash", "experiments/benchmarking/gpu_parallel_seeds_probe.sh",
        "--config.generator.hidden_dims=(16,)", "--config.critic.hidden_dims=(16,)",
        "--config.train.batch_size=8", "--config.train.n_critic=1",
        "--config.gm.real_per_class=2", "--config.gm.num_classes=2", "--matmul_size=64"],

@@ -14,8 +14,8 @@ from gmn_jax.errors import DataError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Every absl binary under experiments/ except train and ablation (tested with theirs).
-BINARIES = ("benchmark", "bench_gm", "check_data", "download_data", "gpu_aot", "make_synthetic",
-            "plot", "synthetic_baseline")
+BINARIES = ("benchmark", "benchmarking.bench_gm", "benchmarking.gpu_aot", "check_data",
+            "download_data", "make_synthetic", "plot", "synthetic_baseline")
 
 
 def _run(module, *args):
@@ -63,7 +63,7 @@ def test_binaries_reject_positional_arguments_in_one_line(module):
       "error: command line: expected only flags, found stray"]
 
 
-@pytest.mark.parametrize("module", ["check_data", "plot", "benchmark", "gpu_aot"])
+@pytest.mark.parametrize("module", ["check_data", "plot", "benchmark", "benchmarking.gpu_aot"])
 def test_binaries_reject_unknown_flags_in_one_line(module):
   result = _run(module, "--colour=blue")
   assert result.returncode == 2, result.stderr[-2000:]

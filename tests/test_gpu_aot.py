@@ -1,4 +1,4 @@
-"""Tests of the experiments.gpu_aot binary and its helpers.
+"""Tests of the experiments.benchmarking.gpu_aot binary and its helpers.
 
 It reads the dumps of tests/data/xla_gpu_dump (the program and its known
 products are described in make_fixtures.py there and in test_gpu_dump.py).
@@ -14,9 +14,9 @@ import sys
 
 import pytest
 
-from experiments import gpu_aot
-from experiments import gpu_dump
-from experiments import kernel_model as km
+from experiments.benchmarking import gpu_aot
+from experiments.benchmarking import gpu_dump
+from experiments.benchmarking import kernel_model as km
 from gmn_jax.errors import ConfigError
 from gmn_jax.errors import DataError
 
@@ -39,8 +39,8 @@ def test_fit_recovers_the_bandwidth_and_latency_that_made_the_times():
 
 
 def _run(*flags):
-  return subprocess.run([sys.executable, "-m", "experiments.gpu_aot", *flags], cwd=ROOT,
-                        capture_output=True, text=True, timeout=300, check=False)
+  return subprocess.run([sys.executable, "-m", "experiments.benchmarking.gpu_aot", *flags],
+                        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
 
 
 def test_parse_measured():

@@ -1,4 +1,4 @@
-"""Tests of experiments.gpu_dump: reading XLA:GPU dumps.
+"""Tests of experiments.benchmarking.gpu_dump: reading XLA:GPU dumps.
 
 The dumps under tests/data/xla_gpu_dump are XLA:GPU's own output for a
 small program with known products (make_fixtures.py there regenerates
@@ -13,7 +13,7 @@ import shutil
 
 import pytest
 
-from experiments import gpu_dump
+from experiments.benchmarking import gpu_dump
 from gmn_jax.errors import DataError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

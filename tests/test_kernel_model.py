@@ -1,9 +1,9 @@
-"""Tests of experiments.kernel_model: the roofline prices of launches."""
+"""Tests of experiments.benchmarking.kernel_model: the roofline prices of launches."""
 
 import pytest
 
-from experiments import gpu_dump
-from experiments import kernel_model as km
+from experiments.benchmarking import gpu_dump
+from experiments.benchmarking import kernel_model as km
 
 H100ISH = km.Device(matmul_rate=132e12, bandwidth=1e12, launch_latency=2e-6, num_sms=132)
 

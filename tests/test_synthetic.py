@@ -10,7 +10,7 @@ import scipy.io
 import scipy.special
 
 from experiments import make_synthetic
-from gmn_jax.data import baseline
+from gmn_jax import baseline
 from gmn_jax.data import synthetic
 from gmn_jax.data import synthetic_embeddings
 from gmn_jax.data import synthetic_features

@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import jax
 import numpy as np
 
-from gmn_jax import train_state
+from gmn_jax import specs
 from gmn_jax import train_step
 
 FLOP_SOURCES = ("xla", "xla_cpu_lowering", "analytic")
@@ -80,7 +80,7 @@ def xla_flops(jitted, *args) -> Tuple[Optional[float], Optional[str]]:
   return (flop, "xla_cpu_lowering") if flop is not None else (None, None)
 
 
-def xla_iteration_flops(spec: train_state.TrainSpec, state, data, hyper, key) -> Dict[str, Any]:
+def xla_iteration_flops(spec: specs.TrainSpec, state, data, hyper, key) -> Dict[str, Any]:
   """XLA's FLOP count of one generator iteration, critic loop included.
 
   Args:
@@ -131,7 +131,7 @@ def _mlp_macs(widths: Sequence[int]) -> int:
   return sum(a * b for a, b in zip(widths[:-1], widths[1:]))
 
 
-def _gm_classifier_macs(spec: train_state.TrainSpec) -> int:
+def _gm_classifier_macs(spec: specs.TrainSpec) -> int:
   """Multiply-adds of GM's classifier gradients (all classes and θ samples)."""
   n, r, m = spec.gm_num_classes, spec.gm_real_per_class, spec.num_theta_samples
   fakes = spec.gm_fake_repeat * r
@@ -149,7 +149,7 @@ def _gm_classifier_macs(spec: train_state.TrainSpec) -> int:
   return n * (d * (grams_forward + grams_backward) + m * per_theta)
 
 
-def analytic_iteration_flops(spec: train_state.TrainSpec) -> Dict[str, float]:
+def analytic_iteration_flops(spec: specs.TrainSpec) -> Dict[str, float]:
   """Matrix-product FLOPs of one generator iteration, counted by hand.
 
   A dense layer on B rows costs 2·B·in·out forward, the same again for its

@@ -13,7 +13,7 @@ from experiments.benchmarking import measure
 
 # What jax.profiler writes under its log directory (plugins/profile/<time>/):
 # the XSpace protobuf that XProf / TensorBoard read and, from it, a Chrome
-# trace-event JSON that Perfetto and `experiments/scripts/probe_summary.py`
+# trace-event JSON that Perfetto and `experiments/benchmarking/probe_summary.py`
 # read.
 TRACE_FILE_SUFFIXES = (".xplane.pb", ".trace.json.gz")
 

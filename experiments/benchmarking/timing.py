@@ -5,6 +5,7 @@ gives its FLOP rate as a fraction of the reference matrix product's
 (`measure.matmul_rate`) timed next to it.
 """
 
+import dataclasses
 import functools
 import statistics
 import sys
@@ -12,21 +13,25 @@ import time
 from typing import Any, Dict, Optional
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from experiments.benchmarking import flops
 from experiments.benchmarking import measure
 from experiments.benchmarking import profiling
-from gmn_jax import evaluate
-from gmn_jax import parallel_train
+from gmn_jax import final_classifier
+from gmn_jax import seed_axis
+from gmn_jax import specs
+from gmn_jax import stage1
+from gmn_jax import synthesis
 from gmn_jax import train_state
 from gmn_jax import train_step
 from gmn_jax.data.dataset import ZSLDataset
 
 
-def init_states(spec: train_state.TrainSpec, data, num_seeds: int):
-  """Initial states of seeds 0..num_seeds-1 (stacked when num_seeds > 1).
+def init_states(spec: specs.TrainSpec, data, num_seeds: int):
+  """Initial states of seeds 0..num_seeds-1, stacked on a seed axis.
 
   Args:
     spec: the run's settings.
@@ -34,18 +39,16 @@ def init_states(spec: train_state.TrainSpec, data, num_seeds: int):
     num_seeds: how many.
 
   Returns:
-    (states, train keys): one `TrainState` and key, or stacked ones with a
-    leading seed axis (made as `parallel_train` makes them).
+    (states, train keys), both with a leading seed axis (as `stage1` makes
+    them).
   """
   keys = jax.random.split(jax.random.key(0), num_seeds)
   train_keys = jax.random.split(jax.random.key(1), num_seeds)
-  if num_seeds == 1:
-    return train_state.init_train_state(keys[0], spec, data), train_keys[0]
-  return parallel_train.init_train_states(spec, data, keys), train_keys
+  return stage1.init_states(spec, data, keys), train_keys
 
 
-def stage1_program(spec: train_state.TrainSpec, num_iterations: int, num_seeds: int):
-  """The jitted stage-1 chunk that training uses (vmapped over seeds when S > 1).
+def stage1_program(spec: specs.TrainSpec, num_iterations: int, num_seeds: int):
+  """The jitted stage-1 chunk that training uses (`stage1.compiled_chunk`).
 
   Args:
     spec: the run's settings.
@@ -53,14 +56,13 @@ def stage1_program(spec: train_state.TrainSpec, num_iterations: int, num_seeds: 
     num_seeds: independent runs per call.
 
   Returns:
-    `program(states, data, hyper, keys) -> (states, metrics)`.
+    `program(states, data, hyper, keys, first_iteration) -> (states, metrics,
+    finite)`; the states are donated.
   """
-  if num_seeds > 1:
-    return parallel_train.jitted_parallel_chunk_fn(spec, num_iterations)
-  return train_step.jitted_chunk_fn(spec, num_iterations)
+  return stage1.compiled_chunk(spec, num_iterations, num_seeds)
 
 
-def time_stage1(spec: train_state.TrainSpec, dataset: ZSLDataset, hyper, *, iterations: int,
+def time_stage1(spec: specs.TrainSpec, dataset: ZSLDataset, hyper, *, iterations: int,
                 chunks: int, num_seeds: int = 1, count_flops: bool = False,
                 matmul_size: Optional[int] = None, profile_dir: Optional[str] = None,
                 dump_hlo_dir: Optional[str] = None) -> Dict[str, Any]:
@@ -96,21 +98,31 @@ def time_stage1(spec: train_state.TrainSpec, dataset: ZSLDataset, hyper, *, iter
   hyper = jax.device_put(hyper)
   states, keys = init_states(spec, data, num_seeds)
   program = stage1_program(spec, iterations, num_seeds)
+  # The iteration number is traced: every timed call runs the same program.
+  first_iteration = jnp.int32(0)
   started = time.perf_counter()
   options = profiling.hlo_dump_options(dump_hlo_dir) if dump_hlo_dir else None
-  compiled = program.lower(states, data, hyper, keys).compile(compiler_options=options)
+  compiled = program.lower(states, data, hyper, keys, first_iteration).compile(
+      compiler_options=options)
   compile_s = time.perf_counter() - started
-  states, _ = jax.block_until_ready(compiled(states, data, hyper, keys))
+  states, _, _ = jax.block_until_ready(compiled(states, data, hyper, keys, first_iteration))
   walls, cpus, matmuls = [], [], []
   for _ in range(chunks):
-    (states, metrics), wall, cpu = measure.timed(lambda: compiled(states, data, hyper, keys))
+    (states, metrics, _), wall, cpu = measure.timed(
+        lambda: compiled(states, data, hyper, keys, first_iteration))
     walls.append(wall)
     cpus.append(cpu)
     if matmul_size:
       matmuls.append(measure.matmul_rate(matmul_size, repeats=3))
+  flop_counts = None
+  if count_flops:  # Before the profiled call, which donates the states.
+    flop_counts = {"xla": flops.xla_iteration_flops(spec, seed_axis.unstack(states, 0), data,
+                                                    hyper, keys[0]),
+                   "analytic": flops.analytic_iteration_flops(spec)}
   profile = None
   if profile_dir:
-    profile = profiling.profile_call(lambda: compiled(states, data, hyper, keys), profile_dir)
+    profile = profiling.profile_call(
+        lambda: compiled(states, data, hyper, keys, first_iteration), profile_dir)
   if not all(np.isfinite(np.asarray(v)).all() for v in metrics.values()):
     # Random data may diverge; the timing is still valid, but say so.
     print("note: non-finite training metrics on the synthetic data", file=sys.stderr)
@@ -128,10 +140,7 @@ def time_stage1(spec: train_state.TrainSpec, dataset: ZSLDataset, hyper, *, iter
   if dump_hlo_dir:
     row["hlo_dump"] = {"dir": dump_hlo_dir, "files": profiling.dumped_hlo_files(dump_hlo_dir)}
   if count_flops:
-    one_state = states if num_seeds == 1 else parallel_train.tree_slice(states, 0)
-    one_key = keys if num_seeds == 1 else keys[0]
-    row["flops"] = {"xla": flops.xla_iteration_flops(spec, one_state, data, hyper, one_key),
-                    "analytic": flops.analytic_iteration_flops(spec)}
+    row["flops"] = flop_counts
   return row
 
 
@@ -156,7 +165,7 @@ def fractions_of_matmul(flop_per_iteration: float, row: Dict[str, Any]) -> Dict[
           "achieved_flops": flop_per_iteration / (row["ms_per_iteration"] / 1e3)}
 
 
-def time_components(spec: train_state.TrainSpec, dataset: ZSLDataset, hyper, *,
+def time_components(spec: specs.TrainSpec, dataset: ZSLDataset, hyper, *,
                     repeats: int, matmul_size: int) -> Dict[str, Dict[str, float]]:
   """Where an iteration's time goes: its parts timed alone, with their FLOPs.
 
@@ -202,7 +211,7 @@ def time_components(spec: train_state.TrainSpec, dataset: ZSLDataset, hyper, *,
         (state.generator, data, batch))
   out = {}
   for name, (fn, args) in parts.items():
-    static = tuple(i for i, a in enumerate(args) if isinstance(a, train_state.TrainSpec))
+    static = tuple(i for i, a in enumerate(args) if isinstance(a, specs.TrainSpec))
     jitted = jax.jit(fn, static_argnums=static)
     flop, source = flops.xla_flops(jitted, *args)
     if flop is None:
@@ -229,7 +238,7 @@ def time_final_classifier(config: ml_collections.ConfigDict, dataset: ZSLDataset
 
   The training set is the real seen features plus `eval.n_synth_unseen`
   random features per unseen class (and seen classes topped up to
-  `eval.n_synth_seen`), as in `evaluate.evaluate_generator`; it is evaluated
+  `eval.n_synth_seen`), as in stage 2 (`gmn_jax.evaluate`); it is evaluated
   on the test sets every epoch.
 
   Args:
@@ -242,20 +251,19 @@ def time_final_classifier(config: ml_collections.ConfigDict, dataset: ZSLDataset
     "projected_s" (for config.eval.epochs), "num_classifier_seeds",
     "num_train_rows"}.
   """
-  counts = evaluate.synthetic_class_counts(dataset, config.eval.n_synth_unseen,
-                                           config.eval.n_synth_seen)
+  counts = synthesis.synthetic_class_counts(dataset, config.eval.n_synth_unseen,
+                                            config.eval.n_synth_seen)
   labels = np.concatenate([dataset.train_labels] + [np.full(n, c, np.int32)
                                                      for c, n in counts.items()])
   rng = np.random.default_rng(0)
   synthetic_rows = np.abs(rng.standard_normal((labels.size - dataset.train_labels.size,
                                                dataset.feature_dim), np.float32))
   features = np.concatenate([dataset.train_features, synthetic_rows])
-  cfg = ml_collections.ConfigDict(config.eval.to_dict())
-  cfg.epochs = epochs
+  spec = dataclasses.replace(specs.eval_spec(config), epochs=epochs)
 
   def run():
-    result = evaluate.train_final_classifier(jax.random.key(0), features, labels,
-                                             dataset.class_embeddings, dataset, cfg)
+    result = final_classifier.train_final_classifier(jax.random.key(0), features, labels,
+                                                     dataset.class_embeddings, dataset, spec)
     return result.last
 
   started = time.perf_counter()

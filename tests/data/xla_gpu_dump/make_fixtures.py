@@ -25,7 +25,7 @@ import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-TARGET = os.path.join(HERE, "..", "..", "..", "experiments", "gpu_targets", "h100_sxm.txtpb")
+TARGET = os.path.join(HERE, "..", "..", "..", "experiments/benchmarking/gpu_targets/h100_sxm.txtpb")
 KEPT = ("*gpu_after_optimizations.txt", "*thunk_sequence*.txt", "*thunk_metadata.txt")
 
 

@@ -10,15 +10,15 @@ The model is coarse on purpose — no caches, no overlap between kernels, no
 autotuned tile shapes — and is meant for ratios: how a program's cost
 splits into FLOPs, memory traffic and launches, and how that split moves
 with a setting (docs/benchmarks.md, "What limits parallel seeds on the
-GPU"). It needs no GPU: `experiments.gpu_aot` makes the dumps by compiling
-for a described device.
+GPU"). It needs no GPU: `experiments.benchmarking.gpu_aot` makes the dumps
+by compiling for a described device.
 """
 
 import dataclasses
 import math
 from typing import List, Tuple
 
-from experiments import gpu_dump
+from experiments.benchmarking import gpu_dump
 
 # Element types the tensor cores run at twice the float32 (TF32) rate.
 HALF_RATE_TYPES = ("bf16", "f16")

@@ -1,6 +1,6 @@
 r"""Cost of one gradient matching evaluation relative to a plain generator pass.
 
-  python -m experiments.bench_gm [--repeats=20] [--num_thetas=1] \
+  python -m experiments.benchmarking.bench_gm [--repeats=20] [--num_thetas=1] \
       [--granularity=row] [--classes=5] [--real_per_class=60] [--fake_repeat=2]
 
 At CUB shapes (150 seen classes, 312-d embeddings, 2048-d features, a

@@ -13,7 +13,7 @@ three files that together say what runs on the device:
 `analyse_dump` joins them into one `Kernel` per launch site: how often it
 runs per iteration of the program's outer loop, whether it runs inside a
 command buffer, the FLOPs of its products and the bytes it reads and
-writes. `experiments.kernel_model` prices those launches.
+writes. `experiments.benchmarking.kernel_model` prices those launches.
 """
 
 import collections

@@ -1,6 +1,6 @@
 r"""Summary of a `gpu_parallel_seeds_probe.sh` output folder.
 
-  python -m experiments.scripts.probe_summary OUT_DIR
+  python -m experiments.benchmarking.probe_summary OUT_DIR
 
 Reads what the probe left in OUT_DIR and prints, plain text:
 
@@ -459,8 +459,8 @@ def main(argv: Sequence[str]) -> int:
     The exit status: 0, or 2 for a bad command line.
   """
   if len(argv) != 2 or not os.path.isdir(argv[1]):
-    print(f"error: usage: python -m experiments.scripts.probe_summary OUT_DIR (found "
-          f"{' '.join(argv[1:]) or 'no argument'})", file=sys.stderr)
+    print("error: usage: python -m experiments.benchmarking.probe_summary OUT_DIR "
+          f"(found {' '.join(argv[1:]) or 'no argument'})", file=sys.stderr)
     return 2
   print(summarize_any(argv[1]))
   return 0

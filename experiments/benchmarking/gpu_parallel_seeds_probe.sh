@@ -6,11 +6,11 @@
 # (docs/benchmarks.md, "What limits parallel seeds on the GPU"). The first
 # suspect was that XLA:GPU runs the S = 1 loop as command buffers (CUDA
 # graphs) and the S > 1 loop op by op. Compiling for an H100 without one
-# (experiments.gpu_aot) since showed the same command buffers for every S and
-# a memory-traffic model that accounts for the times; this probe checks both
-# on the card, in one go, from the repository root:
+# (experiments.benchmarking.gpu_aot) since showed the same command buffers
+# for every S and a memory-traffic model that accounts for the times; this
+# probe checks both on the card, in one go, from the repository root:
 #
-#   OUT=/tmp/gmn_probe bash experiments/scripts/gpu_parallel_seeds_probe.sh \
+#   OUT=/tmp/gmn_probe bash experiments/benchmarking/gpu_parallel_seeds_probe.sh \
 #       [extra benchmark flags, e.g. --config.precision=bfloat16]
 #
 # It runs `python -m experiments.benchmark --scaling=seeds --skip_classifier
@@ -27,7 +27,7 @@
 #                       where accepted, as XLA otherwise runs command buffers
 #                       op by op while it traces
 #
-# then prints `python -m experiments.scripts.probe_summary` of the results.
+# then prints `python -m experiments.benchmarking.probe_summary` of the results.
 # Reading it: if command buffers are the cause, no_command_buffers' S = 1 row
 # (host CPU ms/iteration, ms/iteration) climbs to the default S = 2 row's, the
 # default HLO of `main` has the loop inside command buffers ("while 1/1", most
@@ -35,8 +35,9 @@
 # graph launches where S = 2 shows one kernel launch per kernel.
 #
 # Leaves in ${OUT:-/tmp/gmn_probe} at most 8 files, none in subfolders:
-# summary.txt, probe.log, kernel_model.txt (on a GPU: `experiments.gpu_aot
-# --analyse_dir` of the default way's dumps, fitted to its timings),
+# summary.txt, probe.log, kernel_model.txt (on a GPU:
+# `experiments.benchmarking.gpu_aot --analyse_dir` of the default way's
+# dumps, fitted to its timings),
 # probe_results.tar.gz (each way's JSON and log),
 # probe_hlo.tar.gz (hlo/<point>/*after_optimizations.txt) and
 # trace_<point>.json.gz (Chrome/Perfetto trace of each profiled S; the
@@ -169,11 +170,12 @@ for point_dir in "$WORK"/hlo_full/*/; do
     \( -name '*after_optimizations.txt' -o -name '*thunk*.txt' \) -exec cp {} "$RUN/hlo/$point/" \;
 done
 pack
-# The roofline model of these programs (experiments/kernel_model.py), fitted
-# to the default timings: does it explain them on the real compile as it did
-# on the deviceless one (docs/benchmarks.md)?
+# The roofline model of these programs
+# (experiments/benchmarking/kernel_model.py), fitted to the default timings:
+# does it explain them on the real compile as it did on the deviceless one
+# (docs/benchmarks.md)?
 if [[ "$BACKEND" == gpu && -f "$RUN/default.json" ]]; then
-  timeout 120 "$PYTHON" -m experiments.gpu_aot --analyse_dir="$RUN/hlo" \
+  timeout 120 "$PYTHON" -m experiments.benchmarking.gpu_aot --analyse_dir="$RUN/hlo" \
     --measured_json="$RUN/default.json" --json_out="$RUN/kernel_model.json" \
     >"$OUT/kernel_model.txt" 2>>"$LOG"
   say "kernel model ($OUT/kernel_model.txt): exit status $?"
@@ -191,8 +193,8 @@ fi
 run_way profiled "$PROFILE_FLAGS" --iterations="$PROFILE_ITERATIONS" \
   --seed_counts="$PROFILE_SEEDS" --profile_dir="$RUN/traces"
 
-timeout "$RESERVE" "$PYTHON" -m experiments.scripts.probe_summary "$RUN" >"$OUT/summary.txt" \
-  2>>"$LOG"
+timeout "$RESERVE" "$PYTHON" -m experiments.benchmarking.probe_summary "$RUN" \
+  >"$OUT/summary.txt" 2>>"$LOG"
 say "summary ($OUT/summary.txt), exit status $?:"
 cat "$OUT/summary.txt"
 ls -l "$OUT" >&2

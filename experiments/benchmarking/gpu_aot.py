@@ -1,10 +1,11 @@
 r"""Compiles the stage-1 program for a GPU without one, and models its cost.
 
-    python -m experiments.gpu_aot --config=experiments/configs/cub.py \
-        --out_dir=/tmp/gpu_aot [--seed_counts=1,2,4,8] [--iterations=100] \
-        [--target_config=experiments/gpu_targets/h100_sxm.txtpb] \
+    python -m experiments.benchmarking.gpu_aot \
+        --config=experiments/configs/cub.py --out_dir=/tmp/gpu_aot \
+        [--seed_counts=1,2,4,8] [--iterations=100] \
+        [--target_config=experiments/benchmarking/gpu_targets/h100_sxm.txtpb] \
         [--measured_ms=1:2.14,2:3.43,4:5.78,8:10.41] [--json_out=F]
-    python -m experiments.gpu_aot --analyse_dir=DIR [--measured_json=F] ...
+    python -m experiments.benchmarking.gpu_aot --analyse_dir=DIR [--measured_json=F] ...
 
 The first form needs JAX's CUDA plugin (`pip install "jax[cuda12]"`) but no
 GPU: it compiles the stage-1 chunk that `experiments.benchmark` times, once
@@ -16,8 +17,9 @@ already exist, e.g. `experiments.benchmark --dump_hlo_dir=DIR` on a GPU
 
 For each program it prints, per generator iteration: kernel launches, what
 the host launches (command buffers + loose kernels), product GFLOP, GB read
-and written, and `experiments.kernel_model`'s time — max(products, bytes /
-bandwidth) + launch latency per launch — with its split, and a lower bound
+and written, and `experiments.benchmarking.kernel_model`'s time —
+max(products, bytes / bandwidth) + launch latency per launch — with its
+split, and a lower bound
 (peak bandwidth from the target, no launch latency). With measured times
 (--measured_ms, or the seeds rows of a benchmark --json_out given as
 --measured_json) it also fits the bandwidth and latency that best explain
@@ -40,8 +42,8 @@ from absl import flags
 from ml_collections import config_flags
 
 from experiments import cli
-from experiments import gpu_dump
-from experiments import kernel_model
+from experiments.benchmarking import gpu_dump
+from experiments.benchmarking import kernel_model
 from gmn_jax.errors import ConfigError
 from gmn_jax.errors import DataError
 from gmn_jax.errors import GMNError
@@ -188,8 +190,10 @@ def compile_for_target(config, target_text: str, seed_counts: Sequence[int], ite
     ConfigError: no CUDA plugin, a bad target, or a dump folder in use.
   """
   import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from experiments.benchmarking import shapes  # pylint: disable=g-import-not-at-top
   from experiments.benchmarking import timing  # pylint: disable=g-import-not-at-top
+  from gmn_jax import specs  # pylint: disable=g-import-not-at-top
   from gmn_jax import train_state  # pylint: disable=g-import-not-at-top
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
 
@@ -219,15 +223,15 @@ def compile_for_target(config, target_text: str, seed_counts: Sequence[int], ite
         if hasattr(leaf, "shape") else leaf, tree)
 
   dataset = shapes.benchmark_dataset(config)
-  spec = train_state.make_train_spec(config, dataset)
-  hyper = train_state.make_hyperparameters(config)
+  spec = specs.train_spec(config, dataset)
+  hyper = specs.hyperparameters(config)
   data = train_state.make_train_data(dataset, spec)
   for seeds, folder in folders.items():
     states, keys = timing.init_states(spec, data, seeds)  # On the CPU: shapes only.
     program = timing.stage1_program(spec, iterations, seeds)
     os.makedirs(folder, exist_ok=True)
-    program.lower(on_target(states), on_target(data), on_target(hyper),
-                  on_target(keys)).compile(compiler_options={
+    program.lower(on_target(states), on_target(data), on_target(hyper), on_target(keys),
+                  on_target(jnp.int32(0))).compile(compiler_options={
                       "xla_dump_to": folder, "xla_dump_hlo_as_text": True})
     log(f"compiled S = {seeds} for {topology.devices[0].device_kind} into {folder}")
   return folders
