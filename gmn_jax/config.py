@@ -242,7 +242,7 @@ def config_rules() -> List[config_utils.Rule]:
       u.non_negative_int("eval.n_synth_unseen"),
       u.non_negative_int("eval.n_synth_seen"),
       u.positive_int("eval.num_classifier_seeds"),
-      u.one_of("precision", ("float32", "bfloat16")),
+      u.one_of("precision", tuple(models.PRECISIONS)),
       # The transductive critic sees unlabelled unseen features: no class to
       # condition on, and every batch holds a seen and an unseen example.
       u.Rule(("method", "critic.conditional"),

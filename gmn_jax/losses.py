@@ -12,7 +12,6 @@ from jax import lax
 import jax.numpy as jnp
 
 from gmn_jax.errors import ConfigError
-from gmn_jax.models import apply_critic
 
 GRANULARITIES = ("row", "tensor", "global")
 
@@ -91,16 +90,20 @@ def _safe_norm(x, axis=None):
   return _safe_sqrt(jnp.sum(jnp.square(x), axis=axis))
 
 
-def gradient_penalty(critic_params, real, fake, embeddings, key):
+def gradient_penalty(critic_fn, critic_params, real, fake, embeddings, key):
   """WGAN-GP penalty mean_i (||grad_x D(x_i, a_i)|| - 1)^2 on interpolates.
 
   x_i = e_i real_i + (1 - e_i) fake_i with one e_i ~ U[0, 1] per example; the
   condition a_i is held fixed (only the features are interpolated and
   differentiated). The critic has no cross-example terms, so the gradient of
-  the summed scores gives every example's own input gradient.
+  the summed scores gives every example's own input gradient. Whatever
+  precision the critic computes in, the interpolates, their gradient (the
+  transpose of the critic's input cast) and the penalty are float32.
 
   Args:
-    critic_params: from `models.init_critic`.
+    critic_fn: `critic_fn(params, features, embeddings) -> (B,)` scores, e.g.
+      a `models.Critic`'s apply.
+    critic_params: the critic's parameters.
     real: (B, D) real features.
     fake: (B, D) generated features.
     embeddings: (B, K) class embeddings, or None for an unconditional critic.
@@ -113,17 +116,18 @@ def gradient_penalty(critic_params, real, fake, embeddings, key):
   interpolates = weights * real + (1.0 - weights) * fake
 
   def total_score(features):
-    return jnp.sum(apply_critic(critic_params, features, embeddings))
+    return jnp.sum(critic_fn(critic_params, features, embeddings))
 
   input_grads = jax.grad(total_score)(interpolates)
   return jnp.mean(jnp.square(_safe_norm(input_grads, axis=1) - 1.0))
 
 
-def critic_loss(critic_params, real, fake, embeddings, key, *, gp_weight=10.0):
+def critic_loss(critic_fn, critic_params, real, fake, embeddings, key, *, gp_weight=10.0):
   """WGAN-GP critic loss mean D(fake) - mean D(real) + gp_weight * penalty.
 
   Args:
-    critic_params: from `models.init_critic`.
+    critic_fn: `critic_fn(params, features, embeddings) -> (B,)` scores.
+    critic_params: the critic's parameters.
     real: (B, D) real features.
     fake: (B, D) generated features (stop their gradient at the call site when
       only the critic is being trained).
@@ -136,25 +140,26 @@ def critic_loss(critic_params, real, fake, embeddings, key, *, gp_weight=10.0):
     (loss, aux) with aux = {"wasserstein": mean D(real) - mean D(fake),
     "gradient_penalty": the unweighted penalty}.
   """
-  wasserstein = (jnp.mean(apply_critic(critic_params, real, embeddings))
-                 - jnp.mean(apply_critic(critic_params, fake, embeddings)))
-  penalty = gradient_penalty(critic_params, real, fake, embeddings, key)
+  wasserstein = (jnp.mean(critic_fn(critic_params, real, embeddings))
+                 - jnp.mean(critic_fn(critic_params, fake, embeddings)))
+  penalty = gradient_penalty(critic_fn, critic_params, real, fake, embeddings, key)
   loss = -wasserstein + gp_weight * penalty
   return loss, {"wasserstein": wasserstein, "gradient_penalty": penalty}
 
 
-def generator_adversarial_loss(critic_params, fake, embeddings):
+def generator_adversarial_loss(critic_fn, critic_params, fake, embeddings):
   """The generator's WGAN loss -mean D(fake).
 
   Args:
-    critic_params: from `models.init_critic`.
+    critic_fn: `critic_fn(params, features, embeddings) -> (B,)` scores.
+    critic_params: the critic's parameters.
     fake: (B, D) generated features.
     embeddings: (B, K) class embeddings, or None for an unconditional critic.
 
   Returns:
     The scalar loss.
   """
-  return -jnp.mean(apply_critic(critic_params, fake, embeddings))
+  return -jnp.mean(critic_fn(critic_params, fake, embeddings))
 
 
 # --------------------------------------------------------------------------
@@ -301,9 +306,9 @@ def gradient_matching(loss_fn, thetas, real_batch, fake_batch, *, granularity="r
   >>> from gmn_jax.losses import classifier_loss, gradient_matching
   >>> k_gen, k_clf, k_real, k_noise = jax.random.split(jax.random.key(0), 4)
   >>> attributes = jax.random.uniform(k_real, (3, 5))     # 3 classes, K = 5
-  >>> generator = models.init_generator(
-  ...     k_gen, kind="latent_noise", embedding_dim=5, feature_dim=8,
-  ...     noise_dim=4, hidden_dims=[16])
+  >>> module = models.Generator("latent_noise", embedding_dim=5, feature_dim=8,
+  ...                           noise_dim=4, hidden_dims=(16,))
+  >>> generator = models.init_generator(module, k_gen)
   >>> init_clf, apply_clf = models.get_classifier("bilinear")
   >>> thetas = jax.vmap(lambda k: init_clf(
   ...     k, feature_dim=8, embedding_dim=5, num_classes=3))(
@@ -314,7 +319,7 @@ def gradient_matching(loss_fn, thetas, real_batch, fake_batch, *, granularity="r
   >>> labels = jnp.zeros(6, jnp.int32)                   # six of class 0
   >>> real = (jax.random.uniform(k_real, (6, 8)), labels)
   >>> def gm_of_generator(params):
-  ...   fake = (models.apply_generator(params, attributes[labels], k_noise),
+  ...   fake = (models.generate(module, params, attributes[labels], k_noise),
   ...           labels)
   ...   return gradient_matching(loss_fn, thetas, real, fake)
   >>> value, grads = jax.jit(jax.value_and_grad(gm_of_generator))(generator)

@@ -1,363 +1,330 @@
-"""Generators, critics and classifiers as pure functions over plain pytrees.
+"""Generators, critics and classifiers as `flax.linen` modules.
 
-Every network is a pair `init_*(key, ...) -> params` / `apply_*(params, ...)`.
-Parameters are nested dicts of arrays; a dense layer is
-`{"kernel": (in, out), "bias": (out,)}` (the Flax layout). A layer whose input
-is a concatenation, e.g. `[z, a]`, stores one kernel per part
-(`"kernel_noise"`, `"kernel_embedding"`, ...): `concat(parts) @ kernel` equals
-the sum of the per-part products, and keeping the parts apart lets the apply
-functions read every size from the shapes, so they need no config.
+Every network is a hashable module holding its sizes and compute dtype (so it
+can live in a static spec closed over by jitted code), used through
+`init`/`apply`; parameters are plain nested dicts of float32 arrays.
+`init_generator`, `init_critic` and `get_classifier` build them; `generate`
+draws the noise and applies a generator (`sample_fn` binds it to one).
 
-Layouts:
+Layouts (a dense layer is {"kernel": (in, out), "bias": (out,)}):
   generator, kind "latent_noise": {"mu": dense K->Z, "logvar": dense K->Z,
     "layers": {"layer_0": dense Z->H1, ..., "layer_n": dense Hn->D}}
   generator, kind "attribute_concat": {"layers": {"layer_0": {"kernel_noise":
-    (Z, H1), "kernel_embedding": (K, H1), "bias": (H1,)}, ..., "layer_n"}}
-  critic: {"layers": {"layer_0": conditional {"kernel_features": (D, H1),
-    "kernel_embedding": (K, H1), "bias"} or unconditional {"kernel", "bias"},
-    ..., "layer_n": dense Hn->1}}
+    (Z, H1), "kernel_embedding": (K, H1), "bias": (H1,)}, ..., "layer_n": dense
+    Hn->D}}: the first layer is a dense layer on concat[z, a] with its
+    kernel kept in one block per input (`_BlockDense`)
+  critic: {"layers": {"layer_0": {"kernel_features": (D, H1),
+    "kernel_embedding": (K, H1), "bias"} (a plain dense D->H1 when
+    unconditional), ..., "layer_n": dense Hn->1}}
   bilinear classifier: {"kernel": (D, K), "bias": (K,) or ()}
   softmax classifier: {"kernel": (D, C), "bias": (C,)}
+
+Initialisation follows the reference: Xavier-normal kernels with gain sqrt(2)
+(a plain, untruncated normal of std sqrt(2) * sqrt(2 / (fan_in + fan_out)))
+and zero biases for the generator and the critic; N(0, 0.02^2) kernels and
+zero biases for the classifiers.
+
+Precision: a generator's or critic's `dtype` (float32 or bfloat16) is that of
+its matrix products and the activations between them. Parameters stay
+float32 (so do their gradients and optimiser states) and are cast at the
+point of use; outputs are float32, so WGAN-GP, the losses and gradient
+matching see float32 whatever the dtype. A latent_noise generator computes
+mu(a), logvar(a), the exp and z = mu + exp(logvar / 2) eps in float32 always
+(cheap next to the MLP; the exp would magnify bfloat16 rounding of logvar);
+only its MLP runs in `dtype`. The classifiers always run in float32. (A
+float64 `dtype`, under x64 in tests, computes and returns float64 throughout:
+"float32" above means `jnp.promote_types(dtype, jnp.float32)`.)
 """
 
+import functools
 import math
-import numbers
-from typing import Callable
+from typing import Any, Callable
 
+import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from gmn_jax.errors import ConfigError
 
 LEAKY_RELU_SLOPE = 0.2
-# The reference initialises G and D with Xavier-normal of gain sqrt(2) and the
-# classifiers with N(0, 0.02^2).
 XAVIER_GAIN = math.sqrt(2.0)
 CLASSIFIER_INIT_STD = 0.02
 
 GENERATOR_KINDS = ("latent_noise", "attribute_concat")
+# config.precision: the generator's and critic's compute dtype.
+PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 CLASSIFIER_KINDS = ("bilinear", "softmax")
 BILINEAR_BIAS_KINDS = ("vector", "scalar")
 
+# Xavier-normal with gain g has variance g^2 * 2 / (fan_in + fan_out), i.e.
+# variance_scaling's scale / fan_avg with scale = g^2.
+_xavier_init = nn.initializers.variance_scaling(XAVIER_GAIN**2, "fan_avg", "normal")
+_classifier_init = nn.initializers.normal(CLASSIFIER_INIT_STD)
+_zeros = nn.initializers.zeros_init()
 
-# --------------------------------------------------------------------------
-# Layers.
+Dtype = Any
 
 
-def _standard_normals(key, shapes):
-  """Independent N(0, 1) float32 arrays of the given shapes, from one draw.
+def _dense(features, dtype, name):
+  return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32,
+                  kernel_init=_xavier_init, bias_init=_zeros, name=name)
 
-  The draw's length is rounded up to a power of two, so that networks of
-  different sizes share a few compiled random-number programs: on CPU,
-  compiling the random-number generator for each new shape dominates the
-  cost of an init.
+
+def _outer_dtype(dtype):
+  """The dtype of a module's inputs, outputs and float32 parts: float32, or float64."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
+class _BlockDense(nn.Module):
+  """A dense layer on the concatenation of named inputs, one kernel block per input.
+
+  concat(parts) @ kernel equals the sum of the per-part products, and so does
+  this layer; kept apart, the gradient w.r.t. one part never computes the
+  others'. That matters for the critic: the gradient penalty differentiates
+  it w.r.t. its features only, and on one concatenated kernel XLA also forms
+  the embedding block's cotangent (CUB's 1,336-d embeddings: 9% more FLOPs
+  per generator iteration). The blocks are drawn as one Xavier kernel over
+  the whole fan-in would be. Params: {"kernel_<name>": (in_name, out), ...,
+  "bias": (out,)}.
+
+  Attributes:
+    features: the output width.
+    dtype: the compute dtype.
   """
-  sizes = [math.prod(shape) for shape in shapes]
-  padded = 1 << max(sum(sizes) - 1, 0).bit_length()
-  flat = jax.random.normal(key, (padded,), jnp.float32)
-  arrays, offset = [], 0
-  for shape, size in zip(shapes, sizes):
-    arrays.append(flat[offset:offset + size].reshape(shape))
-    offset += size
-  return arrays
+
+  features: int
+  dtype: Dtype
+
+  @nn.compact
+  def __call__(self, parts):
+    fan_in = sum(x.shape[-1] for x in parts.values())
+    init = nn.initializers.normal(XAVIER_GAIN * math.sqrt(2.0 / (fan_in + self.features)))
+    out = self.param("bias", _zeros, (self.features,), jnp.float32).astype(self.dtype)
+    for name, x in parts.items():
+      kernel = self.param(f"kernel_{name}", init, (x.shape[-1], self.features), jnp.float32)
+      out = out + jnp.asarray(x, self.dtype) @ kernel.astype(self.dtype)
+    return out
 
 
-def _init_layers(key, layer_specs):
-  """Dense layers with Xavier-normal (gain sqrt(2)) kernels and zero biases.
+class _MLP(nn.Module):
+  """Dense layers "layer_0".."layer_n" with LeakyReLU(0.2) between them.
 
-  Args:
-    key: PRNG key.
-    layer_specs: a sequence of (kernel_inputs, out_dim), kernel_inputs a dict
-      from kernel name to its input size. A layer with several kernels is a
-      dense layer on their concatenated inputs, so its fan-in is their sum.
-
-  Returns:
-    One dict per spec: the kernels (in, out_dim) and "bias" (out_dim,).
+  The input is an array, or a dict of named arrays that the first layer
+  reads as their concatenation (`_BlockDense`).
   """
-  shapes = [(in_dim, out_dim) for inputs, out_dim in layer_specs for in_dim in inputs.values()]
-  normals = iter(_standard_normals(key, shapes))
-  layers = []
-  for inputs, out_dim in layer_specs:
-    std = XAVIER_GAIN * math.sqrt(2.0 / (sum(inputs.values()) + out_dim))
-    layer = {name: std * next(normals) for name in inputs}
-    layer["bias"] = jnp.zeros((out_dim,), jnp.float32)
-    layers.append(layer)
-  return layers
+
+  widths: tuple[int, ...]
+  dtype: Dtype
+
+  @nn.compact
+  def __call__(self, x):
+    for i, width in enumerate(self.widths):
+      if i:
+        x = nn.leaky_relu(x, LEAKY_RELU_SLOPE)
+      if isinstance(x, dict):
+        x = _BlockDense(width, self.dtype, name=f"layer_{i}")(x)
+      else:
+        x = _dense(width, self.dtype, name=f"layer_{i}")(x)
+    return x
 
 
-def _mlp_specs(first_inputs, hidden_dims, out_dim):
-  """Layer specs of an MLP whose first layer reads `first_inputs`."""
-  widths = list(hidden_dims) + [out_dim]
-  specs = [(first_inputs, widths[0])]
-  specs += [({"kernel": widths[i - 1]}, widths[i]) for i in range(1, len(widths))]
-  return specs
+class _HiddenDimsAsTuple:
+  """Stores `hidden_dims` as a tuple: a list still gives a hashable module."""
 
-
-def _as_mlp(layers):
-  return {f"layer_{i}": layer for i, layer in enumerate(layers)}
-
-
-def _apply_dense(layer, x):
-  return x @ layer["kernel"] + layer["bias"]
-
-
-def _apply_concat_dense(layer, parts):
-  out = layer["bias"]
-  for name, x in parts.items():
-    out = out + x @ layer[f"kernel_{name}"]
-  return out
-
-
-def _check_widths(name, widths):
-  if isinstance(widths, (str, bytes)) or not hasattr(widths, "__iter__"):
-    raise ConfigError(f"{name}: expected a sequence of positive ints, found {widths!r}")
-  widths = tuple(widths)
-  if any(not isinstance(w, numbers.Integral) or isinstance(w, bool) or w <= 0
-         for w in widths):
-    raise ConfigError(f"{name}: expected a sequence of positive ints, found {widths!r}")
-  return tuple(int(w) for w in widths)
-
-
-def _check_positive(name, value, allow_zero=False):
-  low = 0 if allow_zero else 1
-  if (not isinstance(value, numbers.Integral) or isinstance(value, bool)
-      or value < low):
-    kind = "a non-negative int" if allow_zero else "a positive int"
-    raise ConfigError(f"{name}: expected {kind}, found {value!r}")
-
-
-def _apply_mlp_tail(layers, h):
-  """Applies layers 1..n to the first layer's pre-activation `h`.
-
-  Hidden layers use LeakyReLU(0.2); the caller chooses the output activation.
-  """
-  for i in range(1, len(layers)):
-    h = jax.nn.leaky_relu(h, LEAKY_RELU_SLOPE)
-    h = _apply_dense(layers[f"layer_{i}"], h)
-  return h
+  def __post_init__(self):
+    object.__setattr__(self, "hidden_dims", tuple(self.hidden_dims))
+    super().__post_init__()
 
 
 # --------------------------------------------------------------------------
-# Generators.
+# Generator.
 
 
-def init_generator(key, *, kind, embedding_dim, feature_dim, noise_dim, hidden_dims):
-  """Initialises a conditional feature generator G(z, a).
+class Generator(_HiddenDimsAsTuple, nn.Module):
+  """A conditional feature generator G(z, a).
 
-  Args:
-    key: PRNG key.
+  Attributes:
     kind: "latent_noise" (z = mu(a) + exp(logvar(a)/2) * eps, then an MLP on
       z; the reference's CUB/AWA1 model) or "attribute_concat" (an MLP on
-      concat[z, a] with z ~ N(0, I); f-CLSWGAN's and the reference's SUN model).
-    embedding_dim: K, the class-embedding size.
+      concat[eps, a]; f-CLSWGAN's and the reference's SUN model).
+    embedding_dim: K, the class-embedding size (read by `init_generator`).
     feature_dim: D, the generated feature size.
-    noise_dim: Z, the noise size.
+    noise_dim: Z, the size of the noise eps ~ N(0, I).
     hidden_dims: widths of the hidden layers (may be empty).
-
-  Returns:
-    The parameter pytree (see the module docstring for its layout). Weights
-    are Xavier-normal with gain sqrt(2), biases zero.
-
-  Raises:
-    ConfigError: for an unknown kind or non-positive sizes.
+    dtype: the compute dtype of the MLP (jnp.float32 or jnp.bfloat16).
   """
-  if kind not in GENERATOR_KINDS:
-    raise ConfigError(f"generator kind: expected one of {GENERATOR_KINDS}, found {kind!r}")
-  _check_positive("embedding_dim", embedding_dim)
-  _check_positive("feature_dim", feature_dim)
-  _check_positive("noise_dim", noise_dim)
-  hidden_dims = _check_widths("hidden_dims", hidden_dims)
-  if kind == "latent_noise":
-    heads = [({"kernel": embedding_dim}, noise_dim)] * 2
-    layers = _init_layers(key, heads + _mlp_specs({"kernel": noise_dim}, hidden_dims, feature_dim))
-    return {"mu": layers[0], "logvar": layers[1], "layers": _as_mlp(layers[2:])}
-  first_inputs = {"kernel_noise": noise_dim, "kernel_embedding": embedding_dim}
-  return {"layers": _as_mlp(_init_layers(key, _mlp_specs(first_inputs, hidden_dims,
-                                                         feature_dim)))}
+
+  kind: str
+  embedding_dim: int
+  feature_dim: int
+  noise_dim: int
+  hidden_dims: tuple[int, ...] = ()
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, embeddings, noise):
+    """Generates features from given noise (deterministic).
+
+    Args:
+      embeddings: (B, K) class embeddings.
+      noise: (B, Z) draws of N(0, I).
+
+    Returns:
+      (B, D) non-negative float32 features.
+    """
+    widths = self.hidden_dims + (self.feature_dim,)
+    mlp = _MLP(widths, self.dtype, name="layers")
+    outer = _outer_dtype(self.dtype)
+    noise = jnp.asarray(noise, outer)
+    if self.kind == "latent_noise":
+      mu = _dense(self.noise_dim, outer, name="mu")(embeddings)
+      logvar = _dense(self.noise_dim, outer, name="logvar")(embeddings)
+      out = mlp(mu + jnp.exp(0.5 * logvar) * noise)
+    elif self.kind == "attribute_concat":
+      out = mlp({"noise": noise, "embedding": jnp.asarray(embeddings, outer)})
+    else:
+      raise ConfigError(f"generator kind: expected one of {GENERATOR_KINDS}, "
+                        f"found {self.kind!r}")
+    return nn.relu(out).astype(outer)
 
 
-def generator_kind(params):
-  """Returns "latent_noise" or "attribute_concat", read from the keys.
+def generator_noise(module: Generator, batch_size: int, key) -> jax.Array:
+  """The generator's noise, float32 whatever `module.dtype` (same draws in bf16 runs).
 
   Args:
-    params: generator parameters from `init_generator`.
+    module: the generator.
+    batch_size: B.
+    key: PRNG key.
 
   Returns:
-    The generator kind.
+    (B, Z) `jax.random.normal(key, (batch_size, module.noise_dim), jnp.float32)`.
   """
-  return "latent_noise" if "mu" in params else "attribute_concat"
+  return jax.random.normal(key, (batch_size, module.noise_dim), jnp.float32)
 
 
-def generator_noise_dim(params):
-  """Returns the noise size Z of a generator.
-
-  Args:
-    params: generator parameters from `init_generator`.
-
-  Returns:
-    Z as a Python int.
-  """
-  if generator_kind(params) == "latent_noise":
-    return int(params["mu"]["kernel"].shape[1])
-  return int(params["layers"]["layer_0"]["kernel_noise"].shape[0])
-
-
-def apply_generator_with_noise(params, embeddings, noise):
-  """Generates features from given standard-normal noise (deterministic).
-
-  Args:
-    params: generator parameters from `init_generator`.
-    embeddings: (B, K) class embeddings.
-    noise: (B, Z) draws of N(0, I).
-
-  Returns:
-    (B, D) non-negative features.
-  """
-  layers = params["layers"]
-  if generator_kind(params) == "latent_noise":
-    mu = _apply_dense(params["mu"], embeddings)
-    logvar = _apply_dense(params["logvar"], embeddings)
-    z = mu + jnp.exp(0.5 * logvar) * noise
-    h = _apply_dense(layers["layer_0"], z)
-  else:
-    h = _apply_concat_dense(layers["layer_0"], {"noise": noise, "embedding": embeddings})
-  return jax.nn.relu(_apply_mlp_tail(layers, h))
-
-
-def apply_generator(params, embeddings, key):
+def generate(module: Generator, params, embeddings, key) -> jax.Array:
   """Generates one feature vector per class embedding, with fresh noise.
 
   Args:
-    params: generator parameters from `init_generator`.
+    module: the generator.
+    params: its parameters (from `init_generator`).
     embeddings: (B, K) class embeddings.
-    key: PRNG key for the noise.
+    key: PRNG key of the noise (see `generator_noise`).
 
   Returns:
-    (B, D) non-negative features.
+    (B, D) non-negative float32 features.
   """
-  noise_shape = (embeddings.shape[0], generator_noise_dim(params))
-  noise = jax.random.normal(key, noise_shape, embeddings.dtype)
-  return apply_generator_with_noise(params, embeddings, noise)
+  noise = generator_noise(module, embeddings.shape[0], key)
+  return module.apply({"params": params}, embeddings, noise)
+
+
+@functools.cache
+def sample_fn(module: Generator) -> Callable:
+  """`generate` bound to one generator: `fn(params, embeddings, key) -> features`.
+
+  One function object per module (equal modules share it), so jitted code
+  that takes it as a static argument (`synthesis.synthesize`) compiles once.
+
+  Args:
+    module: the generator.
+
+  Returns:
+    The bound function.
+  """
+  return functools.partial(generate, module)
 
 
 # --------------------------------------------------------------------------
 # Critic.
 
 
-def init_critic(key, *, feature_dim, embedding_dim, hidden_dims):
-  """Initialises a WGAN critic D(x, a) (or D(x) when embedding_dim is 0).
+class Critic(_HiddenDimsAsTuple, nn.Module):
+  """A WGAN critic D(x, a) (conditional) or D(x) (unconditional).
 
-  Args:
-    key: PRNG key.
-    feature_dim: D.
-    embedding_dim: K; 0 makes the critic unconditional.
+  Attributes:
+    feature_dim: D (read by `init_critic`).
+    embedding_dim: K (read by `init_critic` when conditional; ignored
+      otherwise).
     hidden_dims: widths of the hidden layers (may be empty).
-
-  Returns:
-    The parameter pytree; Xavier-normal weights with gain sqrt(2), zero biases.
-
-  Raises:
-    ConfigError: for non-positive sizes.
+    conditional: whether the first layer reads concat[x, a] or x alone.
+    dtype: the compute dtype (jnp.float32 or jnp.bfloat16).
   """
-  _check_positive("feature_dim", feature_dim)
-  _check_positive("embedding_dim", embedding_dim, allow_zero=True)
-  hidden_dims = _check_widths("hidden_dims", hidden_dims)
-  if embedding_dim:
-    first_inputs = {"kernel_features": feature_dim, "kernel_embedding": embedding_dim}
-  else:
-    first_inputs = {"kernel": feature_dim}
-  return {"layers": _as_mlp(_init_layers(key, _mlp_specs(first_inputs, hidden_dims, 1)))}
+
+  feature_dim: int
+  embedding_dim: int
+  hidden_dims: tuple[int, ...] = ()
+  conditional: bool = True
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, features, embeddings=None):
+    """Scores features (higher means "more real").
+
+    Args:
+      features: (B, D).
+      embeddings: (B, K) class embeddings for a conditional critic; must be
+        None for an unconditional one.
+
+    Returns:
+      (B,) float32 scores.
+
+    Raises:
+      ConfigError: when embeddings are missing for a conditional critic or
+        given to an unconditional one.
+    """
+    outer = _outer_dtype(self.dtype)
+    if self.conditional:
+      if embeddings is None:
+        raise ConfigError("critic embeddings: expected (B, K) class embeddings for a "
+                          "conditional critic, found None")
+      x = {"features": jnp.asarray(features, outer), "embedding": jnp.asarray(embeddings, outer)}
+    else:
+      if embeddings is not None:
+        raise ConfigError("critic embeddings: expected None for an unconditional critic, "
+                          f"found an array of shape {jnp.shape(embeddings)}")
+      x = features
+    scores = _MLP(self.hidden_dims + (1,), self.dtype, name="layers")(x)
+    return scores[:, 0].astype(outer)
 
 
-def critic_is_conditional(params):
-  """Whether the critic takes class embeddings.
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _init_params(module, key, input_shapes):
+  """`module.init` on zeros of the given shapes (None passes None); jitted."""
+  inputs = [None if shape is None else jnp.zeros(shape, jnp.float32)
+            for shape in input_shapes]
+  return flax.core.unfreeze(module.init({"params": key}, *inputs)["params"])
+
+
+def init_generator(module: Generator, key):
+  """Initialises a generator's parameters (jitted; works under vmap over keys).
 
   Args:
-    params: critic parameters from `init_critic`.
+    module: the generator.
+    key: PRNG key.
 
   Returns:
-    True for D(x, a), False for D(x).
+    The parameter dict (layout in the module docstring), float32.
   """
-  return "kernel_embedding" in params["layers"]["layer_0"]
+  return _init_params(module, key, ((1, module.embedding_dim), (1, module.noise_dim)))
 
 
-def apply_critic(params, features, embeddings=None):
-  """Scores features (higher means "more real").
+def init_critic(module: Critic, key):
+  """Initialises a critic's parameters (jitted; works under vmap over keys).
 
   Args:
-    params: critic parameters from `init_critic`.
-    features: (B, D).
-    embeddings: (B, K) class embeddings for a conditional critic; must be None
-      for an unconditional one.
+    module: the critic.
+    key: PRNG key.
 
   Returns:
-    (B,) scores.
-
-  Raises:
-    ConfigError: when embeddings are missing for a conditional critic or given
-      to an unconditional one.
+    The parameter dict (layout in the module docstring), float32.
   """
-  layers = params["layers"]
-  if critic_is_conditional(params):
-    if embeddings is None:
-      raise ConfigError("critic embeddings: expected (B, K) class embeddings for a "
-                        "conditional critic, found None")
-    h = _apply_concat_dense(layers["layer_0"], {"features": features, "embedding": embeddings})
-  else:
-    if embeddings is not None:
-      raise ConfigError("critic embeddings: expected None for an unconditional critic, "
-                        f"found an array of shape {jnp.shape(embeddings)}")
-    h = _apply_dense(layers["layer_0"], features)
-  return _apply_mlp_tail(layers, h)[:, 0]
+  embeddings = (1, module.embedding_dim) if module.conditional else None
+  return _init_params(module, key, ((1, module.feature_dim), embeddings))
 
 
 # --------------------------------------------------------------------------
 # Classifiers.
-
-
-def _classifier_normal(key, shape):
-  return CLASSIFIER_INIT_STD * _standard_normals(key, [shape])[0]
-
-
-def init_bilinear_classifier(key, *, feature_dim, embedding_dim, bias="vector"):
-  """Initialises a bilinear compatibility classifier.
-
-  Args:
-    key: PRNG key.
-    feature_dim: D.
-    embedding_dim: K.
-    bias: "vector" for scores (x W + b) . a_c with b in R^K (the reference),
-      "scalar" for x W a_c + b with one scalar b.
-
-  Returns:
-    {"kernel": (D, K) ~ N(0, 0.02^2), "bias": zeros of shape (K,) or ()}.
-
-  Raises:
-    ConfigError: for an unknown bias kind or non-positive sizes.
-  """
-  if bias not in BILINEAR_BIAS_KINDS:
-    raise ConfigError(f"bilinear bias: expected one of {BILINEAR_BIAS_KINDS}, found {bias!r}")
-  _check_positive("feature_dim", feature_dim)
-  _check_positive("embedding_dim", embedding_dim)
-  bias_shape = (embedding_dim,) if bias == "vector" else ()
-  return {
-      "kernel": _classifier_normal(key, (feature_dim, embedding_dim)),
-      "bias": jnp.zeros(bias_shape, jnp.float32),
-  }
-
-
-def apply_bilinear_classifier(params, features, class_embeddings):
-  """Bilinear compatibility logits.
-
-  Args:
-    params: from `init_bilinear_classifier`; the bias shape selects the form.
-    features: (B, D).
-    class_embeddings: (C, K), the classes to score.
-
-  Returns:
-    (B, C) logits.
-  """
-  return bilinear_head(params, features @ params["kernel"], class_embeddings)
 
 
 def bilinear_head(params, projected, class_embeddings):
@@ -370,51 +337,11 @@ def bilinear_head(params, projected, class_embeddings):
     class_embeddings: (C, K), the classes to score.
 
   Returns:
-    (B, C) logits, equal to `apply_bilinear_classifier`'s.
+    (B, C) logits: (H + b) a_c for a vector bias, H a_c + b for a scalar one.
   """
   if params["bias"].ndim == 0:
     return projected @ class_embeddings.T + params["bias"]
   return (projected + params["bias"]) @ class_embeddings.T
-
-
-def init_softmax_classifier(key, *, feature_dim, num_classes):
-  """Initialises a linear softmax classifier.
-
-  Args:
-    key: PRNG key.
-    feature_dim: D.
-    num_classes: C.
-
-  Returns:
-    {"kernel": (D, C) ~ N(0, 0.02^2), "bias": zeros (C,)}.
-
-  Raises:
-    ConfigError: for non-positive sizes.
-  """
-  _check_positive("feature_dim", feature_dim)
-  _check_positive("num_classes", num_classes)
-  return {
-      "kernel": _classifier_normal(key, (feature_dim, num_classes)),
-      "bias": jnp.zeros((num_classes,), jnp.float32),
-  }
-
-
-def apply_softmax_classifier(params, features, class_embeddings=None):
-  """Linear softmax logits.
-
-  Args:
-    params: from `init_softmax_classifier`.
-    features: (B, D).
-    class_embeddings: ignored except that, when given, its number of rows must
-      equal the classifier's number of classes (the uniform classifier API).
-
-  Returns:
-    (B, C) logits.
-
-  Raises:
-    ConfigError: when class_embeddings has the wrong number of rows.
-  """
-  return softmax_head(params, features @ params["kernel"], class_embeddings)
 
 
 def softmax_head(params, projected, class_embeddings=None):
@@ -424,11 +351,11 @@ def softmax_head(params, projected, class_embeddings=None):
     params: the classifier's parameters; only "bias" is read (the kernel may
       be left out).
     projected: (B, C) features times the kernel.
-    class_embeddings: as in `apply_softmax_classifier` (only its row count is
-      checked).
+    class_embeddings: ignored except that, when given, its number of rows must
+      be C (the uniform classifier API).
 
   Returns:
-    (B, C) logits, equal to `apply_softmax_classifier`'s.
+    (B, C) logits H + b.
 
   Raises:
     ConfigError: when class_embeddings has the wrong number of rows.
@@ -440,12 +367,79 @@ def softmax_head(params, projected, class_embeddings=None):
   return projected + params["bias"]
 
 
+class BilinearClassifier(nn.Module):
+  """Bilinear compatibility classifier; params {"kernel": (D, K), "bias"}.
+
+  Attributes:
+    bias: "vector" for scores (x W + b) . a_c with b in R^K (the reference),
+      "scalar" for x W a_c + b with one scalar b.
+  """
+
+  bias: str = "vector"
+
+  @nn.compact
+  def __call__(self, features, class_embeddings):
+    """(B, C) logits of features (B, D) for class_embeddings (C, K)."""
+    feature_dim, embedding_dim = features.shape[-1], class_embeddings.shape[-1]
+    if self.bias not in BILINEAR_BIAS_KINDS:
+      raise ConfigError(
+          f"bilinear bias: expected one of {BILINEAR_BIAS_KINDS}, found {self.bias!r}")
+    kernel = self.param("kernel", _classifier_init, (feature_dim, embedding_dim))
+    bias_shape = (embedding_dim,) if self.bias == "vector" else ()
+    bias = self.param("bias", _zeros, bias_shape)
+    return bilinear_head({"bias": bias}, features @ kernel, class_embeddings)
+
+
+class SoftmaxClassifier(nn.Module):
+  """Linear softmax classifier; params {"kernel": (D, C), "bias": (C,)}.
+
+  Attributes:
+    num_classes: C.
+  """
+
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, features, class_embeddings=None):
+    """(B, C) logits of features (B, D); class_embeddings as in `softmax_head`."""
+    kernel = self.param("kernel", _classifier_init, (features.shape[-1], self.num_classes))
+    bias = self.param("bias", _zeros, (self.num_classes,))
+    return softmax_head({"bias": bias}, features @ kernel, class_embeddings)
+
+
+@functools.cache
+def _bilinear_fns(bias):
+  """One (init_fn, apply_fn) pair per bias form: the same objects on every call."""
+  module = BilinearClassifier(bias=bias)
+
+  def init_fn(key, *, feature_dim, embedding_dim, num_classes=None):
+    del num_classes  # The class matrix is an input, not a parameter.
+    return _init_params(module, key, ((1, feature_dim), (1, embedding_dim)))
+
+  def apply_fn(params, features, class_embeddings):
+    return module.apply({"params": params}, features, class_embeddings)
+
+  return init_fn, apply_fn
+
+
+def _softmax_init(key, *, feature_dim, num_classes, embedding_dim=None):
+  del embedding_dim  # A softmax classifier does not read embeddings.
+  return _init_params(SoftmaxClassifier(num_classes), key, ((1, feature_dim), None))
+
+
+def _softmax_apply(params, features, class_embeddings=None):
+  module = SoftmaxClassifier(params["kernel"].shape[-1])
+  return module.apply({"params": params}, features, class_embeddings)
+
+
 def get_classifier(kind, *, bilinear_bias="vector") -> tuple[Callable, Callable]:
   """Returns a classifier's (init_fn, apply_fn) with uniform signatures.
 
   `init_fn(key, *, feature_dim, embedding_dim, num_classes) -> params` (sizes
   the kind does not use are ignored) and `apply_fn(params, features,
-  class_embeddings) -> (B, C)` logits with C = class_embeddings.shape[0].
+  class_embeddings) -> (B, C)` logits with C = class_embeddings.shape[0]. Both
+  run the flax modules and work under jit and vmap (e.g. over a leading axis
+  of sampled parameter sets).
 
   Args:
     kind: "bilinear" or "softmax".
@@ -461,20 +455,9 @@ def get_classifier(kind, *, bilinear_bias="vector") -> tuple[Callable, Callable]
     if bilinear_bias not in BILINEAR_BIAS_KINDS:
       raise ConfigError(
           f"bilinear bias: expected one of {BILINEAR_BIAS_KINDS}, found {bilinear_bias!r}")
-
-    def init_bilinear(key, *, feature_dim, embedding_dim, num_classes=None):
-      del num_classes  # The class matrix is an input, not a parameter.
-      return init_bilinear_classifier(
-          key, feature_dim=feature_dim, embedding_dim=embedding_dim, bias=bilinear_bias)
-
-    return init_bilinear, apply_bilinear_classifier
+    return _bilinear_fns(bilinear_bias)
   if kind == "softmax":
-
-    def init_softmax(key, *, feature_dim, num_classes, embedding_dim=None):
-      del embedding_dim  # A softmax classifier does not read embeddings.
-      return init_softmax_classifier(key, feature_dim=feature_dim, num_classes=num_classes)
-
-    return init_softmax, apply_softmax_classifier
+    return _softmax_init, _softmax_apply
   raise ConfigError(f"classifier kind: expected one of {CLASSIFIER_KINDS}, found {kind!r}")
 
 
@@ -484,8 +467,7 @@ def get_classifier_head(kind) -> Callable:
   Every classifier kind reads the features only through H = features @
   params["kernel"], so `apply_fn(params, x, E) == head(params, x @
   params["kernel"], E)`; gradient matching uses that to work with the small
-  (B, B') Gram matrices of the features instead of D x K kernel gradients
-  (`gmn_jax.gram_gradient_matching`).
+  Gram matrices of the features (`gmn_jax.gram_gradient_matching`).
 
   Args:
     kind: "bilinear" or "softmax".
@@ -501,3 +483,4 @@ def get_classifier_head(kind) -> Callable:
   if kind not in heads:
     raise ConfigError(f"classifier kind: expected one of {CLASSIFIER_KINDS}, found {kind!r}")
   return heads[kind]
+

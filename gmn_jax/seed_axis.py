@@ -13,6 +13,7 @@ iterations), and the one-seed program is what every result of a single
 seed has always been; squeezing keeps it bit for bit.
 """
 
+import functools
 from typing import Any, Callable, Sequence
 
 import jax
@@ -74,6 +75,7 @@ def over_seeds(fn: Callable, num_seeds: int, in_axes: Sequence[Any]) -> Callable
   if num_seeds > 1:
     return jax.vmap(fn, in_axes=in_axes)
 
+  @functools.wraps(fn)  # The program keeps fn's name, as vmap's does.
   def one_seed(*args):
     args = [unstack(arg, 0) if axis == 0 else arg for arg, axis in zip(args, in_axes)]
     return add_axis(fn(*args))

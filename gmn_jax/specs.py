@@ -62,8 +62,9 @@ class TrainSpec:
     cls_classifier: "bilinear" | "softmax" (the frozen L_CLS classifier).
     cls_pretrain_epochs: epochs of the L_CLS classifier's pretraining.
     cls_pretrain_lr: its Adam learning rate.
-    precision: "float32" | "bfloat16", the generator's and critic's matrix
-      products (see `gmn_jax.precision`).
+    precision: "float32" | "bfloat16", the compute dtype of the generator's
+      and critic's matrix products (`models.PRECISIONS`; parameters, losses
+      and gradient matching stay float32).
     gm_implementation: "gram" | "autodiff", how L_GM is computed (the same
       loss; see `gmn_jax.gram_gradient_matching`).
   """
@@ -94,6 +95,19 @@ class TrainSpec:
   cls_pretrain_lr: float
   precision: str = "float32"
   gm_implementation: str = "gram"
+
+  @property
+  def generator(self) -> models.Generator:
+    """The generator module (its compute dtype from `precision`)."""
+    return models.Generator(self.generator_kind, self.embedding_dim, self.feature_dim,
+                            self.noise_dim, self.generator_hidden,
+                            models.PRECISIONS[self.precision])
+
+  @property
+  def critic(self) -> models.Critic:
+    """The critic module: conditional or not as the variant says."""
+    return models.Critic(self.feature_dim, self.embedding_dim, self.critic_hidden,
+                         self.variant.conditional_critic, models.PRECISIONS[self.precision])
 
   @property
   def num_generated_classes(self) -> int:

@@ -20,7 +20,8 @@ from gmn_jax.data.dataset import ZSLDataset
 from gmn_jax.specs import EvalSpec
 
 # sample_fn(params, embeddings (B, K), key) -> (B, D) features; hashable (a
-# module-level function or a flax module), as it is a static jit argument.
+# module-level function, or `models.sample_fn(generator)`), as it is a static
+# jit argument.
 SampleFn = Callable
 
 
@@ -75,7 +76,7 @@ def synthesize(sample_fn: SampleFn, params, key, class_ids, class_embeddings, nu
 
   Args:
     sample_fn: `sample_fn(params, embeddings (B, K), key) -> (B, D)`, e.g.
-      `models.apply_generator`; hashable (it is a static jit argument).
+      `models.sample_fn(generator)`; hashable (it is a static jit argument).
     params: the generator parameters (an argument of the compiled program).
     key: PRNG key.
     class_ids: (n,) global class ids to synthesise.

@@ -28,6 +28,7 @@ from typing import Any, Dict, List, Optional
 
 from absl import logging
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from gmn_jax import config as gmn_config
@@ -42,10 +43,6 @@ from gmn_jax import train_state
 from gmn_jax import workdir as workdirs
 from gmn_jax.data import registry
 from gmn_jax.data.dataset import ZSLDataset
-
-# The generator's sample function in stage 2 (`synthesis.SampleFn`).
-SAMPLE_FN = models.apply_generator
-
 
 def load_dataset(config: ml_collections.ConfigDict) -> ZSLDataset:
   """Loads the dataset a config names.
@@ -114,6 +111,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
     train_spec = specs.train_spec(config, dataset)
     train_data = train_state.make_train_data(dataset, train_spec)
     hyper, schedule = specs.hyperparameters(config), specs.schedule(config)
+    # Stage 2 synthesises in float32, whatever stage 1's compute dtype.
+    sample_fn = models.sample_fn(train_spec.generator.clone(dtype=jnp.float32))
+  else:
+    sample_fn = None
 
   # --------------------------------------------------------------------------
   # Workdir.
@@ -158,7 +159,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
       # Stage 2: synthesis and final classifiers.
       started = time.perf_counter()
       evaluated = evaluate.evaluate_generators(
-          SAMPLE_FN, generators, dataset, eval_spec,
+          sample_fn, generators, dataset, eval_spec,
           [train_state.seed_keys(s).eval for s in group], calibration_gamma=calibration_gamma)
       share = (time.perf_counter() - started) / len(group)
       for i, (seed, result) in enumerate(zip(group, evaluated)):
@@ -167,7 +168,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
         if generators is not None and parallel.is_primary():
           workdirs.write_samples(
               os.path.join(workdirs.seed_dir(workdir, seed), workdirs.SAMPLES_FILE),
-              SAMPLE_FN, generators[i], dataset,
+              sample_fn, generators[i], dataset,
               jax.random.fold_in(train_state.seed_keys(seed).eval, 1))
         workdirs.write_seed_outputs(workdir, seed_results[seed], results.mean_curves(result))
         logging.info("seed %d: %s", seed, ", ".join(

@@ -178,13 +178,8 @@ def pretrain_seen_classifier(key, spec: TrainSpec, data: TrainData):
 def _init_networks(spec: TrainSpec, key):
   """Generator, critic, their Adam states and the θ-sampler state (one program)."""
   gen_key, critic_key, theta_key = jax.random.split(key, 3)
-  generator = models.init_generator(
-      gen_key, kind=spec.generator_kind, embedding_dim=spec.embedding_dim,
-      feature_dim=spec.feature_dim, noise_dim=spec.noise_dim, hidden_dims=spec.generator_hidden)
-  critic = models.init_critic(
-      critic_key, feature_dim=spec.feature_dim,
-      embedding_dim=spec.embedding_dim if spec.variant.conditional_critic else 0,
-      hidden_dims=spec.critic_hidden)
+  generator = models.init_generator(spec.generator, gen_key)
+  critic = models.init_critic(spec.critic, critic_key)
   theta_state = spec.theta_sampler().init(theta_key) if spec.variant.gradient_matching else {}
   # Adam's state does not depend on its settings, which come later as
   # (traced) `Hyperparameters`.

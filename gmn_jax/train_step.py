@@ -26,8 +26,9 @@ drawn here (critic batches, the adversarial batch, the GM real and fake
 batches) is split over the mesh's 'data' axis by `parallel.constrain_batch`
 while state and data stay replicated; XLA inserts the all-reduces (the GM
 inner gradients are summed before the cosine). Outside a mesh the
-constraints are no-ops. `spec.precision` chooses the generator's and
-critic's matrix-product dtype (`gmn_jax.precision`).
+constraints are no-ops. The networks are `spec.generator` and `spec.critic`
+(flax modules, `gmn_jax.models`), whose dtype (`config.precision`) is that of
+their matrix products; their outputs, and so every loss, are float32.
 """
 
 import functools
@@ -42,7 +43,6 @@ from gmn_jax import gram_gradient_matching
 from gmn_jax import losses
 from gmn_jax import models
 from gmn_jax import parallel
-from gmn_jax import precision
 from gmn_jax.data import samplers
 from gmn_jax.specs import Hyperparameters, TrainSpec
 from gmn_jax.train_state import TrainData, TrainState
@@ -53,6 +53,19 @@ Metrics = Dict[str, jax.Array]
 def _global_norm(tree) -> jax.Array:
   """The L2 norm of all leaves together."""
   return jnp.sqrt(sum(jnp.sum(jnp.square(leaf)) for leaf in jax.tree_util.tree_leaves(tree)))
+
+
+def critic_fn(spec: TrainSpec) -> Callable:
+  """`critic_fn(params, features, embeddings) -> scores` of the run's critic.
+
+  Args:
+    spec: the run's settings.
+
+  Returns:
+    The critic's apply as the function `losses`' WGAN-GP terms take.
+  """
+  return lambda params, features, embeddings: spec.critic.apply({"params": params}, features,
+                                                                 embeddings)
 
 
 def generated_class_embeddings(spec: TrainSpec, data: TrainData) -> jax.Array:
@@ -128,10 +141,9 @@ def critic_step(spec: TrainSpec, hyper: Hyperparameters, critic, critic_opt, gen
   """
   batch_key, noise_key, penalty_key = jax.random.split(key, 3)
   real, embeddings = critic_batch(spec, data, batch_key)
-  fake = lax.stop_gradient(
-      precision.apply_generator(spec.precision, generator, embeddings, noise_key))
+  fake = lax.stop_gradient(models.generate(spec.generator, generator, embeddings, noise_key))
   condition = embeddings if spec.variant.conditional_critic else None
-  loss_fn = functools.partial(precision.critic_loss, spec.precision)
+  loss_fn = functools.partial(losses.critic_loss, critic_fn(spec))
   (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       critic, real, fake, condition, penalty_key, gp_weight=hyper.gp_weight)
   updates, critic_opt = hyper.critic_optimizer().update(grads, critic_opt, critic)
@@ -151,8 +163,9 @@ class GeneratorBatch(NamedTuple):
     gm_classes: (n,) distinct local seen classes of gradient matching.
     gm_real_features: (n, r, D) real features, row j of class gm_classes[j].
     gm_noise_key: PRNG key of the GM fakes' noise: the fakes are
-      `apply_generator(params, repeat(seen_embeddings[gm_classes], f·r),
-      gm_noise_key)` reshaped to (n, f·r, D) (see `gm_fake_features`).
+      `models.generate(spec.generator, params, repeat(seen_embeddings[
+      gm_classes], f·r), gm_noise_key)` reshaped to (n, f·r, D) (see
+      `gm_fake_features`).
     thetas: the sampled classifier parameters, leading axis M.
   """
 
@@ -207,7 +220,7 @@ def gm_fake_features(spec: TrainSpec, generator, data: TrainData, classes, key) 
   per_class = spec.gm_fake_repeat * spec.gm_real_per_class
   embeddings = parallel.constrain_batch(
       jnp.repeat(data.seen_embeddings[classes], per_class, axis=0))
-  fake = precision.apply_generator(spec.precision, generator, embeddings, key)
+  fake = models.generate(spec.generator, generator, embeddings, key)
   return fake.reshape(classes.shape[0], per_class, spec.feature_dim)
 
 
@@ -300,9 +313,9 @@ def generator_loss(generator, spec: TrainSpec, hyper: Hyperparameters, critic, c
     "gm_loss" (unweighted) and "cls_loss" (unweighted).
   """
   embeddings = parallel.constrain_batch(generated_class_embeddings(spec, data)[batch.labels])
-  fake = precision.apply_generator(spec.precision, generator, embeddings, batch.noise_key)
+  fake = models.generate(spec.generator, generator, embeddings, batch.noise_key)
   condition = embeddings if spec.variant.conditional_critic else None
-  adversarial = precision.generator_adversarial_loss(spec.precision, critic, fake, condition)
+  adversarial = losses.generator_adversarial_loss(critic_fn(spec), critic, fake, condition)
   loss, metrics = adversarial, {"adversarial_loss": adversarial}
   if spec.variant.gradient_matching:
     gm = gradient_matching_loss(spec, generator, data, batch)

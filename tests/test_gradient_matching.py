@@ -86,12 +86,21 @@ def _problem(seed=0, dtype=jnp.float32):
   return cast(attributes), cast(thetas), cast(real), cast(fake)
 
 
+_, _APPLY_BILINEAR = models.get_classifier("bilinear")
+
+
 def _bilinear_loss_fn(attributes):
   def loss_fn(theta, batch):
     features, labels = batch
-    return losses.classifier_loss(models.apply_bilinear_classifier, theta, features, labels,
-                                  attributes)
+    return losses.classifier_loss(_APPLY_BILINEAR, theta, features, labels, attributes)
   return loss_fn
+
+
+def _generator(hidden_dims, kind="latent_noise", dtype=jnp.float32):
+  """(module, params) of a generator, the params cast to `dtype`."""
+  module = models.Generator(kind, K, D, Z, hidden_dims, dtype)
+  params = models.init_generator(module, jax.random.key(0))
+  return module, jax.tree_util.tree_map(lambda p: jnp.asarray(p, dtype), params)
 
 
 def _gm_all_granularities(attributes, thetas, real, fake):
@@ -202,15 +211,14 @@ def test_gradient_wrt_fake_features_matches_finite_differences():
 def test_gradient_wrt_generator_params_matches_finite_differences(kind):
   with _x64():
     attributes, thetas, real, (_, fake_y) = _problem(4, jnp.float64)
-    generator = models.init_generator(jax.random.key(0), kind=kind, embedding_dim=K,
-                                      feature_dim=D, noise_dim=Z, hidden_dims=(7,))
-    flat, unravel = jax.flatten_util.ravel_pytree(
-        jax.tree_util.tree_map(lambda p: jnp.asarray(p, jnp.float64), generator))
+    module, generator = _generator((7,), kind, jnp.float64)
+    flat, unravel = jax.flatten_util.ravel_pytree(generator)
     noise = jax.random.normal(jax.random.key(1), (N_FAKE, Z), jnp.float64)
     loss_fn = _bilinear_loss_fn(attributes)
 
     def gm(flat_params):
-      fake_x = models.apply_generator_with_noise(unravel(flat_params), attributes[fake_y], noise)
+      fake_x = module.apply({"params": unravel(flat_params)}, attributes[fake_y], noise)
+      assert fake_x.dtype == jnp.float64  # Finite differences need float64 throughout.
       return losses.gradient_matching(loss_fn, thetas, real, (fake_x, fake_y))[None]
 
     got = jax.jit(jax.grad(lambda p: gm(p)[0]))(flat)
@@ -287,8 +295,7 @@ def test_per_class_sums_gradient_matching_over_classes():
 def test_same_result_on_one_and_four_devices():
   """Per-class GM of a generator, batch axis sharded over 4 devices."""
   attributes, thetas, _, _ = _problem(9)
-  generator = models.init_generator(jax.random.key(0), kind="latent_noise", embedding_dim=K,
-                                    feature_dim=D, noise_dim=Z, hidden_dims=(16,))
+  module, generator = _generator((16,))
   rng = np.random.default_rng(10)
   n_classes = 2
   real = (jnp.asarray(rng.uniform(size=(n_classes, N_REAL, D)), jnp.float32),
@@ -299,8 +306,8 @@ def test_same_result_on_one_and_four_devices():
   loss_fn = _bilinear_loss_fn(attributes)
 
   def gm(params, real, fake_labels, fake_embeddings, noise):
-    fake = jax.vmap(models.apply_generator_with_noise, in_axes=(None, 0, 0))(
-        params, fake_embeddings, noise)
+    fake = jax.vmap(lambda a, z: module.apply({"params": params}, a, z))(
+        fake_embeddings, noise)
     return losses.per_class_gradient_matching(loss_fn, thetas, real, (fake, fake_labels))
 
   step = jax.jit(jax.value_and_grad(gm))
@@ -325,15 +332,14 @@ def test_same_result_on_one_and_four_devices():
 
 def test_jitted_generator_step_does_not_retrace():
   attributes, thetas, real, (_, fake_y) = _problem(11)
-  generator = models.init_generator(jax.random.key(0), kind="latent_noise", embedding_dim=K,
-                                    feature_dim=D, noise_dim=Z, hidden_dims=(8,))
+  module, generator = _generator((8,))
   loss_fn = _bilinear_loss_fn(attributes)
 
   @jax.jit
   @chex.assert_max_traces(n=1)
   def step(params, thetas, real, key):
     def gm(p):
-      fake = (models.apply_generator(p, attributes[fake_y], key), fake_y)
+      fake = (models.generate(module, p, attributes[fake_y], key), fake_y)
       return losses.gradient_matching(loss_fn, thetas, real, fake)
     value, grads = jax.value_and_grad(gm)(params)
     return jax.tree_util.tree_map(lambda p, g: p - 0.1 * g, params, grads), value
@@ -376,12 +382,11 @@ def test_zero_gradients_give_finite_values_and_gradients():
 def test_a_dead_generator_gives_finite_gradients():
   """All generated features exactly zero (every output ReLU off)."""
   attributes, thetas, real, (_, fake_y) = _problem(13)
-  generator = models.init_generator(jax.random.key(0), kind="latent_noise", embedding_dim=K,
-                                    feature_dim=D, noise_dim=Z, hidden_dims=(8,))
+  module, generator = _generator((8,))
   generator["layers"]["layer_1"]["bias"] = jnp.full((D,), -1e3)
 
   def gm(params):
-    fake_x = models.apply_generator(params, attributes[fake_y], jax.random.key(1))
+    fake_x = models.generate(module, params, attributes[fake_y], jax.random.key(1))
     return _gm_all_granularities(attributes, thetas, real, (fake_x, fake_y))
 
   value, jacobian = jax.jit(lambda p: (gm(p), jax.jacrev(gm)(p)))(generator)

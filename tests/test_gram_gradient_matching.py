@@ -43,8 +43,7 @@ def _problem(kind, bias, num_thetas, dtype=jnp.float32, seed=0):
   # Non-zero biases and larger kernels, so that every term matters.
   thetas = jax.tree_util.tree_map(
       lambda x: x.astype(dtype) + 0.3 * jax.random.normal(keys[2], x.shape, dtype), thetas)
-  generator = models.init_generator(keys[3], kind="latent_noise", embedding_dim=K,
-                                    feature_dim=D, noise_dim=Z, hidden_dims=(16,))
+  generator = models.init_generator(_generator_module(dtype), keys[3])
   generator = jax.tree_util.tree_map(lambda x: x.astype(dtype), generator)
   classes = jnp.array([0, 2, 3])
   real = (jax.random.uniform(keys[4], (3, N_REAL, D), dtype),
@@ -54,12 +53,21 @@ def _problem(kind, bias, num_thetas, dtype=jnp.float32, seed=0):
   return embeddings, thetas, generator, real, fake_labels, noise, apply_fn
 
 
+def _generator_module(dtype):
+  """The test generator; a float64 one computes (and returns) float64."""
+  return models.Generator("latent_noise", K, D, Z, (16,), dtype)
+
+
 def _fakes(generator, embeddings, fake_labels, noise):
+  """(3, N_FAKE, D) fakes in the problem's dtype (that of the embeddings)."""
+  module = _generator_module(embeddings.dtype)
   # A one-hot product rather than indexing: a gather of labels sharded on
   # an Explicit mesh would need its output sharding spelled out.
   one_hot = jax.nn.one_hot(fake_labels, C, dtype=embeddings.dtype)
-  return jax.vmap(models.apply_generator_with_noise, in_axes=(None, 0, 0))(
-      generator, one_hot @ embeddings, noise)
+  fakes = jax.vmap(lambda a, z: module.apply({"params": generator}, a, z))(
+      one_hot @ embeddings, noise)
+  assert fakes.dtype == embeddings.dtype
+  return fakes
 
 
 def _gm_functions(kind, embeddings, apply_fn, granularity):

@@ -55,8 +55,8 @@ def test_bilinear_cross_entropy_gradient_matches_closed_form(bias):
   w = rng.normal(size=(D, K)).astype(np.float32)
   b = rng.normal(size=(K,) if bias == "vector" else ()).astype(np.float32)
   params = {"kernel": jnp.asarray(w), "bias": jnp.asarray(b)}
-  grads = jax.grad(losses.classifier_loss, argnums=1)(
-      models.apply_bilinear_classifier, params, x, y, a)
+  _, apply_fn = models.get_classifier("bilinear", bilinear_bias=bias)
+  grads = jax.grad(losses.classifier_loss, argnums=1)(apply_fn, params, x, y, a)
   # d CE / d logits = (P - Y) / B, and logits = (x W + b) A^T (vector bias) or
   # x W A^T + b (scalar bias).
   logits = (x @ w + b) @ a.T if bias == "vector" else x @ w @ a.T + b
@@ -74,8 +74,8 @@ def test_softmax_cross_entropy_gradient_matches_closed_form():
   rng = np.random.default_rng(4)
   params = {"kernel": jnp.asarray(rng.normal(size=(D, C)), jnp.float32),
             "bias": jnp.asarray(rng.normal(size=(C,)), jnp.float32)}
-  grads = jax.grad(losses.classifier_loss, argnums=1)(
-      models.apply_softmax_classifier, params, x, y, a)
+  _, apply_fn = models.get_classifier("softmax")
+  grads = jax.grad(losses.classifier_loss, argnums=1)(apply_fn, params, x, y, a)
   residual = (_np_softmax(x @ np.asarray(params["kernel"]) + np.asarray(params["bias"]))
               - np.eye(C)[y]) / B
   np.testing.assert_allclose(grads["kernel"], x.T @ residual, rtol=1e-4, atol=1e-6)
@@ -97,23 +97,26 @@ def test_frozen_classifier_loss_trains_only_the_features():
   assert np.abs(g_x).max() > 0
 
 
-def _critic64(conditional, seed=0):
-  params = models.init_critic(jax.random.key(seed), feature_dim=D,
-                              embedding_dim=K if conditional else 0, hidden_dims=(8, 6))
-  return jax.tree_util.tree_map(lambda p: jnp.asarray(p, jnp.float64), params)
+def _critic(conditional, hidden_dims, seed=0, dtype=jnp.float32):
+  """(critic_fn, params) of a `models.Critic`, the params cast to `dtype`."""
+  module = models.Critic(D, K, hidden_dims, conditional, dtype)
+  params = models.init_critic(module, jax.random.key(seed))
+  params = jax.tree_util.tree_map(lambda p: jnp.asarray(p, dtype), params)
+  return (lambda p, x, a: module.apply({"params": p}, x, a)), params
 
 
 @pytest.mark.parametrize("conditional", [True, False])
 def test_gradient_penalty_matches_finite_differences(conditional):
   with _x64():
-    params = _critic64(conditional)
+    critic_fn, params = _critic(conditional, (8, 6), dtype=jnp.float64)
     rng = np.random.default_rng(6)
     real = rng.normal(size=(B, D))
     fake = rng.normal(size=(B, D))
     emb = rng.normal(size=(B, K)) if conditional else None
     key = jax.random.key(7)
-    penalty = jax.jit(losses.gradient_penalty)
+    penalty = jax.jit(functools.partial(losses.gradient_penalty, critic_fn))
     got = penalty(params, real, fake, emb, key)
+    assert got.dtype == jnp.float64
     # Same interpolation weights as the function under test draws.
     weights = np.asarray(jax.random.uniform(key, (B, 1), jnp.float64))
     interp = weights * real + (1 - weights) * fake
@@ -125,7 +128,8 @@ def test_gradient_penalty_matches_finite_differences(conditional):
     plus = (interp[:, None, :] + steps[None]).reshape(B * D, D)
     minus = (interp[:, None, :] - steps[None]).reshape(B * D, D)
     emb_rows = None if emb is None else np.repeat(emb, D, axis=0)
-    critic = jax.jit(models.apply_critic)
+    critic = jax.jit(critic_fn)
+    assert critic(params, plus, emb_rows).dtype == jnp.float64
     diff = (np.asarray(critic(params, plus, emb_rows))
             - np.asarray(critic(params, minus, emb_rows))) / (2 * h)
     norms = np.linalg.norm(diff.reshape(B, D), axis=1)
@@ -138,7 +142,7 @@ def test_gradient_penalty_matches_finite_differences(conditional):
         lambda p: jnp.asarray(rng.normal(size=p.shape)), params)
     along = lambda t: penalty(
         jax.tree_util.tree_map(lambda p, d: p + t * d, params, direction), real, fake, emb, key)
-    grads = jax.jit(jax.grad(losses.gradient_penalty))(params, real, fake, emb, key)
+    grads = jax.jit(jax.grad(penalty))(params, real, fake, emb, key)
     analytic = sum(jnp.vdot(g, d) for g, d in zip(jax.tree_util.tree_leaves(grads),
                                                   jax.tree_util.tree_leaves(direction)))
     numeric = (along(1e-6) - along(-1e-6)) / 2e-6
@@ -146,49 +150,51 @@ def test_gradient_penalty_matches_finite_differences(conditional):
 
 
 def test_gradient_penalty_is_finite_for_a_flat_critic():
-  params = models.init_critic(jax.random.key(0), feature_dim=D, embedding_dim=K,
-                              hidden_dims=(8,))
+  critic_fn, params = _critic(True, (8,))
   flat = jax.tree_util.tree_map(jnp.zeros_like, params)
   x = np.ones((B, D), np.float32)
   e = np.ones((B, K), np.float32)
-  value, grads = jax.jit(jax.value_and_grad(losses.gradient_penalty))(
-      flat, x, 2 * x, e, jax.random.key(0))
+  value, grads = jax.jit(jax.value_and_grad(
+      functools.partial(losses.gradient_penalty, critic_fn)))(
+          flat, x, 2 * x, e, jax.random.key(0))
   np.testing.assert_allclose(value, 1.0)  # Zero input gradient: (0 - 1)^2.
   assert all(np.all(np.isfinite(g)) for g in jax.tree_util.tree_leaves(grads))
 
 
 @pytest.mark.parametrize("conditional", [True, False])
 def test_critic_and_generator_losses(conditional):
-  params = models.init_critic(jax.random.key(1), feature_dim=D,
-                              embedding_dim=K if conditional else 0, hidden_dims=(8,))
+  critic_fn, params = _critic(conditional, (8,), seed=1)
   rng = np.random.default_rng(8)
   real = rng.normal(size=(B, D)).astype(np.float32)
   fake = rng.normal(size=(B, D)).astype(np.float32)
   emb = rng.normal(size=(B, K)).astype(np.float32) if conditional else None
   key = jax.random.key(2)
-  loss, aux = jax.jit(functools.partial(losses.critic_loss, gp_weight=3.0))(
+  loss, aux = jax.jit(functools.partial(losses.critic_loss, critic_fn, gp_weight=3.0))(
       params, real, fake, emb, key)
-  critic = jax.jit(models.apply_critic)
+  critic = jax.jit(critic_fn)
   d_real = np.asarray(critic(params, real, emb))
   d_fake = np.asarray(critic(params, fake, emb))
   np.testing.assert_allclose(aux["wasserstein"], d_real.mean() - d_fake.mean(), rtol=1e-5)
   np.testing.assert_allclose(aux["gradient_penalty"],
-                             jax.jit(losses.gradient_penalty)(params, real, fake, emb, key),
+                             jax.jit(functools.partial(losses.gradient_penalty, critic_fn))(
+                                 params, real, fake, emb, key),
                              rtol=1e-6)
   np.testing.assert_allclose(loss, d_fake.mean() - d_real.mean() + 3.0 * aux["gradient_penalty"],
                              rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(jax.jit(losses.generator_adversarial_loss)(params, fake, emb),
-                             -d_fake.mean(), rtol=1e-5)
+  np.testing.assert_allclose(
+      jax.jit(functools.partial(losses.generator_adversarial_loss, critic_fn))(
+          params, fake, emb),
+      -d_fake.mean(), rtol=1e-5)
 
 
 def test_jitted_critic_step_does_not_retrace():
-  params = models.init_critic(jax.random.key(0), feature_dim=D, embedding_dim=K,
-                              hidden_dims=(8,))
+  critic_fn, params = _critic(True, (8,))
 
   @jax.jit
   @chex.assert_max_traces(n=1)
   def step(params, real, fake, emb, key):
-    grads, aux = jax.grad(losses.critic_loss, has_aux=True)(params, real, fake, emb, key)
+    grads, aux = jax.grad(functools.partial(losses.critic_loss, critic_fn), has_aux=True)(
+        params, real, fake, emb, key)
     return jax.tree_util.tree_map(lambda p, g: p - 1e-3 * g, params, grads), aux
 
   chex.clear_trace_counter()

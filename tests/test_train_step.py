@@ -1,16 +1,21 @@
 """Tests of the fused stage-1 step (gmn_jax.train_step) on a tiny dataset."""
 
+import functools
+import re
+
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gmn_jax import config as gmn_config
 from gmn_jax import losses
 from gmn_jax import models
 from gmn_jax import specs
 from gmn_jax import train_state
 from gmn_jax import train_step
+from gmn_jax.errors import ConfigError
 from test_train_support import tiny_config, tiny_dataset
 
 GENERATOR_METHODS = ("wgan_cls", "cwgan", "wgan_gm", "cwgan_gm", "wgan_su_gm", "cwgan_cls")
@@ -62,8 +67,16 @@ def test_every_variant_trains_with_finite_outputs_and_no_retracing(method):
   assert int(new_state.iteration) == 2
   assert not _tree_equal(new_state.generator, state.generator)
   assert not _tree_equal(new_state.critic, state.critic)
-  # The critic type follows the variant; the L_CLS classifier stays frozen.
-  assert models.critic_is_conditional(state.critic) == spec.variant.conditional_critic
+  # The critic type follows the variant (its first layer reads [x, a], with
+  # one kernel block each, or x alone); the L_CLS classifier stays frozen.
+  assert spec.critic.conditional == spec.variant.conditional_critic
+  first_layer = {name: leaf.shape for name, leaf in state.critic["layers"]["layer_0"].items()}
+  hidden = spec.critic_hidden[0]
+  if spec.variant.conditional_critic:
+    assert first_layer == {"kernel_features": (spec.feature_dim, hidden),
+                           "kernel_embedding": (spec.embedding_dim, hidden), "bias": (hidden,)}
+  else:
+    assert first_layer == {"kernel": (spec.feature_dim, hidden), "bias": (hidden,)}
   assert _tree_equal(new_state.cls_classifier, state.cls_classifier)
   assert bool(jax.tree_util.tree_leaves(state.cls_classifier)) == spec.variant.classification_loss
   if spec.variant.gradient_matching:
@@ -116,10 +129,13 @@ def test_generator_gradient_includes_the_gm_term_exactly():
   def loss_fn(theta, b):
     return losses.cross_entropy(apply_fn(theta, b[0], data.seen_embeddings), b[1])
 
+  module = models.Generator(spec.generator_kind, spec.embedding_dim, spec.feature_dim,
+                            spec.noise_dim, spec.generator_hidden, jnp.float32)
+
   @jax.value_and_grad
   def independent_gm(generator):
     embeddings = jnp.repeat(data.seen_embeddings[batch.gm_classes], f, axis=0)
-    fake = models.apply_generator(generator, embeddings, batch.gm_noise_key)
+    fake = models.generate(module, generator, embeddings, batch.gm_noise_key)
     fake = fake.reshape(n, f, -1)
     labels = batch.gm_classes[:, None]
     return losses.per_class_gradient_matching(
@@ -192,3 +208,94 @@ def test_pretrained_cls_classifier_beats_chance_on_seen_classes():
   logits = apply_fn(state.cls_classifier, data.features, data.seen_embeddings)
   accuracy = float(jnp.mean(jnp.argmax(logits, axis=1) == data.labels))
   assert accuracy > 0.6  # 6 classes: chance is 1/6
+
+
+# --------------------------------------------------------------------------
+# Precision: config.precision = "bfloat16" runs the generator's and critic's
+# matrix products in bf16 (tests/test_models.py checks the modules alone).
+
+
+def _relative_error(got, want):
+  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+  return float(np.linalg.norm(got - want) / np.linalg.norm(want))
+
+
+@functools.cache
+def _lowered_chunk(precision):
+  """(spec, inputs, lowered 4-iteration chunk) of the cwgan_gm tiny problem."""
+  dataset = tiny_dataset()
+  config = tiny_config(precision=precision)
+  spec = specs.train_spec(config, dataset)
+  data = jax.device_put(train_state.make_train_data(dataset, spec))
+  state = train_state.init_train_state(jax.random.key(0), spec, data)
+  inputs = (state, data, specs.hyperparameters(config), jax.random.key(1), jnp.int32(0))
+  return spec, inputs, jax.jit(train_step.make_chunk_fn(spec, 4)).lower(*inputs)
+
+
+_DOT = re.compile(r"dot_general .*: \((tensor<[^>]*>), (tensor<[^>]*>)\) -> (tensor<[^>]*>)$")
+
+
+def _dots(text):
+  """[(lhs, rhs, out) tensor types] of every dot_general of a lowered program, in order."""
+  dots = [_DOT.search(line) for line in text.splitlines() if "dot_general" in line]
+  assert dots and all(dots)
+  return [m.groups() for m in dots]
+
+
+def test_float32_program_has_no_bfloat16():
+  spec, _, lowered = _lowered_chunk("float32")
+  assert spec.generator.dtype == jnp.float32 and spec.critic.dtype == jnp.float32
+  text = lowered.as_text()
+  assert _dots(text) and "bf16" not in text
+
+
+def test_bfloat16_program_runs_the_networks_products_in_bf16():
+  spec, _, lowered = _lowered_chunk("bfloat16")
+  assert spec.generator.dtype == jnp.bfloat16 and spec.critic.dtype == jnp.bfloat16
+  dots32, dots16 = _dots(_lowered_chunk("float32")[2].as_text()), _dots(lowered.as_text())
+  # The same program but for dtypes: pairwise the same products.
+  assert len(dots16) == len(dots32)
+  bf16_count = 0
+  for dot16, dot32 in zip(dots16, dots32):
+    assert [t.replace("bf16", "f32") for t in dot16] == list(dot32), (dot16, dot32)
+    is_bf16 = ["bf16" in t for t in dot16]
+    assert all(is_bf16) or not any(is_bf16), dot16  # No mixed-precision product.
+    bf16_count += all(is_bf16)
+    # The critic's first layer (batch 8, concat[x, a] of D + K = 21) is bf16.
+    if "tensor<8x21xf32>" in dot32:
+      assert all(is_bf16), dot16
+    # Gradient matching (products vmapped over the GM classes: rank 3 and
+    # more) and the latent_noise mu/logvar layers (the K x Z = 5 x 4 kernel)
+    # stay float32.
+    if any(t.count("x") >= 3 for t in dot32) or "tensor<5x4xf32>" in dot32:
+      assert not any(is_bf16), dot16
+  assert 0 < bf16_count < len(dots16)
+
+
+def test_bfloat16_training_stays_close_to_float32_on_a_tiny_problem():
+  outcomes = {}
+  for mode in ("float32", "bfloat16"):
+    spec, inputs, lowered = _lowered_chunk(mode)
+    assert spec.precision == mode
+    outcomes[mode] = lowered.compile(_FAST_COMPILE)(*inputs)
+  (f32_state, f32_metrics, f32_finite), (bf16_state, bf16_metrics, bf16_finite) = (
+      outcomes["float32"], outcomes["bfloat16"])
+  assert bool(f32_finite) and bool(bf16_finite)
+  for leaf in jax.tree_util.tree_leaves((bf16_state.generator, bf16_state.critic,
+                                         bf16_state.generator_opt, bf16_state.critic_opt)):
+    if jnp.issubdtype(leaf.dtype, jnp.floating):
+      assert leaf.dtype == jnp.float32
+  for name in ("critic_loss", "gradient_penalty", "gm_loss", "generator_loss"):
+    assert bf16_metrics[name].dtype == jnp.float32, name
+    assert np.isfinite(bf16_metrics[name]).all(), name
+    np.testing.assert_allclose(bf16_metrics[name], f32_metrics[name], rtol=0.1, atol=0.05,
+                               err_msg=name)
+  assert not np.array_equal(bf16_metrics["generator_loss"], f32_metrics["generator_loss"])
+  for kernel in (lambda s: s.generator["layers"]["layer_0"]["kernel"],
+                 lambda s: s.critic["layers"]["layer_0"]["kernel_features"]):
+    assert 0 < _relative_error(kernel(bf16_state), kernel(f32_state)) < 1e-2
+
+
+def test_unknown_precision_is_a_config_error():
+  with pytest.raises(ConfigError, match=r"config\.precision: expected one of"):
+    gmn_config.validate(tiny_config(precision="int8"), check_data_dir=False)

@@ -44,6 +44,7 @@ _FAKE_REPEAT = flags.DEFINE_integer("fake_repeat", 2, "Fake features per real on
 
 SEEN_CLASSES, EMBEDDING_DIM, FEATURE_DIM = 150, 312, 2048
 NOISE_DIM, HIDDEN_DIMS = 512, (2048,)
+GENERATOR = models.Generator("latent_noise", EMBEDDING_DIM, FEATURE_DIM, NOISE_DIM, HIDDEN_DIMS)
 
 
 def _flops(stage) -> float:
@@ -78,9 +79,7 @@ def build_problem(key, *, classes, real_per_class, fake_repeat, num_thetas):
     (generator params, inputs dict) for `gm_loss` and `plain_loss`.
   """
   keys = jax.random.split(key, 6)
-  generator = models.init_generator(
-      keys[0], kind="latent_noise", embedding_dim=EMBEDDING_DIM, feature_dim=FEATURE_DIM,
-      noise_dim=NOISE_DIM, hidden_dims=HIDDEN_DIMS)
+  generator = models.init_generator(GENERATOR, keys[0])
   init_fn, _ = models.get_classifier("bilinear")
   thetas = jax.vmap(lambda k: init_fn(k, feature_dim=FEATURE_DIM, embedding_dim=EMBEDDING_DIM,
                                       num_classes=SEEN_CLASSES))(
@@ -111,14 +110,15 @@ def gm_loss(generator, inputs, granularity="row"):
   """
   classes, real_per_class = inputs["real"].shape[:2]
   fake_per_class = inputs["fake_per_class"]
-  fake = models.apply_generator(generator, _fake_embeddings(inputs), inputs["noise_key"])
+  _, apply_bilinear = models.get_classifier("bilinear")
+  fake = models.generate(GENERATOR, generator, _fake_embeddings(inputs), inputs["noise_key"])
   fake = fake.reshape(classes, fake_per_class, FEATURE_DIM)
   labels = lambda n: jnp.broadcast_to(inputs["class_ids"][:, None], (classes, n))
 
   def loss_fn(theta, batch):
     features, batch_labels = batch
-    return losses.classifier_loss(models.apply_bilinear_classifier, theta, features,
-                                  batch_labels, inputs["embeddings"])
+    return losses.classifier_loss(apply_bilinear, theta, features, batch_labels,
+                                  inputs["embeddings"])
 
   return losses.per_class_gradient_matching(
       loss_fn, inputs["thetas"], (inputs["real"], labels(real_per_class)),
@@ -135,7 +135,8 @@ def plain_loss(generator, inputs):
   Returns:
     The scalar loss.
   """
-  return jnp.mean(models.apply_generator(generator, _fake_embeddings(inputs), inputs["noise_key"]))
+  return jnp.mean(models.generate(GENERATOR, generator, _fake_embeddings(inputs),
+                                  inputs["noise_key"]))
 
 
 def run(*, repeats, num_thetas, granularity, classes, real_per_class, fake_repeat):
