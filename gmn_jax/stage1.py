@@ -268,8 +268,9 @@ def train_generators(spec: TrainSpec, data: train_state.TrainData, hyper: Hyperp
   num_seeds = len(seeds)
   metrics_dirs = list(metrics_dirs) if metrics_dirs is not None else [None] * num_seeds
   keys = [train_state.seed_keys(seed) for seed in seeds]
-  device_data = jax.device_put(data)
-  data = _placed(data, mesh)
+  # The initial states are made on one device (the mesh gets copies of them).
+  local_data = _placed(data, None)
+  data = local_data if mesh is None else _placed(data, mesh)
   hyper = _placed(hyper, mesh)
   train_keys = _placed(jnp.stack([k.train for k in keys]), mesh)
   context = (lambda: parallel.data_parallel(mesh)) if mesh is not None else contextlib.nullcontext
@@ -280,9 +281,9 @@ def train_generators(spec: TrainSpec, data: train_state.TrainData, hyper: Hyperp
                      for d in checkpoint_dirs]
     start = _start_step(checkpointers)
     if start == 0:
-      states = init_states(spec, device_data, jnp.stack([k.init for k in keys]))
+      states = init_states(spec, local_data, jnp.stack([k.init for k in keys]))
     else:
-      states = _restore(spec, device_data, seeds, checkpointers, start)
+      states = _restore(spec, local_data, seeds, checkpointers, start)
     states = _placed(states, mesh)
     writers = [metric_writers.MetricWriter(d, resume_step=start)
                if d is not None and parallel.is_primary() else None for d in metrics_dirs]
@@ -290,11 +291,8 @@ def train_generators(spec: TrainSpec, data: train_state.TrainData, hyper: Hyperp
                                      initial_step=start)
 
     def save_all(it):
-      for seed, seed_state, checkpointer in zip(seeds, _unstacked(states), checkpointers):
-        checkpointer.save(it, seed_state, extra={"seed": seed, "iteration": it})
-
-    def _unstacked(tree):
-      return [seed_axis.unstack(tree, i) for i in range(num_seeds)]
+      for i, (seed, checkpointer) in enumerate(zip(seeds, checkpointers)):
+        checkpointer.save(it, seed_axis.unstack(states, i), extra={"seed": seed, "iteration": it})
 
     try:
       it = start
