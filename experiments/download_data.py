@@ -17,6 +17,7 @@ from absl import flags
 
 from experiments import cli
 from gmn_jax.data import download
+from gmn_jax.data import http_download
 from gmn_jax.errors import ConfigError
 from gmn_jax.errors import GMNError
 
@@ -81,8 +82,8 @@ def run(datasets: Sequence[str]) -> None:
     raise ConfigError("--url: sets the xlsa17 archive (CUB, SUN, AWA1, AWA2, "
                       "APY); use --flo_url for FLO")
   sources = {
-      "xlsa17": download.ArchiveSource(_URL.value, _SHA256.value),
-      "flo": download.ArchiveSource(_FLO_URL.value, _FLO_SHA256.value),
+      "xlsa17": http_download.ArchiveSource(_URL.value, _SHA256.value),
+      "flo": http_download.ArchiveSource(_FLO_URL.value, _FLO_SHA256.value),
   }
   report = download.fetch(
       datasets, _OUT.value, sources=sources, archive=_ARCHIVE.value,

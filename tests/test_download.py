@@ -21,6 +21,8 @@ import pytest
 from scipy import io as sio
 
 from gmn_jax.data import download
+from gmn_jax.data import http_download
+from gmn_jax.data import zip_extraction
 from gmn_jax.errors import DataError
 
 TIMEOUT_S = 5.0
@@ -67,7 +69,7 @@ def tiny_files(tmp_path_factory):
   for seed, name in enumerate(["CUB", "APY", "FLO"]):
     _write_tiny_dataset(root / name, seed)
     files[name] = {f: (root / name / f).read_bytes()
-                   for f in download.REQUIRED_FILES}
+                   for f in zip_extraction.REQUIRED_FILES}
   files["CUB"]["sent_splits.mat"] = files["CUB"]["att_splits.mat"]
   return files
 
@@ -169,8 +171,8 @@ def _fetch(server, datasets, out_dir, path="/xlsa17.zip", sha256=None, **kw):
   kw.setdefault("retry_wait_s", 0.0)
   kw.setdefault("timeout", TIMEOUT_S)
   kw.setdefault("progress_stream", None)
-  sources = {"xlsa17": download.ArchiveSource(server.url + path, sha256),
-             "flo": download.ArchiveSource(server.url + "/cvpr18xian.zip")}
+  sources = {"xlsa17": http_download.ArchiveSource(server.url + path, sha256),
+             "flo": http_download.ArchiveSource(server.url + "/cvpr18xian.zip")}
   return download.fetch(datasets, out_dir, sources=sources, **kw)
 
 
@@ -306,7 +308,7 @@ def test_corrupt_member_leaves_no_file(tiny_files, tmp_path):
   out = tmp_path / "out"
   with pytest.raises(DataError, match=r"data/CUB/res101.mat\]: expected an "
                      r"intact member"):
-    download.extract(archive, out, ["CUB"])
+    zip_extraction.extract(archive, out, ["CUB"])
   # Nothing of the dataset lands, not even its intact att_splits.mat.
   assert _files_under(out) == []
 
@@ -333,7 +335,7 @@ def test_link_member_is_rejected(tiny_files, tmp_path):
     info.external_attr = (0o120777 << 16)  # A symbolic link.
     zf.writestr(info, "/etc/passwd")
   with pytest.raises(DataError, match="expected a regular file, found a link"):
-    download.extract(archive, tmp_path / "out", ["CUB"])
+    zip_extraction.extract(archive, tmp_path / "out", ["CUB"])
 
 
 def test_missing_member_is_a_data_error(tiny_files, tmp_path):
@@ -342,7 +344,7 @@ def test_missing_member_is_a_data_error(tiny_files, tmp_path):
       {"x/CUB/att_splits.mat": tiny_files["CUB"]["att_splits.mat"]}))
   with pytest.raises(DataError, match=r"\[CUB/res101.mat\]: expected a "
                      "member, found none"):
-    download.extract(archive, tmp_path / "out", ["CUB"])
+    zip_extraction.extract(archive, tmp_path / "out", ["CUB"])
 
 
 def test_local_archive_is_used_and_kept(xlsa17_zip, tmp_path):
@@ -369,7 +371,7 @@ def test_existing_user_files_are_not_overwritten(server, tiny_files, tmp_path):
 
 def test_existing_invalid_dataset_is_an_error(server, tmp_path):
   (tmp_path / "APY").mkdir()
-  for f in download.REQUIRED_FILES:
+  for f in zip_extraction.REQUIRED_FILES:
     (tmp_path / "APY" / f).write_bytes(b"junk")
 
   def reject(directory):
