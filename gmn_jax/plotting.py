@@ -1,8 +1,10 @@
 """PNG figures of a run: training and evaluation curves, GZSL calibration, features.
 
 Each `plot_*` function takes plain Python data (what the run files hold) and
-writes one PNG; `plot_workdir` reads a workdir written by
-`gmn_jax.train.train_and_evaluate` and draws every figure its files allow.
+writes one PNG (with `return_figure=True` it also returns the matplotlib
+Figure, e.g. to inspect what was drawn); `plot_workdir` reads a workdir
+written by `gmn_jax.train.train_and_evaluate` and draws every figure its
+files allow.
 Matplotlib is used through its object API with the Agg canvas, so importing
 this module changes no global backend and needs no display.
 
@@ -36,11 +38,12 @@ PREFERRED_TRAINING_KEYS = ("wasserstein", "gm_loss", "generator_loss", "critic_l
 EVAL_KEYS = ("gzsl_u", "gzsl_s", "gzsl_h", "zsl_t1")
 
 
-def _save(figure: Figure, path: str) -> str:
+def _save(figure: Figure, path: str, return_figure: bool = False) -> str | Tuple[str, Figure]:
+  """Writes the PNG; returns `path`, or `(path, figure)` when `return_figure`."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   FigureCanvasAgg(figure)
   figure.savefig(path, dpi=110)
-  return path
+  return (path, figure) if return_figure else path
 
 
 def _grid(count: int, columns: int = 3) -> Tuple[int, int]:
@@ -55,7 +58,8 @@ def _ordered_keys(keys) -> List[str]:
 
 
 def plot_training_curves(records_by_seed: Mapping[Any, Sequence[Mapping[str, Any]]],
-                         path: str, *, prefix: str = "train/") -> str:
+                         path: str, *, prefix: str = "train/",
+                         return_figure: bool = False) -> str | Tuple[str, Figure]:
   """One panel per training scalar, one line per seed, against the step.
 
   Args:
@@ -64,9 +68,10 @@ def plot_training_curves(records_by_seed: Mapping[Any, Sequence[Mapping[str, Any
       the Wasserstein distance).
     path: the PNG file.
     prefix: which keys are training scalars.
+    return_figure: also return the matplotlib Figure.
 
   Returns:
-    `path`.
+    `path`, or `(path, figure)` when `return_figure`.
 
   Raises:
     DataError: when no record holds a key with the prefix.
@@ -91,19 +96,20 @@ def plot_training_curves(records_by_seed: Mapping[Any, Sequence[Mapping[str, Any
     if index == 0 and len(records_by_seed) > 1:
       axes.legend(fontsize="small")
   figure.suptitle("Stage 1: training scalars (means over each logging window)")
-  return _save(figure, path)
+  return _save(figure, path, return_figure)
 
 
 def plot_evaluation_curves(curves_by_seed: Mapping[Any, Mapping[str, Sequence[float]]],
-                           path: str) -> str:
+                           path: str, *, return_figure: bool = False) -> str | Tuple[str, Figure]:
   """GZSL u, s, H and ZSL T1 of the final classifier after every epoch.
 
   Args:
     curves_by_seed: {seed: {metric name: per-epoch values}} (percent).
     path: the PNG file.
+    return_figure: also return the matplotlib Figure.
 
   Returns:
-    `path`.
+    `path`, or `(path, figure)` when `return_figure`.
 
   Raises:
     DataError: when no seed has any of the metrics.
@@ -126,10 +132,11 @@ def plot_evaluation_curves(curves_by_seed: Mapping[Any, Mapping[str, Sequence[fl
     if index == 0 and len(curves_by_seed) > 1:
       axes.legend(fontsize="small")
   figure.suptitle("Stage 2: final classifier, per-class mean top-1 per epoch")
-  return _save(figure, path)
+  return _save(figure, path, return_figure)
 
 
-def plot_seen_unseen_curves(seed_results: Sequence[Mapping[str, Any]], path: str) -> str:
+def plot_seen_unseen_curves(seed_results: Sequence[Mapping[str, Any]], path: str, *,
+                            return_figure: bool = False) -> str | Tuple[str, Figure]:
   """The seen-unseen accuracy curves of calibrated stacking, with their AUSUC.
 
   Args:
@@ -138,9 +145,10 @@ def plot_seen_unseen_curves(seed_results: Sequence[Mapping[str, Any]], path: str
       per classifier seed) and optionally "metrics" ("ausuc", "gzsl_u",
       "gzsl_s", "oracle_calibrated_gzsl_u"/"_s"), as in seed_<s>/result.json.
     path: the PNG file.
+    return_figure: also return the matplotlib Figure.
 
   Returns:
-    `path`.
+    `path`, or `(path, figure)` when `return_figure`.
 
   Raises:
     DataError: when no seed has a curve.
@@ -177,7 +185,7 @@ def plot_seen_unseen_curves(seed_results: Sequence[Mapping[str, Any]], path: str
   axes.legend(fontsize="small", loc="upper right")
   axes.set_title(f"Calibrated stacking: AUSUC {np.mean(ausucs):.1f} "
                  f"(mean over {len(ausucs)} classifiers)")
-  return _save(figure, path)
+  return _save(figure, path, return_figure)
 
 
 def _area(unseen, seen) -> float:
@@ -231,7 +239,8 @@ def _first_per_class(labels, limit: int) -> np.ndarray:
 
 def plot_feature_projections(samples: Mapping[str, np.ndarray], path: str, *,
                              methods: Sequence[str] = ("pca", "tsne"),
-                             title: str = "", per_class: int = 100) -> str:
+                             title: str = "", per_class: int = 100,
+                             return_figure: bool = False) -> str | Tuple[str, Figure]:
   """Real versus generated features of a few unseen classes, in 2-D.
 
   Args:
@@ -243,9 +252,10 @@ def plot_feature_projections(samples: Mapping[str, np.ndarray], path: str, *,
     title: an optional figure title.
     per_class: the most real and the most generated rows drawn per class
       (t-SNE's cost grows with the number of points).
+    return_figure: also return the matplotlib Figure.
 
   Returns:
-    `path`.
+    `path`, or `(path, figure)` when `return_figure`.
   """
   real_rows = _first_per_class(samples["real_labels"], per_class)
   fake_rows = _first_per_class(samples["generated_labels"], per_class)
@@ -275,12 +285,12 @@ def plot_feature_projections(samples: Mapping[str, np.ndarray], path: str, *,
     if index == len(methods) - 1:
       axes.legend(fontsize="x-small", loc="center left", bbox_to_anchor=(1.0, 0.5))
   figure.suptitle(title or "Unseen classes: real (o) vs generated (x) features")
-  return _save(figure, path)
+  return _save(figure, path, return_figure)
 
 
 def plot_ablation_bars(rows: Sequence[Mapping[str, Any]], path: str, *,
                        metric_names: Optional[Sequence[str]] = None,
-                       title: str = "") -> str:
+                       title: str = "", return_figure: bool = False) -> str | Tuple[str, Figure]:
   """The ablation table as grouped bars: mean ± std per variant and metric.
 
   Args:
@@ -290,9 +300,10 @@ def plot_ablation_bars(rows: Sequence[Mapping[str, Any]], path: str, *,
     metric_names: the metrics (groups) to draw; default ZSL T1, GZSL u, s,
       H, and AUSUC when every row has it.
     title: an optional title.
+    return_figure: also return the matplotlib Figure.
 
   Returns:
-    `path`.
+    `path`, or `(path, figure)` when `return_figure`.
 
   Raises:
     DataError: when `rows` is empty or a row lacks a requested metric.
@@ -325,7 +336,7 @@ def plot_ablation_bars(rows: Sequence[Mapping[str, Any]], path: str, *,
   axes.grid(axis="y", alpha=0.3)
   axes.legend(fontsize="small", ncols=2)
   axes.set_title(title or "Ablation: mean ± std over generator seeds")
-  return _save(figure, path)
+  return _save(figure, path, return_figure)
 
 
 # --------------------------------------------------------------------------

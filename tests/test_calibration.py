@@ -88,13 +88,12 @@ def test_metrics_at_one_gamma_equal_the_definition_ties_included(gamma):
   rows_s = metrics.calibration_rows(HAND_SEEN_SCORES, HAND_SEEN_LABELS, SEEN, UNSEEN)
   got = metrics.calibrated_gzsl_metrics(rows_u, HAND_UNSEEN_LABELS, rows_s,
                                         HAND_SEEN_LABELS, SEEN, UNSEEN, gamma)
-  expected = metrics.gzsl_metrics(
-      np.asarray(HAND_UNSEEN_SCORES) - np.isin(np.arange(4), SEEN) * gamma,
-      HAND_UNSEEN_LABELS,
-      np.asarray(HAND_SEEN_SCORES) - np.isin(np.arange(4), SEEN) * gamma,
-      HAND_SEEN_LABELS, SEEN, UNSEEN)
-  for name in ("gzsl_u", "gzsl_s", "gzsl_h"):
-    assert got[name] == pytest.approx(float(expected[name]), abs=1e-4), name
+  (u, s), = brute_force_points(HAND_UNSEEN_SCORES, HAND_UNSEEN_LABELS, HAND_SEEN_SCORES,
+                                HAND_SEEN_LABELS, SEEN, UNSEEN, [gamma])
+  h = 0.0 if u + s == 0 else 2 * u * s / (u + s)
+  expected = {"gzsl_u": u, "gzsl_s": s, "gzsl_h": h}
+  for name, value in expected.items():
+    assert got[name] == pytest.approx(value, abs=1e-4), name
   if gamma == -1.0:
     assert got["gzsl_u"] == 0.0 and got["gzsl_s"] == 50.0
 
@@ -104,7 +103,12 @@ def test_calibrated_predict_matches_subtracting_gamma_from_seen_columns():
   np.testing.assert_array_equal(predictions, [0, 1])  # the tie goes to id 1
   np.testing.assert_array_equal(
       metrics.calibrated_predict(HAND_UNSEEN_SCORES, SEEN, 0.0),
-      metrics.predict(HAND_UNSEEN_SCORES))
+      np.argmax(HAND_UNSEEN_SCORES, axis=1))  # gamma = 0: the plain argmax, [0, 3, 1]
+  is_seen = np.isin(np.arange(4), SEEN)
+  for gamma in (-2.0, 0.5, 2.0, 4.0):
+    np.testing.assert_array_equal(
+        metrics.calibrated_predict(HAND_UNSEEN_SCORES, SEEN, gamma),
+        np.argmax(HAND_UNSEEN_SCORES - is_seen * gamma, axis=1), err_msg=str(gamma))
 
 
 def random_problem(rng, num_classes=7, num_unseen_rows=13, num_seen_rows=11,
@@ -177,19 +181,23 @@ def test_curve_ends_and_zero_gamma_are_the_known_accuracies():
   scores_u, labels_u, scores_s, labels_s, seen, unseen = random_problem(
       np.random.default_rng(7), num_unseen_rows=40, num_seen_rows=30)
   curve = curve_of(scores_u, labels_u, scores_s, labels_s, seen, unseen)
-  plain = metrics.gzsl_metrics(scores_u, labels_u, scores_s, labels_s, seen, unseen)
   # gamma -> +inf: every row goes to its best unseen class, i.e. ZSL T1.
-  assert curve.unseen[-1] == pytest.approx(float(plain["zsl_t1"]), abs=1e-4)
+  zsl_t1 = numpy_accuracy(unseen[np.argmax(scores_u[:, unseen], 1)], labels_u, unseen)
+  assert curve.unseen[-1] == pytest.approx(zsl_t1, abs=1e-4)
   assert curve.seen[-1] == 0.0 and curve.unseen[0] == 0.0
   # gamma -> -inf: seen rows are classified among the seen classes only.
-  seen_only = metrics.per_class_accuracy(metrics.predict(scores_s, seen), labels_s, seen)
-  assert curve.seen[0] == pytest.approx(float(seen_only), abs=1e-4)
+  seen_only = numpy_accuracy(seen[np.argmax(scores_s[:, seen], 1)], labels_s, seen)
+  assert curve.seen[0] == pytest.approx(seen_only, abs=1e-4)
   # gamma = 0 (no margin is exactly 0 here) is the plain GZSL classifier.
+  assert not np.any(curve.thresholds == 0.0)
+  plain_u = numpy_accuracy(np.argmax(scores_u, 1), labels_u, unseen)
+  plain_s = numpy_accuracy(np.argmax(scores_s, 1), labels_s, seen)
   index = int(np.searchsorted(curve.thresholds, 0.0))
-  assert curve.unseen[index] == pytest.approx(float(plain["gzsl_u"]), abs=1e-4)
-  assert curve.seen[index] == pytest.approx(float(plain["gzsl_s"]), abs=1e-4)
+  assert curve.unseen[index] == pytest.approx(plain_u, abs=1e-4)
+  assert curve.seen[index] == pytest.approx(plain_s, abs=1e-4)
   assert np.all(np.diff(curve.unseen) >= 0) and np.all(np.diff(curve.seen) <= 0)
-  assert curve.best_harmonic()["gzsl_h"] >= float(plain["gzsl_h"]) - 1e-4
+  plain_h = 2 * plain_u * plain_s / (plain_u + plain_s)
+  assert curve.best_harmonic()["gzsl_h"] >= plain_h - 1e-4
 
 
 def test_a_perfect_separation_has_area_100_and_chance_has_less():

@@ -125,7 +125,11 @@ def outcomes(tmp_path_factory):
        str(base / "outcomes.json")], cwd=REPO, capture_output=True, text=True, timeout=300,
       env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert result.returncode == 0, result.stderr[-3000:]
-  return base, json.loads((base / "outcomes.json").read_text())
+  results = json.loads((base / "outcomes.json").read_text())
+  # Precondition of every "compiles == 0" below: the driver's listener does
+  # count compilations (a jitted probe ran before the cases).
+  assert results["probe"] > 0, results["probe"]
+  return base, results
 
 
 def assert_one_line_exit_2(outcome, needle):
@@ -134,10 +138,6 @@ def assert_one_line_exit_2(outcome, needle):
   assert stderr.count("\n") == 1 and stderr.startswith("error: "), stderr
   assert needle in stderr and "Traceback" not in stderr, stderr
   assert outcome["compiles"] == 0
-
-
-def test_the_compilation_probe_sees_compilations(outcomes):
-  assert outcomes[1]["probe"] > 0
 
 
 @pytest.mark.parametrize("index", range(len(BAD_OVERRIDES)),
@@ -175,11 +175,13 @@ def test_a_workdir_of_another_config_is_refused_with_the_differing_fields(outcom
 
 
 def test_fields_that_only_change_reporting_may_differ_on_resume(tmp_path):
-  workdirs.prepare(tiny_config(), str(tmp_path))
+  workdirs.prepare(tiny_config(), str(tmp_path))  # train.log_every = 1
   workdirs.prepare(tiny_config(**{"train.log_every": 3}), str(tmp_path))
   stored = json.loads((tmp_path / "config.json").read_text())
-  assert config_utils.diff_configs(stored, config_utils.config_fingerprint(
-      tiny_config(**{"train.log_every": 3}))) == []
+  assert stored["train.log_every"] == 3  # the resumed run's value is recorded
+  # A field that changes the training still refuses.
+  with pytest.raises(ConfigError, match="gm.weight"):
+    workdirs.prepare(tiny_config(**{"train.log_every": 3, "gm.weight": 3.0}), str(tmp_path))
 
 
 def test_a_workdir_resumes_across_gm_implementations_and_from_before_the_field(tmp_path):

@@ -12,9 +12,12 @@ import pytest
 
 from gmn_jax import evaluate
 from gmn_jax import final_classifier
+from gmn_jax import models
 from gmn_jax import synthesis
 from gmn_jax.errors import ConfigError
-from test_final_classifier import EVAL_CHUNK, SEEN, SPEC, UNSEEN, make_dataset, oracle_sampler
+from test_final_classifier import (CURVE_NAMES, EMBEDDING_DIM, EVAL_CHUNK, FEATURE_DIM,
+                                   NUM_CLASSES, SEEN, SPEC, UNSEEN, make_dataset, numpy_training,
+                                   oracle_sampler)
 
 
 def test_evaluate_generators_pools_synthetic_features():
@@ -32,7 +35,8 @@ def test_evaluate_generators_pools_synthetic_features():
       train_key, np.concatenate([dataset.train_features, fake]),
       np.concatenate([dataset.train_labels, fake_labels]), dataset.class_embeddings,
       dataset, spec, eval_chunk_size=EVAL_CHUNK)
-  for name in final_classifier.CURVE_NAMES:
+  assert set(got.curves) == CURVE_NAMES
+  for name in CURVE_NAMES:
     np.testing.assert_array_equal(got.curves[name], want.curves[name])
   assert got.split == "test"
   # Without synthetic features a softmax never predicts an unseen class.
@@ -49,15 +53,28 @@ def test_evaluate_generators_real_only_bilinear_trains_on_seen_columns():
   # sample_fn is ignored without generators.
   (got,) = evaluate.evaluate_generators(None, None, dataset, spec, [key],
                                         eval_chunk_size=EVAL_CHUNK)
-  want = final_classifier.train_final_classifier(
-      jax.random.split(key)[1], dataset.train_features, dataset.train_labels,
-      dataset.class_embeddings, dataset, spec, train_classes=SEEN, eval_chunk_size=EVAL_CHUNK)
-  np.testing.assert_array_equal(got.params["kernel"], want.params["kernel"])
+  # The float64 numpy SGD on the real seen features, logits over the seen
+  # columns, from the documented keys: key -> (synthesis key, classifier
+  # key) -> split(classifier key, 1 seed) -> (init key, shuffle key).
+  (seed_key,) = jax.random.split(jax.random.split(key)[1], 1)
+  init_key, shuffle_key = jax.random.split(seed_key)
+  init_fn, _ = models.get_classifier("bilinear")
+  init = init_fn(init_key, feature_dim=FEATURE_DIM, embedding_dim=EMBEDDING_DIM,
+                 num_classes=NUM_CLASSES)
+  labels = dataset.train_labels
+  batches = [tuple(np.asarray(a) for a in final_classifier.epoch_batches(
+      jax.random.fold_in(shuffle_key, e), labels.size, spec.batch_size))
+             for e in range(spec.epochs)]
+  embeddings = dataset.class_embeddings.astype(np.float64)
+  want, _, want_losses = numpy_training("bilinear", init, dataset.train_features, labels,
+                                        embeddings, batches, spec, columns=SEEN)
+  for k in want:
+    np.testing.assert_allclose(got.params[k][0], want[k], rtol=2e-4, atol=1e-5, err_msg=k)
+  np.testing.assert_allclose(got.curves["train_loss"][0], want_losses, rtol=1e-4)
   # Over all class columns the same data trains another classifier.
-  all_columns = final_classifier.train_final_classifier(
-      jax.random.split(key)[1], dataset.train_features, dataset.train_labels,
-      dataset.class_embeddings, dataset, spec, eval_chunk_size=EVAL_CHUNK)
-  assert np.abs(all_columns.params["kernel"] - got.params["kernel"]).max() > 1e-3
+  all_columns, _, _ = numpy_training("bilinear", init, dataset.train_features, labels,
+                                     embeddings, batches, spec)
+  assert np.abs(all_columns["kernel"] - got.params["kernel"][0]).max() > 1e-3
 
 
 def test_select_on_validation_refuses_test_results():

@@ -11,10 +11,10 @@ from gmn_jax import config as gmn_config
 from gmn_jax import gram_gradient_matching as gram_gm
 from gmn_jax import losses
 from gmn_jax import models
+from gmn_jax import specs
 from gmn_jax import train_state
 from gmn_jax import train_step
 from gmn_jax.errors import ConfigError
-from gmn_jax import specs
 from test_train_support import tiny_config, tiny_dataset
 
 D, K, C, Z = 12, 5, 4, 3
@@ -214,17 +214,33 @@ def test_train_iteration_matches_the_autodiff_implementation():
   _assert_trees_close(gram_state.generator, autodiff_state.generator, rtol=1e-5, atol=1e-6)
 
 
+def _numpy_logits(kind, bias, params, features, embeddings):
+  """float64 logits by the documented formulas (models.BilinearClassifier, SoftmaxClassifier)."""
+  x, e = np.asarray(features, np.float64), np.asarray(embeddings, np.float64)
+  w, b = np.asarray(params["kernel"], np.float64), np.asarray(params["bias"], np.float64)
+  if kind == "softmax":
+    return x @ w + b  # (B, C): x W + b
+  if bias == "vector":
+    return (x @ w + b) @ e.T  # (x W + b) . a_c, b in R^K
+  return x @ w @ e.T + b  # x W a_c + b, one scalar b
+
+
 def test_head_after_the_kernel_gives_the_classifier_logits():
   features = jax.random.normal(jax.random.key(3), (6, D))
   embeddings = jax.random.normal(jax.random.key(4), (C, K))
   for kind, bias in CLASSIFIERS:
     init_fn, apply_fn = models.get_classifier(kind, bilinear_bias=bias)
     params = init_fn(jax.random.key(5), feature_dim=D, embedding_dim=K, num_classes=C)
-    params["bias"] = params["bias"] + 0.5
+    # Non-zero biases and kernel entries of order 1, so that every term matters.
+    params = {"kernel": 50.0 * params["kernel"], "bias": params["bias"] + 0.5}
+    want = _numpy_logits(kind, bias, params, features, embeddings)
+    assert want.shape == (6, C)
     without_kernel = {"bias": params["bias"]}
     head = models.get_classifier_head(kind)
-    np.testing.assert_array_equal(head(without_kernel, features @ params["kernel"], embeddings),
-                                  apply_fn(params, features, embeddings))
+    got = head(without_kernel, features @ params["kernel"], embeddings)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=f"{kind}, {bias}")
+    np.testing.assert_allclose(apply_fn(params, features, embeddings), want, rtol=1e-5,
+                               atol=1e-5, err_msg=f"{kind}, {bias}")
   with pytest.raises(ConfigError, match="classifier kind"):
     models.get_classifier_head("mlp")
 
@@ -258,7 +274,7 @@ def test_bad_inputs_raise_one_line_config_errors():
 
 def test_config_accepts_the_two_implementations_only():
   config = tiny_config()
-  assert config.gm.implementation == gmn_config.get_base_config().gm.implementation
+  assert config.gm.implementation == "gram"  # the documented default
   config.gm.implementation = "autodiff"
   gmn_config.validate(config, check_data_dir=False)
   config.gm.implementation = "symbolic"

@@ -1,5 +1,6 @@
 """Tests of gmn_jax.metric_writers: JSON lines, TensorBoard, atomic JSON."""
 
+import io
 import json
 import os
 import pathlib
@@ -196,9 +197,30 @@ def test_drop_wall_clock_keeps_what_a_resumed_run_reproduces():
   assert metric_writers.drop_wall_clock(records) == [{"step": 1, "loss": 0.5}]
 
 
-def test_progress_logger_is_re_exported():
-  from gmn_jax import progress  # pylint: disable=g-import-not-at-top
-  assert metric_writers.ProgressLogger is progress.ProgressLogger
+def test_the_documented_resume_loop_writes_one_line_per_log_step(tmp_path):
+  """docs/runs.md's loop, through the names it uses (metric_writers.ProgressLogger)."""
+  now = [0.0]
+  clock = lambda: now[0]
+
+  def attempt(start, times, loss_offset, stop):
+    writer = metric_writers.MetricWriter(tmp_path, resume_step=-1 if start == 0 else start)
+    progress = metric_writers.ProgressLogger(6, log_every=2, writer=writer, initial_step=start,
+                                             stream=io.StringIO(), clock=clock)
+    for step in range(start + 1, stop + 1):
+      now[0] = times[step]
+      progress.update(step, {"loss": step + loss_offset})
+    writer.close()
+
+  now[0] = 0.0
+  attempt(0, {1: 1.0, 2: 2.0, 3: 3.0, 4: 4.0}, 0.5, stop=4)  # killed after step 4
+  now[0] = 10.0  # resumed from the checkpoint of step 2
+  attempt(2, {3: 10.5, 4: 11.0, 5: 11.25, 6: 11.5}, 0.25, stop=6)
+  # Steps per second: 2 steps in 2 s; 2 in 1 s (from the resume); 2 in 0.5 s.
+  assert metric_writers.read_jsonl(tmp_path / "metrics.jsonl") == [
+      {"step": 2, "loss": 2.5, "steps_per_sec": 1.0},
+      {"step": 4, "loss": 4.25, "steps_per_sec": 2.0},
+      {"step": 6, "loss": 6.25, "steps_per_sec": 4.0},
+  ]
 
 
 def test_read_json_reads_what_write_json_atomic_wrote_and_names_bad_files(tmp_path):

@@ -22,6 +22,30 @@ def assert_png_with_content(path):
   assert np.unique(pixels.reshape(-1, pixels.shape[-1]), axis=0).shape[0] > 20
 
 
+def line_data(axes):
+  """(x, y) of every line drawn on `axes`, in drawing order."""
+  return [(list(np.asarray(l.get_xdata(), float)), list(np.asarray(l.get_ydata(), float)))
+          for l in axes.get_lines()]
+
+
+def legend_texts(axes):
+  legend = axes.get_legend()
+  return None if legend is None else [t.get_text() for t in legend.get_texts()]
+
+
+def record_figures(monkeypatch):
+  """{plot function name: Figure} of the figures plot_workdir draws."""
+  figures = {}
+  for name in ("plot_training_curves", "plot_evaluation_curves", "plot_seen_unseen_curves",
+               "plot_feature_projections", "plot_ablation_bars"):
+    def wrapped(*args, _real=getattr(plotting, name), _name=name, **kwargs):
+      path, figure = _real(*args, return_figure=True, **kwargs)
+      figures.setdefault(_name, []).append(figure)
+      return path
+    monkeypatch.setattr(plotting, name, wrapped)
+  return figures
+
+
 def training_records(seed, steps=6):
   rng = np.random.default_rng(seed)
   return [{"step": s, "train/wasserstein": float(rng.normal()),
@@ -32,7 +56,8 @@ def training_records(seed, steps=6):
 
 def curves(seed, epochs=5):
   rng = np.random.default_rng(seed)
-  return {name: list(100 * rng.random(epochs)) for name in plotting.EVAL_KEYS}
+  return {name: list(100 * rng.random(epochs)) for name in ("gzsl_u", "gzsl_s", "gzsl_h",
+                                                             "zsl_t1")}
 
 
 def seed_result(seed):
@@ -57,10 +82,27 @@ def samples(num_classes=3, per_class=12, dim=10, seed=0):
           "generated_labels": labels}
 
 
+def assert_training_figure(figure, records_by_seed):
+  """One panel per train/ key (preferred ones first), one line per seed: the records."""
+  names = ["wasserstein", "gm_loss", "generator_loss", "some_new_scalar"]
+  assert [a.get_title() for a in figure.axes] == names  # steps_per_sec is not drawn
+  for axes, name in zip(figure.axes, names):
+    assert line_data(axes) == [
+        ([r["step"] for r in records], [r[f"train/{name}"] for r in records])
+        for records in records_by_seed.values()], name
+  assert legend_texts(figure.axes[0]) == [f"seed {s}" for s in records_by_seed]
+  assert all(a.get_legend() is None for a in figure.axes[1:])
+
+
 def test_training_curves_draw_every_train_key(tmp_path):
-  path = plotting.plot_training_curves({1: training_records(1), 67: training_records(2)},
-                                       str(tmp_path / "t.png"))
+  records = {1: training_records(1), 67: training_records(2)}
+  path, figure = plotting.plot_training_curves(records, str(tmp_path / "t.png"),
+                                               return_figure=True)
+  assert path == str(tmp_path / "t.png")
   assert_png_with_content(path)
+  assert_training_figure(figure, records)
+  assert plotting.plot_training_curves(records, str(tmp_path / "u.png")) == str(
+      tmp_path / "u.png")  # by default the path alone
   assert plotting._ordered_keys(  # pylint: disable=protected-access
       ["some_new_scalar", "gm_loss", "wasserstein"]) == [
           "wasserstein", "gm_loss", "some_new_scalar"]
@@ -68,11 +110,59 @@ def test_training_curves_draw_every_train_key(tmp_path):
     plotting.plot_training_curves({1: [{"step": 1, "loss": 1.0}]}, str(tmp_path / "x.png"))
 
 
+def assert_evaluation_figure(figure, curves_by_seed):
+  """GZSL u, s, H and ZSL T1 panels, one line per seed: its values against epochs 1..E."""
+  names = ["gzsl_u", "gzsl_s", "gzsl_h", "zsl_t1"]
+  assert [a.get_title() for a in figure.axes] == ["GZSL u", "GZSL s", "GZSL H", "ZSL T1"]
+  for axes, name in zip(figure.axes, names):
+    assert line_data(axes) == [
+        (list(range(1, len(c[name]) + 1)), list(c[name])) for c in curves_by_seed.values()]
+
+
+# The two curves of seed_result, by hand: trapezoids of (u, s) in percent,
+# 10 * 87.5 + 30 * 72.5 + 30 * 45 + 10 * 15 = 4550 -> 45.5, and 0.9 of it,
+# 40.95: mean 43.225, std 2.275.
+SEED_RESULT_LABEL = "AUSUC 43.2 ± 2.3"
+
+
+def assert_seen_unseen_figure(figure, seed_results):
+  (axes,) = figure.axes
+  lines = axes.get_lines()
+  per_seed = 4  # two curves, the gamma = 0 point, the oracle point
+  assert len(lines) == per_seed * len(seed_results) + 2  # + two legend entries
+  for k, result in enumerate(seed_results):
+    mine = lines[per_seed * k:per_seed * (k + 1)]
+    assert line_data(axes)[per_seed * k:per_seed * k + 2] == [
+        (c["unseen"], c["seen"]) for c in result["seen_unseen_curves"]]
+    metrics = result["metrics"]
+    assert [line_data(axes)[per_seed * k + i] for i in (2, 3)] == [
+        ([metrics["gzsl_u"]], [metrics["gzsl_s"]]),
+        ([metrics["oracle_calibrated_gzsl_u"]], [metrics["oracle_calibrated_gzsl_s"]])]
+    assert [l.get_marker() for l in mine[2:]] == ["o", "*"]
+    assert {l.get_color() for l in mine} == {f"C{k}"}  # one colour per seed
+  assert legend_texts(axes) == [f"seed {r['seed']}: {SEED_RESULT_LABEL}" for r in seed_results
+                                ] + ["no calibration (gamma = 0)", "best H (oracle gamma)"]
+  assert axes.get_title() == (
+      f"Calibrated stacking: AUSUC 43.2 (mean over {2 * len(seed_results)} classifiers)")
+
+
 def test_evaluation_and_calibration_curves(tmp_path):
-  assert_png_with_content(plotting.plot_evaluation_curves(
-      {1: curves(1), 2: curves(2)}, str(tmp_path / "e.png")))
-  assert_png_with_content(plotting.plot_seen_unseen_curves(
-      [seed_result(1), seed_result(2)], str(tmp_path / "c.png")))
+  values = {1: curves(1), 2: curves(2)}
+  path, figure = plotting.plot_evaluation_curves(values, str(tmp_path / "e.png"),
+                                                 return_figure=True)
+  assert_png_with_content(path)
+  assert_evaluation_figure(figure, values)
+  assert legend_texts(figure.axes[0]) == ["seed 1", "seed 2"]
+  # Only the metrics some seed has get a panel.
+  _, figure = plotting.plot_evaluation_curves({3: {"gzsl_h": [1.0, 2.0]}},
+                                              str(tmp_path / "h.png"), return_figure=True)
+  assert [a.get_title() for a in figure.axes] == ["GZSL H"]
+  assert line_data(figure.axes[0]) == [([1.0, 2.0], [1.0, 2.0])]
+  results = [seed_result(1), seed_result(2)]
+  path, figure = plotting.plot_seen_unseen_curves(results, str(tmp_path / "c.png"),
+                                                  return_figure=True)
+  assert_png_with_content(path)
+  assert_seen_unseen_figure(figure, results)
   with pytest.raises(DataError):
     plotting.plot_seen_unseen_curves([{"seed": 1}], str(tmp_path / "none.png"))
 
@@ -108,19 +198,96 @@ def test_tsne_keeps_well_separated_clusters_apart():
   assert between > within
 
 
+def numpy_pca(x):
+  centred = x - x.mean(0)
+  _, _, vt = np.linalg.svd(centred, full_matrices=False)
+  return centred @ vt[:2].T
+
+
+def assert_projection_panel(axes, data, per_class, pca=True):
+  """Per class a real and a generated scatter of its first `per_class` rows of each kind.
+
+  With pca, the points are those of a numpy PCA of the drawn rows together
+  (each direction up to sign).
+  """
+  ids = list(data["class_ids"])
+  keep = {kind: np.concatenate([np.flatnonzero(data[f"{kind}_labels"] == c)[:per_class]
+                                for c in ids])
+          for kind in ("real", "generated")}
+  stacked = np.concatenate([data[f"{kind}_features"][keep[kind]] for kind in keep])
+  labels = {kind: data[f"{kind}_labels"][keep[kind]] for kind in keep}
+  offsets = [np.asarray(c.get_offsets(), float) for c in axes.collections]
+  assert len(offsets) == 2 * len(ids)
+  for k, class_id in enumerate(ids):
+    for j, kind in enumerate(("real", "generated")):
+      assert offsets[2 * k + j].shape == (min(per_class, np.sum(data[f"{kind}_labels"]
+                                                                 == class_id)), 2)
+  if pca:
+    points = numpy_pca(stacked)
+    n_real = keep["real"].size
+    want = np.concatenate([
+        part for c in ids for part in (points[:n_real][labels["real"] == c],
+                                       points[n_real:][labels["generated"] == c])])
+    got = np.concatenate(offsets)
+    signs = np.sign(np.sum(got * want, axis=0))
+    np.testing.assert_allclose(got * signs, want, atol=1e-6)
+
+
 def test_feature_projection_figure(tmp_path):
-  assert_png_with_content(plotting.plot_feature_projections(samples(), str(tmp_path / "p.png")))
+  data = samples()  # 3 classes, 12 real and 12 generated rows each
+  path, figure = plotting.plot_feature_projections(data, str(tmp_path / "p.png"),
+                                                   return_figure=True)
+  assert_png_with_content(path)
+  assert [a.get_title() for a in figure.axes] == ["PCA", "t-SNE"]
+  assert_projection_panel(figure.axes[0], data, per_class=12)
+  assert_projection_panel(figure.axes[1], data, per_class=12, pca=False)
+  assert legend_texts(figure.axes[0]) is None
+  assert legend_texts(figure.axes[1]) == [
+      f"class {c} {kind}" for c in (1, 3, 5) for kind in ("real", "generated")]
+  # At most per_class rows of each class and kind: the first ones.
+  _, figure = plotting.plot_feature_projections(data, str(tmp_path / "q.png"), methods=("pca",),
+                                                per_class=5, return_figure=True)
+  assert_projection_panel(figure.axes[0], data, per_class=5)
   labels = np.array([5, 5, 1, 5, 1, 1, 1])
   np.testing.assert_array_equal(
       plotting._first_per_class(labels, 2), [0, 1, 2, 4])  # pylint: disable=protected-access
 
 
+def assert_ablation_figure(figure, rows, metric_names):
+  """Per row one bar per metric at its mean, with its std as the error bar."""
+  (axes,) = figure.axes
+  labels = {"zsl_t1": "ZSL T1", "gzsl_u": "GZSL u", "gzsl_s": "GZSL s", "gzsl_h": "GZSL H",
+            "ausuc": "AUSUC"}
+  assert [t.get_text() for t in axes.get_xticklabels()] == [labels[m] for m in metric_names]
+  assert legend_texts(axes) == [r.get("paper_row") or r["method"] for r in rows]
+  bars = [c for c in axes.containers if hasattr(c, "errorbar")]
+  assert len(bars) == len(rows)
+  width = 0.8 / len(rows)
+  for k, (row, container) in enumerate(zip(rows, bars)):
+    means = [row["metrics"][m]["mean"] for m in metric_names]
+    stds = [row["metrics"][m]["std"] for m in metric_names]
+    np.testing.assert_allclose([b.get_height() for b in container.patches], means)
+    centres = [b.get_x() + b.get_width() / 2 for b in container.patches]
+    np.testing.assert_allclose(centres, np.arange(len(metric_names))
+                               + (k - (len(rows) - 1) / 2) * width)
+    segments = container.errorbar.lines[2][0].get_segments()
+    np.testing.assert_allclose([seg[:, 1] for seg in segments],
+                               [[m - s, m + s] for m, s in zip(means, stds)])
+
+
 def test_ablation_bars(tmp_path):
+  names = ("zsl_t1", "gzsl_u", "gzsl_s", "gzsl_h", "ausuc")
   rows = [{"method": m, "paper_row": m.upper(),
-           "metrics": {n: {"mean": 10.0 * (k + 1), "std": 1.0}
-                       for n in ("zsl_t1", "gzsl_u", "gzsl_s", "gzsl_h", "ausuc")}}
+           "metrics": {n: {"mean": 10.0 * (k + 1) + i, "std": 0.5 * (i + 1)}
+                       for i, n in enumerate(names)}}
           for k, m in enumerate(("real_only", "cwgan", "cwgan_gm"))]
-  assert_png_with_content(plotting.plot_ablation_bars(rows, str(tmp_path / "a.png")))
+  path, figure = plotting.plot_ablation_bars(rows, str(tmp_path / "a.png"), return_figure=True)
+  assert_png_with_content(path)
+  assert_ablation_figure(figure, rows, names)
+  # AUSUC is drawn by default only when every row has it.
+  del rows[1]["metrics"]["ausuc"]
+  _, figure = plotting.plot_ablation_bars(rows, str(tmp_path / "d.png"), return_figure=True)
+  assert_ablation_figure(figure, rows, names[:4])
   with pytest.raises(DataError, match="missing"):
     plotting.plot_ablation_bars(rows, str(tmp_path / "b.png"), metric_names=["nope"])
   with pytest.raises(DataError):
@@ -145,8 +312,9 @@ def make_workdir(root, seeds=(1, 2), with_samples=(1,)):
   return root
 
 
-def test_plot_workdir_draws_what_exists_and_names_what_is_missing(tmp_path):
+def test_plot_workdir_draws_what_exists_and_names_what_is_missing(tmp_path, monkeypatch):
   workdir = make_workdir(str(tmp_path / "run"))
+  figures = record_figures(monkeypatch)
   written, skipped = plotting.plot_workdir(workdir, projections=("pca",))
   names = sorted(os.path.basename(p) for p in written)
   assert names == ["evaluation.png", "projection_seed_1.png", "seen_unseen.png",
@@ -155,6 +323,15 @@ def test_plot_workdir_draws_what_exists_and_names_what_is_missing(tmp_path):
     assert os.path.dirname(path) == os.path.join(workdir, "plots")
     assert_png_with_content(path)
   assert len(skipped) == 1 and "seed_2/samples.npz" in skipped[0]
+  # The figures hold the files' data (make_workdir wrote these values).
+  records = {s: [{k: v for k, v in r.items() if k != "steps_per_sec"}
+                 for r in training_records(s)] for s in (1, 2)}
+  assert_training_figure(figures["plot_training_curves"][0], records)
+  assert_evaluation_figure(figures["plot_evaluation_curves"][0], {1: curves(1), 2: curves(2)})
+  assert_seen_unseen_figure(figures["plot_seen_unseen_curves"][0],
+                            [seed_result(1), seed_result(2)])
+  (projection,) = figures["plot_feature_projections"]
+  assert_projection_panel(projection.axes[0], samples(seed=1), per_class=100)
   empty = tmp_path / "empty"
   empty.mkdir()
   assert plotting.plot_workdir(str(empty))[0] == []
@@ -162,18 +339,24 @@ def test_plot_workdir_draws_what_exists_and_names_what_is_missing(tmp_path):
     plotting.plot_workdir(str(tmp_path / "absent"))
 
 
-def test_plot_workdir_of_an_ablation_draws_the_bar_chart_and_each_row(tmp_path):
+def test_plot_workdir_of_an_ablation_draws_the_bar_chart_and_each_row(tmp_path, monkeypatch):
   root = tmp_path / "ablation"
+  rows = []
   for k, method in enumerate(("real_only", "cwgan_gm")):
     row = make_workdir(str(root / method), seeds=(1,), with_samples=())
-    metric_writers.write_json_atomic(os.path.join(row, "results.json"), {
-        "method": method, "paper_row": method,
-        "metrics": {n: {"mean": 20.0 + k, "std": 0.5}
-                    for n in ("zsl_t1", "gzsl_u", "gzsl_s", "gzsl_h")}})
+    rows.append({"method": method, "paper_row": method,
+                 "metrics": {n: {"mean": 20.0 + k + i, "std": 0.5 + k}
+                             for i, n in enumerate(("zsl_t1", "gzsl_u", "gzsl_s", "gzsl_h"))}})
+    metric_writers.write_json_atomic(os.path.join(row, "results.json"), rows[-1])
+  figures = record_figures(monkeypatch)
   written, _ = plotting.plot_workdir(str(root), projections=("pca",))
   assert str(root / "plots" / "ablation.png") in written
   assert str(root / "cwgan_gm" / "plots" / "training.png") in written
   assert_png_with_content(root / "plots" / "ablation.png")
+  (chart,) = figures["plot_ablation_bars"]
+  # The rows in the order of their directories' names: cwgan_gm, real_only.
+  assert_ablation_figure(chart, rows[::-1], ("zsl_t1", "gzsl_u", "gzsl_s", "gzsl_h"))
+  assert len(figures["plot_training_curves"]) == 2  # one per row
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -21,12 +21,14 @@ import pytest
 from experiments import cli
 from gmn_jax import checkpoint
 from gmn_jax import errors
+from gmn_jax import models
 from gmn_jax import preemption
 from gmn_jax import specs
 from gmn_jax import stage1
 from gmn_jax import train
 from gmn_jax import train_state
 from gmn_jax import workdir as workdirs
+from gmn_jax.data.dataset import ZSLDataset
 from test_train_support import tiny_config, tiny_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,14 +42,19 @@ def _config():
   return tiny_config(seeds=(SEED,), **OVERRIDES)
 
 
-def _final_params(workdir):
+def _final_state(workdir):
+  """The train state of the final checkpoint of seed SEED."""
   config, dataset = _config(), tiny_dataset()
   spec = specs.train_spec(config, dataset)
   template = train_state.init_train_state(
       jax.random.key(0), spec, train_state.make_train_data(dataset, spec))
   with checkpoint.Checkpointer(os.path.join(workdir, "checkpoints", f"seed_{SEED}")) as ckpt:
     assert ckpt.latest_step() == config.train.num_iterations
-    return jax.tree_util.tree_leaves(ckpt.restore(template)[0])
+    return ckpt.restore(template)[0]
+
+
+def _final_params(workdir):
+  return jax.tree_util.tree_leaves(_final_state(workdir))
 
 
 def _assert_same_run(workdir, reference_dir):
@@ -266,17 +273,79 @@ def test_calibration_gamma_from_refuses_other_runs(tmp_path, content, error, nee
 
 
 def test_stage_2_writes_real_and_generated_samples_for_the_plots(straight_run):
-  dataset = tiny_dataset()
-  with np.load(os.path.join(straight_run, f"seed_{SEED}", workdirs.SAMPLES_FILE)) as samples:
-    ids = samples["class_ids"]
-    assert set(ids) <= set(dataset.unseen_classes) and len(ids) == min(
-        workdirs.SAMPLE_CLASSES, dataset.unseen_classes.size)
-    real, real_labels = samples["real_features"], samples["real_labels"]
-    fake, fake_labels = samples["generated_features"], samples["generated_labels"]
-    for class_id in ids:
-      rows = dataset.test_unseen_features[dataset.test_unseen_labels == class_id]
-      count = min(len(rows), workdirs.SAMPLES_PER_CLASS)
-      np.testing.assert_array_equal(real[real_labels == class_id], rows[:count])
-      assert np.sum(fake_labels == class_id) == count
-    assert fake.shape == (len(fake_labels), dataset.feature_dim)
-    assert np.all(np.isfinite(fake)) and not np.allclose(fake, real)
+  dataset = tiny_dataset()  # unseen classes 1, 3, 5 with 5 test rows each
+  with np.load(os.path.join(straight_run, f"seed_{SEED}", "samples.npz")) as samples:
+    samples = dict(samples)
+  # At most 5 classes and 200 rows per class: here all 3 unseen classes, 5 rows each.
+  np.testing.assert_array_equal(samples["class_ids"], [1, 3, 5])
+  np.testing.assert_array_equal(samples["class_names"], ["1", "3", "5"])  # no names: the ids
+  labels = np.repeat([1, 3, 5], 5)
+  np.testing.assert_array_equal(samples["real_labels"], labels)
+  np.testing.assert_array_equal(samples["generated_labels"], labels)
+  for class_id in (1, 3, 5):
+    np.testing.assert_array_equal(
+        samples["real_features"][samples["real_labels"] == class_id],
+        dataset.test_unseen_features[dataset.test_unseen_labels == class_id][:200])
+  # The generated features, drawn again from the final checkpoint's generator
+  # with the documented key: fold_in(seed_keys(seed).eval, 1), chunk i of at
+  # most 4096 rows with fold_in(key, i) (here one chunk).
+  generator = _final_state(straight_run).generator
+  module = specs.train_spec(_config(), dataset).generator.clone(dtype=jax.numpy.float32)
+  key = jax.random.fold_in(train_state.seed_keys(SEED).eval, 1)
+  want = np.concatenate([
+      np.asarray(models.generate(module, generator, dataset.class_embeddings[chunk],
+                                 jax.random.fold_in(key, i)))
+      for i, chunk in enumerate(np.array_split(labels, range(4096, labels.size, 4096)))])
+  assert want.shape == (15, dataset.feature_dim) and np.std(want) > 1e-3
+  np.testing.assert_allclose(samples["generated_features"], want, rtol=1e-5, atol=1e-6)
+
+
+def _shifted_embeddings(params, embeddings, key):
+  """A `synthesis.SampleFn` for write_samples: embeddings @ params + noise."""
+  return embeddings @ params + jax.random.normal(key, (embeddings.shape[0], params.shape[1]))
+
+
+def test_write_samples_keeps_five_spread_classes_and_200_rows_each(tmp_path):
+  # 7 unseen classes (odd ids 1..13); class 3 has 230 test rows, the others 4.
+  rng = np.random.default_rng(0)
+  unseen = np.arange(1, 14, 2, dtype=np.int32)
+  seen = np.arange(0, 14, 2, dtype=np.int32)
+  counts = {int(c): 230 if c == 3 else 4 for c in unseen}
+  test_labels = rng.permutation(np.concatenate([np.full(n, c) for c, n in counts.items()]))
+  test_labels = test_labels.astype(np.int32)
+  embeddings = rng.normal(size=(14, 3)).astype(np.float32)
+  dataset = ZSLDataset(
+      name="wide", split="test", train_features=rng.random((14, 2), np.float32),
+      train_labels=np.repeat(seen, 2), test_seen_features=rng.random((7, 2), np.float32),
+      test_seen_labels=seen, test_unseen_features=rng.random((test_labels.size, 2), np.float32),
+      test_unseen_labels=test_labels, class_embeddings=embeddings, seen_classes=seen,
+      unseen_classes=unseen)
+  params = rng.normal(size=(3, 2)).astype(np.float32)
+  key = jax.random.key(4)
+  path = tmp_path / "seed_1" / "samples.npz"
+  # The defaults: 5 classes, 200 rows each.
+  workdirs.write_samples(str(path), _shifted_embeddings, params, dataset, key)
+  with np.load(path) as samples:
+    samples = dict(samples)
+  # Five of the seven, spread over the list: positions 0, 2, 3, 4, 6
+  # (linspace(0, 6, 5) = 0, 1.5, 3, 4.5, 6 rounded half to even).
+  np.testing.assert_array_equal(samples["class_ids"], [1, 5, 7, 9, 13])
+  labels = np.repeat([1, 5, 7, 9, 13], 4)
+  np.testing.assert_array_equal(samples["real_labels"], labels)
+  np.testing.assert_array_equal(samples["generated_labels"], labels)
+  for class_id in (1, 5, 7, 9, 13):
+    np.testing.assert_array_equal(samples["real_features"][samples["real_labels"] == class_id],
+                                  dataset.test_unseen_features[test_labels == class_id])
+  want = embeddings[labels] @ params + np.asarray(
+      jax.random.normal(jax.random.fold_in(key, 0), (labels.size, 2)))
+  np.testing.assert_allclose(samples["generated_features"], want, rtol=1e-5, atol=1e-6)
+  # With class 3 among them: its first 200 rows, in the order of the test set.
+  workdirs.write_samples(str(path), _shifted_embeddings, params, dataset, key, num_classes=7)
+  with np.load(path) as samples:
+    samples = dict(samples)
+  np.testing.assert_array_equal(samples["class_ids"], unseen)
+  np.testing.assert_array_equal(np.bincount(samples["real_labels"], minlength=14)[unseen],
+                                [4, 200, 4, 4, 4, 4, 4])
+  np.testing.assert_array_equal(samples["real_features"][samples["real_labels"] == 3],
+                                dataset.test_unseen_features[test_labels == 3][:200])
+  np.testing.assert_array_equal(samples["generated_labels"], samples["real_labels"])

@@ -12,7 +12,6 @@ import scipy.special
 from experiments import make_synthetic
 from gmn_jax import baseline
 from gmn_jax.data import synthetic
-from gmn_jax.data import synthetic_embeddings
 from gmn_jax.data import synthetic_features
 from gmn_jax.data import synthetic_labels
 from gmn_jax.data import synthetic_presets
@@ -307,12 +306,29 @@ def test_make_synthetic_checks_its_options(tmp_path):
   (tmp_path / "garbage.mat").write_bytes(b"not a mat file")
   with pytest.raises(DataError, match="garbage.mat"):
     make_synthetic.make(str(tmp_path / "garbage.mat"), None, tmp_path / "out")
-  scipy.io.savemat(tmp_path / "att_splits.mat", _tiny_splits())
-  make_synthetic.make(str(tmp_path / "att_splits.mat"), None, tmp_path / "out", feature_dim=3)
+  splits = _tiny_splits()  # 4 classes, 12 images
+  scipy.io.savemat(tmp_path / "att_splits.mat", splits)
+  out = tmp_path / "out"
+
+  def written(feature_dim):
+    """Asserts what a successful call wrote: (D, 12) features, labels of the splits."""
+    assert path == out / "res101.mat"
+    res101 = scipy.io.loadmat(path)
+    assert res101["features"].shape == (feature_dim, 12)
+    assert res101["features"].dtype == np.float32
+    assert res101["labels"].shape == (12, 1)
+    _check_labels_agree(splits, res101["labels"].reshape(-1).astype(np.int64) - 1)
+    np.testing.assert_array_equal(scipy.io.loadmat(out / "att_splits.mat")["att"], splits["att"])
+    return res101["features"]
+
+  path = make_synthetic.make(str(tmp_path / "att_splits.mat"), None, out, feature_dim=3)
+  first = written(3)
   with pytest.raises(ConfigError, match="overwrite"):
-    make_synthetic.make(str(tmp_path / "att_splits.mat"), None, tmp_path / "out", feature_dim=3)
-  make_synthetic.make(str(tmp_path / "att_splits.mat"), None, tmp_path / "out", feature_dim=3,
-                      overwrite=True)
+    make_synthetic.make(str(tmp_path / "att_splits.mat"), None, out, feature_dim=2)
+  np.testing.assert_array_equal(written(3), first)  # the refused call left the file alone
+  path = make_synthetic.make(str(tmp_path / "att_splits.mat"), None, out, feature_dim=2,
+                             overwrite=True)
+  written(2)
 
 
 def test_make_synthetic_binary_prints_one_line_and_exits_2(tmp_path):
@@ -322,19 +338,3 @@ def test_make_synthetic_binary_prints_one_line_and_exits_2(tmp_path):
   assert run.returncode == 2
   expected = f"error: {tmp_path / 'nope.mat'}: expected an att_splits.mat file, found no such file"
   assert run.stderr.strip().splitlines() == [expected]
-
-
-def test_synthetic_keeps_every_public_name_of_its_modules():
-  homes = {
-      synthetic_features: ("Difficulty", "DEFAULT_DIFFICULTY", "NAIVE_DIFFICULTY", "DIFFICULTIES",
-                           "make_features"),
-      synthetic_embeddings: ("make_class_embeddings",),
-      synthetic_presets: ("DatasetShape", "PRESETS", "match_preset", "preset_att_splits"),
-      synthetic_labels: ("labels_from_splits",),
-      synthetic_split_files: ("SPLITS_FILE", "unseen_from_class_lists"),
-      synthetic_writer: ("FEATURES_FILE", "write_features_file", "write_semi_real",
-                         "write_preset"),
-  }
-  for module, names in homes.items():
-    for name in names:
-      assert getattr(synthetic, name) is getattr(module, name), (module.__name__, name)

@@ -15,14 +15,17 @@ import pytest
 
 from gmn_jax import checkpoint
 from gmn_jax import evaluate
+from gmn_jax import final_classifier
 from gmn_jax import metric_writers
-from gmn_jax import scoring
+from gmn_jax import models
 from gmn_jax import specs
 from gmn_jax import stage1
 from gmn_jax import train
 from gmn_jax import train_state
 from gmn_jax import workdir as workdirs
 from gmn_jax.errors import ConfigError
+from test_final_classifier import numpy_scores, numpy_training
+from test_metrics import numpy_gzsl
 from test_train_support import tiny_config, tiny_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -89,8 +92,9 @@ def test_results_json_schema_and_rerun_skips_finished_seeds(tmp_path, monkeypatc
   assert on_disk["metrics"] == results["metrics"]
   assert on_disk["dataset"] == "tiny" and on_disk["method"] == "cwgan_gm"
   assert on_disk["seeds"] == [1, 2]
-  assert set(on_disk["metrics"]) == {"zsl_t1", "gzsl_u", "gzsl_s", "gzsl_h",
-                                     *scoring.ORACLE_CALIBRATION_NAMES}
+  assert set(on_disk["metrics"]) == {
+      "zsl_t1", "gzsl_u", "gzsl_s", "gzsl_h", "ausuc", "oracle_calibration_gamma",
+      "oracle_calibrated_gzsl_u", "oracle_calibrated_gzsl_s", "oracle_calibrated_gzsl_h"}
   for name, entry in on_disk["metrics"].items():
     assert set(entry) == {"mean", "std", "per_seed"}
     assert len(entry["per_seed"]) == 2
@@ -124,11 +128,46 @@ def test_results_json_schema_and_rerun_skips_finished_seeds(tmp_path, monkeypatc
 
 
 def test_real_only_trains_no_generator(tmp_path):
-  results = train.train_and_evaluate(tiny_config("real_only", seeds=(1,)), tmp_path,
-                                     dataset=tiny_dataset())
+  config, dataset = tiny_config("real_only", seeds=(1,)), tiny_dataset()
+  results = train.train_and_evaluate(config, tmp_path, dataset=dataset)
   assert not (tmp_path / "checkpoints").exists()
+  assert not (tmp_path / "seed_1" / "samples.npz").exists()
   assert "stage1_s" not in results["per_seed"][0]["timings"]
   assert results["paper_row"] == "real only"
+  # Its classifiers are the reference's seen-only baseline: a float64 numpy
+  # SGD on the real seen features with logits over the seen classes, from the
+  # same initial parameters and shuffles. Keys: seed key -> seed_keys(1).eval
+  # -> (synthesis key, classifier key) -> split(classifier key, 2 seeds) ->
+  # (init key, shuffle key); epoch e shuffles with fold_in(shuffle key, e).
+  spec = specs.eval_spec(config)
+  assert (spec.classifier, spec.epochs, spec.num_classifier_seeds) == ("bilinear", 3, 2)
+  _, classifier_key = jax.random.split(train_state.seed_keys(1).eval)
+  features, labels = dataset.train_features, dataset.train_labels
+  embeddings = dataset.class_embeddings.astype(np.float64)
+  init_fn, _ = models.get_classifier("bilinear")
+  per_seed = results["per_seed"][0]
+  want_curves = []
+  for index, key in enumerate(jax.random.split(classifier_key, 2)):
+    init_key, shuffle_key = jax.random.split(key)
+    init = init_fn(init_key, feature_dim=dataset.feature_dim, embedding_dim=5, num_classes=9)
+    batches = [tuple(np.asarray(a) for a in final_classifier.epoch_batches(
+        jax.random.fold_in(shuffle_key, e), labels.size, spec.batch_size)) for e in range(3)]
+    _, snapshots, losses = numpy_training("bilinear", init, features, labels, embeddings,
+                                          batches, spec, columns=dataset.seen_classes)
+    curves = [numpy_gzsl(
+        numpy_scores("bilinear", p, dataset.test_unseen_features, embeddings),
+        dataset.test_unseen_labels,
+        numpy_scores("bilinear", p, dataset.test_seen_features, embeddings),
+        dataset.test_seen_labels, dataset.seen_classes, dataset.unseen_classes)
+              for p in snapshots]
+    for name, value in curves[-1].items():  # the last epoch is reported
+      assert per_seed["classifier_seeds"][name][index] == pytest.approx(value, rel=1e-5), name
+    want_curves.append({**{name: [c[name] for c in curves] for name in curves[0]},
+                        "train_loss": losses})
+  assert set(per_seed["curves"]) == {"zsl_t1", "gzsl_u", "gzsl_s", "gzsl_h", "train_loss"}
+  for name, curve in per_seed["curves"].items():  # the mean over the classifier seeds
+    np.testing.assert_allclose(curve, np.mean([c[name] for c in want_curves], axis=0),
+                               rtol=1e-4, err_msg=name)
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_finite_checkpoint(tmp_path):
@@ -230,13 +269,3 @@ def test_binary_refuses_a_workdir_of_another_config(tmp_path):
   result = _run_binary("--config=experiments/configs/digits.py", f"--workdir={tmp_path}")
   assert result.returncode == 2
   assert "different config" in result.stderr and "Traceback" not in result.stderr
-
-
-@pytest.mark.slow
-def test_binary_main_command_on_digits_prints_the_table(tmp_path):
-  result = _run_binary("--config=experiments/configs/digits.py", f"--workdir={tmp_path}")
-  assert result.returncode == 0, result.stderr[-3000:]
-  for label in ("ZSL T1", "GZSL u", "GZSL s", "GZSL H"):
-    assert label in result.stdout
-  results = json.loads((tmp_path / "results.json").read_text())
-  assert results["dataset"] == "digits" and len(results["metrics"]["gzsl_h"]["per_seed"]) == 3

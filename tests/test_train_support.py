@@ -77,14 +77,6 @@ def tiny_config(method="cwgan_gm", **overrides):
   return c
 
 
-def test_tiny_dataset_is_a_valid_zero_shot_split():
-  ds = tiny_dataset()
-  assert not set(ds.seen_classes) & set(ds.unseen_classes)
-  assert set(np.unique(ds.train_labels)) == set(ds.seen_classes)
-  assert set(np.unique(ds.test_unseen_labels)) == set(ds.unseen_classes)
-  assert (ds.train_features >= 0).all()
-
-
 def test_train_data_uses_local_seen_indices():
   ds = tiny_dataset()
   spec = specs.train_spec(tiny_config(), ds)

@@ -527,6 +527,13 @@ _REAL = [
     ("FLO", "att", 82, 20, (5631, 1403, 1155), (62, 20)),
     ("SUN", "att", 645, 72, (10320, 2580, 1440), (580, 65)),
 ]
+# The class-embedding dimension of each row: the rows of the "att" matrix in
+# the real files (att+sent concatenates CUB's attributes and sentences).
+_REAL_EMBEDDING_DIM = {
+    ("APY", "att"): 64, ("AWA1", "att"): 85, ("AWA2", "att"): 85, ("AWA2", "binary"): 85,
+    ("CUB", "att"): 312, ("CUB", "sent"): 1024, ("CUB", "att+sent"): 312 + 1024,
+    ("FLO", "att"): 1024, ("SUN", "att"): 102,
+}
 
 
 def _assign_cyclically(labels, indices, classes, rng):
@@ -589,8 +596,8 @@ def test_real_split_files_with_fake_features(xlsa17_dir, tmp_path, folder, embed
   ds = load_xlsa17(directory, embedding=embedding)
   assert (ds.seen_classes.size, ds.unseen_classes.size) == (seen, unseen)
   assert (ds.train_labels.size, ds.test_seen_labels.size, ds.test_unseen_labels.size) == sizes
-  expected_dim = {"att+sent": 312 + 1024, "sent": 1024}.get(embedding, ds.embedding_dim)
-  assert ds.embedding_dim == expected_dim and ds.feature_dim == 8
+  assert ds.embedding_dim == _REAL_EMBEDDING_DIM[folder, embedding] and ds.feature_dim == 8
+  assert ds.class_embeddings.shape == (seen + unseen, _REAL_EMBEDDING_DIM[folder, embedding])
   assert (ds.class_names is None) == (folder == "FLO")
   if embedding != "att+sent":
     np.testing.assert_allclose(np.linalg.norm(ds.class_embeddings, axis=1), 1.0, rtol=1e-5)
