@@ -9,11 +9,18 @@ Resuming: a run restored from the checkpoint of step T reopens its writer with
 `resume_step=T`, which drops the lines a killed run wrote after T (and the
 partial line a `kill -9` may have cut) and tells TensorBoard to discard its
 events after T, so the resumed run's metrics equal an uninterrupted run's.
+Event files of earlier writers that hold no scalar at a step <= T (everything
+in them is discarded) are deleted, so `resume_step=-1` (rewrite from scratch,
+what a finished run's outputs are written with) replaces the previous event
+file instead of adding one: rerunning a finished run leaves one file, not one
+more per rerun.
 """
 
+import glob
 import json
 import math
 import os
+import struct
 import tempfile
 import time
 from typing import Any, Iterable
@@ -186,6 +193,71 @@ def truncate_jsonl_after(path, step: int) -> int:
   return len(records) - len(kept)
 
 
+EVENT_FILE_PATTERN = "events.out.tfevents.*"
+
+
+def event_files(directory) -> list[str]:
+  """The TensorBoard event files directly in `directory`, in name order.
+
+  Args:
+    directory: a TensorBoard log directory (e.g. `W/tensorboard`); a missing
+      one has none.
+
+  Returns:
+    Their paths, sorted (the order TensorBoard reads them in).
+  """
+  return sorted(glob.glob(os.path.join(glob.escape(os.fspath(directory)), EVENT_FILE_PATTERN)))
+
+
+def _scalar_steps(path: str) -> list[int]:
+  """The steps of the summary events of one event file (TFRecord framing).
+
+  A record cut short (a writer killed mid-write) ends the file; the
+  checksums are not verified.
+  """
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  with open(path, "rb") as f:
+    data = f.read()
+  steps, offset = [], 0
+  while offset + 12 <= len(data):
+    (length,) = struct.unpack("<Q", data[offset:offset + 8])
+    end = offset + 12 + length
+    if end + 4 > len(data):
+      break
+    event = event_pb2.Event()
+    try:
+      event.ParseFromString(data[offset + 12:end])
+    except Exception:  # pylint: disable=broad-except  # a damaged record
+      break
+    if event.HasField("summary") and event.summary.value:
+      steps.append(int(event.step))
+    offset = end + 4
+  return steps
+
+
+def remove_superseded_event_files(directory, resume_step: int) -> list[str]:
+  """Deletes the event files whose every scalar has a step after `resume_step`.
+
+  Such a file shows nothing once a writer resumes from `resume_step` (its
+  purge hides steps > resume_step), so deleting it changes no curve but
+  keeps reruns from piling up files: with `resume_step=-1` every earlier
+  file goes. Files with any scalar at a step <= resume_step are kept.
+
+  Args:
+    directory: a TensorBoard log directory (nothing happens when missing).
+    resume_step: the step the new writer resumes from.
+
+  Returns:
+    The deleted paths.
+  """
+  removed = []
+  for path in event_files(directory):
+    if all(step > resume_step for step in _scalar_steps(path)):
+      os.remove(path)
+      removed.append(path)
+  return removed
+
+
 def _to_python_scalar(name: str, value) -> int | float:
   """A JSON number from a python, numpy or jax scalar (or size-1 array)."""
   array = np.asarray(value)
@@ -215,7 +287,9 @@ class MetricWriter:
       workdir: the run's directory (created if absent).
       enabled: whether this process writes; by default only process 0 does.
       resume_step: when resuming from the checkpoint of this step: drop the
-        metrics.jsonl lines after it and purge TensorBoard events after it.
+        metrics.jsonl lines after it and purge TensorBoard events after it
+        (deleting the event files that hold nothing else; -1: start afresh,
+        replacing every earlier event file).
     """
     self.workdir = os.fspath(workdir)
     self.enabled = (jax.process_index() == 0) if enabled is None else enabled
@@ -230,6 +304,7 @@ class MetricWriter:
     os.makedirs(self.workdir, exist_ok=True)
     if resume_step is not None:
       truncate_jsonl_after(self.metrics_path, resume_step)
+      remove_superseded_event_files(self.tensorboard_dir, resume_step)
     elif os.path.isfile(self.metrics_path):
       # Only cut a partial last line, so that appended lines stay parseable.
       truncate_jsonl_after(self.metrics_path, math.inf)

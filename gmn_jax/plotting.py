@@ -8,6 +8,13 @@ files allow.
 Matplotlib is used through its object API with the Agg canvas, so importing
 this module changes no global backend and needs no display.
 
+Conventions every figure follows: a curve's points that have no drawn
+neighbour (a one-point curve, a point between NaNs) get a marker, since a
+line through one point is invisible; step and epoch axes have integer ticks;
+legends sit outside the axes (below the panels, or right of them), so they
+never cover data; paper-row names ("WGAN^{S+U} + GM") are drawn as mathtext
+superscripts (`mathtext_label`).
+
 Workdir inputs (see gmn_jax.train):
   seed_<s>/metrics.jsonl       stage 1 scalars ("train/<name>") per log step
   seed_<s>/eval/metrics.jsonl  stage 2 metrics ("eval/<name>") per epoch
@@ -22,6 +29,7 @@ from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 import numpy as np
 
 from gmn_jax import errors
@@ -44,6 +52,69 @@ def _save(figure: Figure, path: str, return_figure: bool = False) -> str | Tuple
   FigureCanvasAgg(figure)
   figure.savefig(path, dpi=110)
   return (path, figure) if return_figure else path
+
+
+def mathtext_label(name: str) -> str:
+  """A row name with its superscripts written as matplotlib mathtext.
+
+  The paper's row names mark superscripts TeX-style: "cWGAN^S" and
+  "WGAN^{S+U} + GM" become "cWGAN$^{S}$" and "WGAN$^{S+U}$ + GM", which
+  matplotlib renders as superscripts. A literal "$" is escaped, so nothing
+  else turns into math (underscores in method names stay as they are).
+
+  Args:
+    name: e.g. a `config.VARIANTS[...].paper_row`.
+
+  Returns:
+    The label to draw.
+  """
+  text = name.replace("$", r"\$")
+  return re.sub(r"\^(?:\{([^{}$]*)\}|([^\s{}^$]))",
+                lambda m: "$^{" + (m.group(1) if m.group(1) is not None else m.group(2)) + "}$",
+                text)
+
+
+def _isolated(values) -> np.ndarray:
+  """Indices of the finite values whose neighbours are both missing or not finite."""
+  finite = np.isfinite(np.asarray(values, np.float64))
+  before = np.concatenate([[False], finite[:-1]])
+  after = np.concatenate([finite[1:], [False]])
+  return np.flatnonzero(finite & ~before & ~after)
+
+
+def _plot_curve(axes, x, y, **kwargs):
+  """`axes.plot(x, y)`, with a marker on each point no line segment reaches."""
+  isolated = _isolated(y)
+  if isolated.size:
+    kwargs.setdefault("marker", "o")
+    kwargs.setdefault("markersize", 4)
+    kwargs["markevery"] = [int(i) for i in isolated]
+  return axes.plot(x, y, **kwargs)[0]
+
+
+def _integer_x_ticks(axes, xs) -> None:
+  """Integer ticks on the x axis (steps, epochs), also for a single x value.
+
+  MaxNLocator(integer=True) falls back to fractional steps when the view
+  spans less than about one unit, so one distinct x gets the view x ± 1.
+  """
+  # nbins="auto", as matplotlib's default locator: as many ticks as the
+  # labels leave room for (a fixed count crowds 4-digit step labels).
+  axes.xaxis.set_major_locator(MaxNLocator(nbins="auto", steps=[1, 2, 2.5, 5, 10],
+                                           integer=True))
+  xs = np.asarray(list(xs), np.float64)
+  xs = xs[np.isfinite(xs)]
+  if xs.size and xs.min() == xs.max():
+    axes.set_xlim(xs[0] - 1, xs[0] + 1)
+
+
+def _legend_below(figure: Figure, handles: Sequence[Any], labels: Sequence[str], *,
+                  columns: int = 6, fontsize: str = "small"):
+  """One figure legend under the panels (outside every axes); None without entries."""
+  if not handles:
+    return None
+  return figure.legend(handles, labels, loc="outside lower center",
+                       ncols=max(1, min(columns, len(labels))), fontsize=fontsize)
 
 
 def _grid(count: int, columns: int = 3) -> Tuple[int, int]:
@@ -82,19 +153,24 @@ def plot_training_curves(records_by_seed: Mapping[Any, Sequence[Mapping[str, Any
     raise errors.DataError(path, None, f"records with '{prefix}*' scalars", "none")
   names = _ordered_keys(keys)
   rows, columns = _grid(len(names))
-  figure = Figure(figsize=(4.2 * columns, 3.0 * rows), layout="constrained")
+  figure = Figure(figsize=(4.2 * columns, 3.0 * rows + 0.4), layout="constrained")
+  handles = {}
   for index, name in enumerate(names):
     axes = figure.add_subplot(rows, columns, index + 1)
-    for seed, records in records_by_seed.items():
+    drawn = []
+    for k, (seed, records) in enumerate(records_by_seed.items()):
       points = [(r["step"], r[prefix + name]) for r in records if prefix + name in r]
       if points:
         steps, values = zip(*points)
-        axes.plot(steps, values, label=f"seed {seed}", linewidth=1.2)
+        drawn += steps
+        line = _plot_curve(axes, steps, values, label=f"seed {seed}", linewidth=1.2,
+                           color=f"C{k % 10}")
+        handles.setdefault(f"seed {seed}", line)
     axes.set_title(name)
     axes.set_xlabel("generator iteration")
+    _integer_x_ticks(axes, drawn)
     axes.grid(alpha=0.3)
-    if index == 0 and len(records_by_seed) > 1:
-      axes.legend(fontsize="small")
+  _legend_below(figure, list(handles.values()), list(handles))
   figure.suptitle("Stage 1: training scalars (means over each logging window)")
   return _save(figure, path, return_figure)
 
@@ -118,19 +194,24 @@ def plot_evaluation_curves(curves_by_seed: Mapping[Any, Mapping[str, Sequence[fl
   if not names:
     raise errors.DataError(path, None, f"per-epoch curves of {EVAL_KEYS}", "none")
   rows, columns = _grid(len(names), 2)
-  figure = Figure(figsize=(4.6 * columns, 3.2 * rows), layout="constrained")
+  figure = Figure(figsize=(4.6 * columns, 3.2 * rows + 0.4), layout="constrained")
+  handles = {}
   for index, name in enumerate(names):
     axes = figure.add_subplot(rows, columns, index + 1)
-    for seed, curves in curves_by_seed.items():
-      if name in curves:
+    epochs = []
+    for k, (seed, curves) in enumerate(curves_by_seed.items()):
+      if name in curves and len(curves[name]):
         values = np.asarray(curves[name], np.float64)
-        axes.plot(np.arange(1, values.size + 1), values, label=f"seed {seed}")
+        x = np.arange(1, values.size + 1)
+        epochs += list(x)
+        line = _plot_curve(axes, x, values, label=f"seed {seed}", color=f"C{k % 10}")
+        handles.setdefault(f"seed {seed}", line)
     axes.set_title(METRIC_LABELS.get(name, name))
     axes.set_xlabel("epoch")
     axes.set_ylabel("accuracy (%)")
+    _integer_x_ticks(axes, epochs)
     axes.grid(alpha=0.3)
-    if index == 0 and len(curves_by_seed) > 1:
-      axes.legend(fontsize="small")
+  _legend_below(figure, list(handles.values()), list(handles))
   figure.suptitle("Stage 2: final classifier, per-class mean top-1 per epoch")
   return _save(figure, path, return_figure)
 
@@ -156,7 +237,7 @@ def plot_seen_unseen_curves(seed_results: Sequence[Mapping[str, Any]], path: str
   usable = [r for r in seed_results if r.get("seen_unseen_curves")]
   if not usable:
     raise errors.DataError(path, None, "seed results with seen_unseen_curves", "none")
-  figure = Figure(figsize=(6.0, 5.4), layout="constrained")
+  figure = Figure(figsize=(6.0, 6.2), layout="constrained")
   axes = figure.add_subplot(1, 1, 1)
   colours = [f"C{i % 10}" for i in range(len(usable))]
   ausucs = []
@@ -167,8 +248,8 @@ def plot_seen_unseen_curves(seed_results: Sequence[Mapping[str, Any]], path: str
     label = (f"seed {result.get('seed', '?')}: AUSUC {np.mean(areas):.1f}"
              + (f" ± {np.std(areas):.1f}" if len(areas) > 1 else ""))
     for i, curve in enumerate(curves):
-      axes.plot(curve["unseen"], curve["seen"], color=colour, alpha=0.8 if i == 0 else 0.35,
-                linewidth=1.3, label=label if i == 0 else None)
+      _plot_curve(axes, curve["unseen"], curve["seen"], color=colour,
+                  alpha=0.8 if i == 0 else 0.35, linewidth=1.3, label=label if i == 0 else None)
     values = result.get("metrics", {})
     if "gzsl_u" in values and "gzsl_s" in values:
       axes.plot(values["gzsl_u"], values["gzsl_s"], "o", color=colour, markersize=6)
@@ -182,7 +263,8 @@ def plot_seen_unseen_curves(seed_results: Sequence[Mapping[str, Any]], path: str
   axes.set_xlabel("unseen accuracy u (%)")
   axes.set_ylabel("seen accuracy s (%)")
   axes.grid(alpha=0.3)
-  axes.legend(fontsize="small", loc="upper right")
+  handles, labels = axes.get_legend_handles_labels()
+  _legend_below(figure, handles, labels, columns=2)
   axes.set_title(f"Calibrated stacking: AUSUC {np.mean(ausucs):.1f} "
                  f"(mean over {len(ausucs)} classifiers)")
   return _save(figure, path, return_figure)
@@ -240,22 +322,33 @@ def _first_per_class(labels, limit: int) -> np.ndarray:
 def plot_feature_projections(samples: Mapping[str, np.ndarray], path: str, *,
                              methods: Sequence[str] = ("pca", "tsne"),
                              title: str = "", per_class: int = 100,
+                             num_unseen_classes: Optional[int] = None,
                              return_figure: bool = False) -> str | Tuple[str, Figure]:
   """Real versus generated features of a few unseen classes, in 2-D.
+
+  The figure title says how many unseen classes are drawn and, when known,
+  out of how many: "Seed 1: 5 of 50 unseen classes, real (o) vs generated
+  (x) features".
 
   Args:
     samples: the arrays of a samples.npz: real_features, real_labels,
       generated_features, generated_labels, class_ids and optionally
-      class_names.
+      class_names and num_unseen_classes (the dataset's count).
     path: the PNG file.
     methods: projections, one panel each ("pca", "tsne").
-    title: an optional figure title.
+    title: an optional start of the figure title (e.g. "Seed 1").
     per_class: the most real and the most generated rows drawn per class
       (t-SNE's cost grows with the number of points).
+    num_unseen_classes: the dataset's number of unseen classes; default
+      samples["num_unseen_classes"] when present, else the title gives the
+      drawn count alone.
     return_figure: also return the matplotlib Figure.
 
   Returns:
     `path`, or `(path, figure)` when `return_figure`.
+
+  Raises:
+    DataError: when more classes are drawn than `num_unseen_classes`.
   """
   real_rows = _first_per_class(samples["real_labels"], per_class)
   fake_rows = _first_per_class(samples["generated_labels"], per_class)
@@ -267,6 +360,15 @@ def plot_feature_projections(samples: Mapping[str, np.ndarray], path: str, *,
   class_ids = list(np.asarray(samples["class_ids"]))
   names = (list(np.asarray(samples["class_names"])) if "class_names" in samples
            else [str(c) for c in class_ids])
+  shown = int(np.intersect1d(np.asarray(class_ids), labels).size)
+  if num_unseen_classes is None and "num_unseen_classes" in samples:
+    num_unseen_classes = int(np.asarray(samples["num_unseen_classes"]))
+  if num_unseen_classes is not None and shown > num_unseen_classes:
+    raise errors.DataError(path, "num_unseen_classes", f"at least the {shown} classes drawn",
+                           str(num_unseen_classes))
+  count = (f"{shown} of {num_unseen_classes}" if num_unseen_classes is not None
+           else str(shown))
+  count += f" unseen class{'' if shown == 1 and num_unseen_classes is None else 'es'}"
   figure = Figure(figsize=(5.2 * len(methods), 4.8), layout="constrained")
   stacked = np.concatenate([real, fake])
   for index, method in enumerate(methods):
@@ -284,7 +386,7 @@ def plot_feature_projections(samples: Mapping[str, np.ndarray], path: str, *,
     axes.set_yticks([])
     if index == len(methods) - 1:
       axes.legend(fontsize="x-small", loc="center left", bbox_to_anchor=(1.0, 0.5))
-  figure.suptitle(title or "Unseen classes: real (o) vs generated (x) features")
+  figure.suptitle(f"{title + ': ' if title else ''}{count}, real (o) vs generated (x) features")
   return _save(figure, path, return_figure)
 
 
@@ -295,7 +397,8 @@ def plot_ablation_bars(rows: Sequence[Mapping[str, Any]], path: str, *,
 
   Args:
     rows: results.json dicts (one per variant) with "method", optionally
-      "paper_row", and "metrics": {name: {"mean", "std", ...}}.
+      "paper_row" (drawn through `mathtext_label`: "cWGAN^S" with a
+      superscript S), and "metrics": {name: {"mean", "std", ...}}.
     path: the PNG file.
     metric_names: the metrics (groups) to draw; default ZSL T1, GZSL u, s,
       H, and AUSUC when every row has it.
@@ -321,20 +424,23 @@ def plot_ablation_bars(rows: Sequence[Mapping[str, Any]], path: str, *,
                              f"missing {missing}")
   width = 0.8 / len(rows)
   positions = np.arange(len(metric_names))
-  figure = Figure(figsize=(max(6.0, 1.6 * len(metric_names) + 0.25 * len(rows)), 4.6),
+  columns = min(3, len(rows))
+  figure = Figure(figsize=(max(6.0, 1.6 * len(metric_names) + 0.25 * len(rows)),
+                           4.6 + 0.22 * -(-len(rows) // columns)),
                   layout="constrained")
   axes = figure.add_subplot(1, 1, 1)
   for k, row in enumerate(rows):
     means = [row["metrics"][m]["mean"] for m in metric_names]
     stds = [row["metrics"][m].get("std", 0.0) for m in metric_names]
-    label = row.get("paper_row") or row["method"]
+    label = mathtext_label(row.get("paper_row") or row["method"])
     axes.bar(positions + (k - (len(rows) - 1) / 2) * width, means, width, yerr=stds,
              capsize=2, label=label, color=f"C{k % 10}")
   axes.set_xticks(positions, [METRIC_LABELS.get(m, m) for m in metric_names])
   axes.set_ylabel("accuracy / area (%)")
   axes.set_ylim(0, 100)
   axes.grid(axis="y", alpha=0.3)
-  axes.legend(fontsize="small", ncols=2)
+  handles, labels = axes.get_legend_handles_labels()
+  _legend_below(figure, handles, labels, columns=columns)
   axes.set_title(title or "Ablation: mean ± std over generator seeds")
   return _save(figure, path, return_figure)
 
@@ -352,13 +458,24 @@ def _seed_dirs(workdir: str) -> List[Tuple[int, str]]:
   return sorted(found)
 
 
+def _num_unseen_classes(workdir: str) -> Optional[int]:
+  """The dataset's unseen-class count from results.json ("data"), when written."""
+  path = os.path.join(workdir, "results.json")
+  if not os.path.isfile(path):
+    return None
+  count = metric_writers.read_json(path).get("data", {}).get("num_unseen")
+  return int(count) if isinstance(count, int) else None
+
+
 def plot_workdir(workdir, *, out_dir: Optional[str] = None,
                  projections: Sequence[str] = ("pca", "tsne")
                  ) -> Tuple[List[str], List[str]]:
   """Draws every figure the files of a run's workdir allow.
 
   Figures (in `out_dir`, default workdir/plots): training.png,
-  evaluation.png, seen_unseen.png, projection_seed_<s>.png. For an ablation
+  evaluation.png, seen_unseen.png, projection_seed_<s>.png (its title counts
+  the unseen classes drawn, of the dataset's total from the samples file or
+  results.json; before results.json exists, the drawn count alone). For an ablation
   workdir (rows in sub-directories with results.json) also ablation.png,
   and each row's figures in its own plots/ directory.
 
@@ -426,14 +543,16 @@ def plot_workdir(workdir, *, out_dir: Optional[str] = None,
     skipped.append(f"{target}: no seed result with seen_unseen_curves yet "
                    "(seed_<s>/result.json)")
 
+  num_unseen = _num_unseen_classes(workdir)
   for seed, path in seeds:
     file = os.path.join(path, "samples.npz")
     target = os.path.join(out_dir, f"projection_seed_{seed}.png")
     if os.path.isfile(file):
       with np.load(file) as samples:
-        written.append(plot_feature_projections(
-            dict(samples), target, methods=projections,
-            title=f"Seed {seed}: unseen classes, real (o) vs generated (x) features"))
+        samples = dict(samples)
+      written.append(plot_feature_projections(
+          samples, target, methods=projections, title=f"Seed {seed}",
+          num_unseen_classes=None if "num_unseen_classes" in samples else num_unseen))
     else:
       skipped.append(f"{target}: missing {file} (written at the end of stage 2; "
                      "real_only runs have no generator)")

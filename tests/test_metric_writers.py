@@ -231,3 +231,85 @@ def test_read_json_reads_what_write_json_atomic_wrote_and_names_bad_files(tmp_pa
   for name, found in (("bad.json", "JSONDecodeError"), ("absent.json", "FileNotFoundError")):
     with pytest.raises(errors.DataError, match=f"{name}: expected a readable JSON file, found {found}"):
       metric_writers.read_json(tmp_path / name)
+
+
+def event_file_names(directory: pathlib.Path) -> list[str]:
+  return sorted(p.name for p in directory.glob("events.out.tfevents.*"))
+
+
+def test_rewriting_from_scratch_replaces_the_event_file(tmp_path):
+  """resume_step=-1 (a finished run's outputs) leaves one event file, however often."""
+  for values in ((1.0, 2.0), (1.0, 2.0), (5.0, 6.0)):
+    with MetricWriter(tmp_path, resume_step=-1) as writer:
+      for step, value in enumerate(values):
+        writer.write_scalars(step, {"final/h": value})
+    names = event_file_names(tmp_path / "tensorboard")
+    assert len(names) == 1
+    # What TensorBoard shows is the last writer's points alone.
+    assert scalar_points(read_tensorboard_events(tmp_path / "tensorboard")) == [
+        ("final/h", step, value) for step, value in enumerate(values)]
+  assert metric_writers.read_jsonl(tmp_path / "metrics.jsonl") == [
+      {"step": 0, "final/h": 5.0}, {"step": 1, "final/h": 6.0}]
+  # A writer that writes nothing after resume_step=-1 leaves no stale curve
+  # (metrics.jsonl is empty, too).
+  MetricWriter(tmp_path, resume_step=-1).close()
+  assert event_file_names(tmp_path / "tensorboard") == []
+  assert (tmp_path / "metrics.jsonl").read_text() == ""
+
+
+def test_resuming_keeps_the_event_files_with_points_it_does_not_hide(tmp_path):
+  # Attempt 1: steps 1-6, then killed; attempt 2 (from step 4): 5-8, killed
+  # mid-record; attempt 3 resumes from step 8. A fourth file holds only
+  # steps after 8 (a run killed after its checkpoint of step 8).
+  run_steps(tmp_path, range(1, 7))
+  run_steps(tmp_path, range(5, 9), resume_step=4)
+  directory = tmp_path / "tensorboard"
+  first, second = event_file_names(directory)
+  with open(directory / second, "ab") as f:
+    f.write(b"\x40\x00\x00\x00\x00\x00\x00\x00\x00\x00")  # a cut record
+  with MetricWriter(tmp_path) as writer:  # a later attempt, not resumed
+    writer.write_scalars(9, {"loss": 1.0 / 9})
+  later = [n for n in event_file_names(directory) if n not in (first, second)]
+  assert len(later) == 1
+  removed = metric_writers.remove_superseded_event_files(directory, 8)
+  assert [os.path.basename(p) for p in removed] == later
+  assert event_file_names(directory) == [first, second]
+  # Resuming from step 8 keeps both (they hold steps <= 8) and adds one.
+  run_steps(tmp_path, range(9, 13), resume_step=8)
+  assert len(event_file_names(directory)) == 3
+  points = scalar_points(read_tensorboard_events(directory))
+  run_steps(tmp_path / "uninterrupted", range(1, 13))
+  assert sorted(points) == sorted(scalar_points(read_tensorboard_events(
+      tmp_path / "uninterrupted" / "tensorboard")))
+  # A fresh start (resume_step=-1) replaces all of them.
+  run_steps(tmp_path, range(1, 3), resume_step=-1)
+  assert len(event_file_names(directory)) == 1
+  assert metric_writers.remove_superseded_event_files(tmp_path / "absent", -1) == []
+
+
+def test_rerunning_a_finished_runs_outputs_adds_no_event_file(tmp_path):
+  """workdir.write_summary / write_seed_outputs, run twice: the same files."""
+  from gmn_jax import workdir as workdirs  # pylint: disable=g-import-not-at-top
+  seed_results = [{"seed": s, "metrics": {"gzsl_h": 40.0 + s, "zsl_t1": 50.0 + s}}
+                  for s in (1, 2)]
+  curves = {"gzsl_h": np.array([10.0, 20.0, 30.0]), "zsl_t1": np.array([1.0, 2.0, 3.0])}
+
+  def outputs():
+    return sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+
+  def finish_run():
+    for result in seed_results:
+      workdirs.write_seed_outputs(str(tmp_path), result, curves)
+    workdirs.write_summary(str(tmp_path), seed_results, {"metrics": {}})
+
+  finish_run()
+  first = outputs()
+  assert sum("tfevents" in p for p in first) == 3  # the run's and two seeds' eval
+  for _ in range(2):
+    finish_run()
+    after = outputs()
+    assert len(after) == len(first)
+    assert sum("tfevents" in p for p in after) == 3
+  assert sorted(scalar_points(read_tensorboard_events(tmp_path / "tensorboard"))) == sorted(
+      [("final/gzsl_h", 0, 41.0), ("final/zsl_t1", 0, 51.0), ("seed", 0, 1.0),
+       ("final/gzsl_h", 1, 42.0), ("final/zsl_t1", 1, 52.0), ("seed", 1, 2.0)])

@@ -6,9 +6,11 @@ import sys
 import textwrap
 
 from matplotlib import image
+from matplotlib.ticker import MaxNLocator
 import numpy as np
 import pytest
 
+from gmn_jax import config as gmn_config
 from gmn_jax import metric_writers
 from gmn_jax import plotting
 from gmn_jax.errors import ConfigError, DataError
@@ -31,6 +33,55 @@ def line_data(axes):
 def legend_texts(axes):
   legend = axes.get_legend()
   return None if legend is None else [t.get_text() for t in legend.get_texts()]
+
+
+def figure_legend_texts(figure):
+  """The entries of the figure's one legend (the one below its panels)."""
+  (legend,) = figure.legends
+  return [t.get_text() for t in legend.get_texts()]
+
+
+def assert_legends_hide_nothing(figure):
+  """Every legend, the figure's and the axes', lies outside every axes' data area."""
+  figure.canvas.draw()
+  renderer = figure.canvas.get_renderer()
+  legends = list(figure.legends) + [a.get_legend() for a in figure.axes if a.get_legend()]
+  assert legends
+  for legend in legends:
+    box = legend.get_window_extent(renderer)
+    for axes in figure.axes:
+      assert not box.overlaps(axes.get_window_extent(renderer)), (
+          [t.get_text() for t in legend.get_texts()], axes.get_title())
+
+
+def assert_integer_x_ticks(axes):
+  """The x ticks in view are whole numbers (steps, epochs) and there are some."""
+  assert isinstance(axes.xaxis.get_major_locator(), MaxNLocator)
+  axes.figure.canvas.draw()
+  low, high = axes.get_xlim()
+  ticks = [t for t in axes.get_xticks() if low <= t <= high]
+  assert ticks and all(float(t).is_integer() for t in ticks), (axes.get_title(), ticks)
+  # Readable: the drawn tick labels do not run into each other.
+  renderer = axes.figure.canvas.get_renderer()
+  boxes = sorted((t.label1.get_window_extent(renderer) for t in axes.xaxis.get_major_ticks()
+                  if low <= t.get_loc() <= high and t.label1.get_visible()
+                  and t.label1.get_text()), key=lambda b: b.x0)
+  assert all(a.x1 < b.x0 for a, b in zip(boxes, boxes[1:])), axes.get_title()
+
+
+def assert_markers_on_lone_points(axes):
+  """A line gets a marker exactly on the points that no segment reaches."""
+  for line in axes.get_lines():
+    y = np.asarray(line.get_ydata(), float)
+    if y.size == 0 or line.get_linestyle() in ("None", ""):
+      continue  # a legend-only entry, or points drawn as markers anyway
+    finite = np.isfinite(y)
+    lone = [i for i in range(y.size) if finite[i]
+            and not (i > 0 and finite[i - 1]) and not (i + 1 < y.size and finite[i + 1])]
+    if lone:
+      assert line.get_marker() == "o" and list(line.get_markevery()) == lone
+    else:
+      assert line.get_marker() in ("None", None, "")
 
 
 def record_figures(monkeypatch):
@@ -90,8 +141,15 @@ def assert_training_figure(figure, records_by_seed):
     assert line_data(axes) == [
         ([r["step"] for r in records], [r[f"train/{name}"] for r in records])
         for records in records_by_seed.values()], name
-  assert legend_texts(figure.axes[0]) == [f"seed {s}" for s in records_by_seed]
-  assert all(a.get_legend() is None for a in figure.axes[1:])
+  # One legend for all panels, below them; a seed has one colour everywhere.
+  assert figure_legend_texts(figure) == [f"seed {s}" for s in records_by_seed]
+  assert all(a.get_legend() is None for a in figure.axes)
+  for axes in figure.axes:
+    assert [l.get_color() for l in axes.get_lines()] == [
+        f"C{k}" for k in range(len(records_by_seed))]
+    assert_integer_x_ticks(axes)
+    assert_markers_on_lone_points(axes)
+  assert_legends_hide_nothing(figure)
 
 
 def test_training_curves_draw_every_train_key(tmp_path):
@@ -103,6 +161,12 @@ def test_training_curves_draw_every_train_key(tmp_path):
   assert_training_figure(figure, records)
   assert plotting.plot_training_curves(records, str(tmp_path / "u.png")) == str(
       tmp_path / "u.png")  # by default the path alone
+  # A long run's steps (250 ... 20000): integer ticks that leave their labels room.
+  long_run = {s: [dict(r, step=250 * r["step"]) for r in training_records(s, steps=80)]
+              for s in (1, 67, 99)}
+  _, figure = plotting.plot_training_curves(long_run, str(tmp_path / "l.png"),
+                                            return_figure=True)
+  assert_training_figure(figure, long_run)
   assert plotting._ordered_keys(  # pylint: disable=protected-access
       ["some_new_scalar", "gm_loss", "wasserstein"]) == [
           "wasserstein", "gm_loss", "some_new_scalar"]
@@ -117,6 +181,10 @@ def assert_evaluation_figure(figure, curves_by_seed):
   for axes, name in zip(figure.axes, names):
     assert line_data(axes) == [
         (list(range(1, len(c[name]) + 1)), list(c[name])) for c in curves_by_seed.values()]
+    assert_integer_x_ticks(axes)
+    assert_markers_on_lone_points(axes)
+  assert figure_legend_texts(figure) == [f"seed {s}" for s in curves_by_seed]
+  assert_legends_hide_nothing(figure)
 
 
 # The two curves of seed_result, by hand: trapezoids of (u, s) in percent,
@@ -140,8 +208,13 @@ def assert_seen_unseen_figure(figure, seed_results):
         ([metrics["oracle_calibrated_gzsl_u"]], [metrics["oracle_calibrated_gzsl_s"]])]
     assert [l.get_marker() for l in mine[2:]] == ["o", "*"]
     assert {l.get_color() for l in mine} == {f"C{k}"}  # one colour per seed
-  assert legend_texts(axes) == [f"seed {r['seed']}: {SEED_RESULT_LABEL}" for r in seed_results
-                                ] + ["no calibration (gamma = 0)", "best H (oracle gamma)"]
+  assert_markers_on_lone_points(axes)
+  assert axes.get_legend() is None
+  assert figure_legend_texts(figure) == [f"seed {r['seed']}: {SEED_RESULT_LABEL}"
+                                         for r in seed_results] + [
+                                             "no calibration (gamma = 0)",
+                                             "best H (oracle gamma)"]
+  assert_legends_hide_nothing(figure)
   assert axes.get_title() == (
       f"Calibrated stacking: AUSUC 43.2 (mean over {2 * len(seed_results)} classifiers)")
 
@@ -152,12 +225,12 @@ def test_evaluation_and_calibration_curves(tmp_path):
                                                  return_figure=True)
   assert_png_with_content(path)
   assert_evaluation_figure(figure, values)
-  assert legend_texts(figure.axes[0]) == ["seed 1", "seed 2"]
   # Only the metrics some seed has get a panel.
   _, figure = plotting.plot_evaluation_curves({3: {"gzsl_h": [1.0, 2.0]}},
                                               str(tmp_path / "h.png"), return_figure=True)
   assert [a.get_title() for a in figure.axes] == ["GZSL H"]
   assert line_data(figure.axes[0]) == [([1.0, 2.0], [1.0, 2.0])]
+  assert_integer_x_ticks(figure.axes[0])  # two epochs: no tick at 1.5
   results = [seed_result(1), seed_result(2)]
   path, figure = plotting.plot_seen_unseen_curves(results, str(tmp_path / "c.png"),
                                                   return_figure=True)
@@ -244,6 +317,9 @@ def test_feature_projection_figure(tmp_path):
   assert legend_texts(figure.axes[0]) is None
   assert legend_texts(figure.axes[1]) == [
       f"class {c} {kind}" for c in (1, 3, 5) for kind in ("real", "generated")]
+  assert_legends_hide_nothing(figure)
+  # The title counts the classes drawn (the dataset's total is not known here).
+  assert figure.texts[0].get_text() == "3 unseen classes, real (o) vs generated (x) features"
   # At most per_class rows of each class and kind: the first ones.
   _, figure = plotting.plot_feature_projections(data, str(tmp_path / "q.png"), methods=("pca",),
                                                 per_class=5, return_figure=True)
@@ -253,13 +329,132 @@ def test_feature_projection_figure(tmp_path):
       plotting._first_per_class(labels, 2), [0, 1, 2, 4])  # pylint: disable=protected-access
 
 
+def test_projection_title_counts_the_unseen_classes_it_shows(tmp_path):
+  data = samples(num_classes=3)
+  _, figure = plotting.plot_feature_projections(data, str(tmp_path / "p.png"), methods=("pca",),
+                                                title="Seed 7", num_unseen_classes=50,
+                                                return_figure=True)
+  assert figure.texts[0].get_text() == (
+      "Seed 7: 3 of 50 unseen classes, real (o) vs generated (x) features")
+  # The total stored in the samples file; a listed class without rows is not drawn.
+  data = samples(num_classes=4)
+  rows = data["real_labels"] != 7
+  data.update(num_unseen_classes=np.int64(4), real_features=data["real_features"][rows],
+              real_labels=data["real_labels"][rows])
+  rows = data["generated_labels"] != 7
+  data.update(generated_features=data["generated_features"][rows],
+              generated_labels=data["generated_labels"][rows])
+  _, figure = plotting.plot_feature_projections(data, str(tmp_path / "q.png"), methods=("pca",),
+                                                return_figure=True)
+  assert len(figure.axes[0].collections) == 8  # 4 classes x 2 kinds, class 7's empty
+  assert [len(c.get_offsets()) for c in figure.axes[0].collections][-2:] == [0, 0]
+  assert figure.texts[0].get_text().startswith("3 of 4 unseen classes,")
+  data = samples(num_classes=1)
+  _, figure = plotting.plot_feature_projections(data, str(tmp_path / "r.png"), methods=("pca",),
+                                                return_figure=True)
+  assert figure.texts[0].get_text().startswith("1 unseen class,")
+  # More classes drawn than the dataset has unseen ones is an error, not a title.
+  with pytest.raises(DataError, match="num_unseen_classes"):
+    plotting.plot_feature_projections(samples(num_classes=5), str(tmp_path / "s.png"),
+                                      methods=("pca",), num_unseen_classes=3)
+
+
+def test_one_point_curves_get_markers_and_integer_ticks(tmp_path):
+  """A run with one log step and one epoch: every line is a single, visible point."""
+  records = {1: training_records(1, steps=1), 2: training_records(2, steps=1)}
+  _, figure = plotting.plot_training_curves(records, str(tmp_path / "t.png"),
+                                            return_figure=True)
+  for axes in figure.axes:
+    assert [(l.get_marker(), l.get_markevery()) for l in axes.get_lines()] == [("o", [0])] * 2
+  assert_training_figure(figure, records)  # also: integer ticks around step 1
+  values = {1: curves(1, epochs=1), 2: curves(2, epochs=1)}
+  path, figure = plotting.plot_evaluation_curves(values, str(tmp_path / "e.png"),
+                                                 return_figure=True)
+  assert_png_with_content(path)
+  for axes in figure.axes:
+    assert [(l.get_marker(), l.get_markevery()) for l in axes.get_lines()] == [("o", [0])] * 2
+    assert 1 in axes.get_xticks()
+  assert_evaluation_figure(figure, values)
+  # Longer curves: no markers, except on a point that NaNs cut off.
+  values = {1: {"gzsl_h": [1.0, 2.0, 3.0]}, 2: {"gzsl_h": [1.0, float("nan"), 3.0, 4.0]}}
+  _, figure = plotting.plot_evaluation_curves(values, str(tmp_path / "n.png"),
+                                              return_figure=True)
+  plain, cut = figure.axes[0].get_lines()
+  assert plain.get_marker() == "None" and cut.get_marker() == "o"
+  assert cut.get_markevery() == [0]
+  assert_markers_on_lone_points(figure.axes[0])
+  np.testing.assert_array_equal(plotting._isolated(  # pylint: disable=protected-access
+      [np.nan, 1.0, np.nan, 2.0, 3.0, np.inf, 4.0]), [1, 6])
+  # A one-point seen-unseen curve is drawn as a point, too.
+  result = seed_result(1)
+  result["seen_unseen_curves"] = [{"unseen": [30.0], "seen": [60.0]}]
+  _, figure = plotting.plot_seen_unseen_curves([result], str(tmp_path / "c.png"),
+                                               return_figure=True)
+  assert figure.axes[0].get_lines()[0].get_markevery() == [0]
+
+
+# The paper's row names as the ablation chart draws them (mathtext superscripts).
+PAPER_ROW_MATHTEXT = {
+    "WGAN^S + CLS": "WGAN$^{S}$ + CLS",
+    "cWGAN^S": "cWGAN$^{S}$",
+    "WGAN^S + GM": "WGAN$^{S}$ + GM",
+    "cWGAN^S + GM (GMN)": "cWGAN$^{S}$ + GM (GMN)",
+    "WGAN^{S+U} + GM": "WGAN$^{S+U}$ + GM",
+    "cWGAN^S + CLS (f-CLSWGAN-like)": "cWGAN$^{S}$ + CLS (f-CLSWGAN-like)",
+}
+
+
+def outside_math(text):
+  """`text` without its $...$ (mathtext) segments; an escaped \\$ is literal."""
+  parts = text.replace(r"\$", "").split("$")
+  assert len(parts) % 2 == 1, f"unbalanced $ in {text!r}"
+  return "".join(parts[::2])
+
+
+def test_mathtext_label_converts_every_paper_row():
+  for variant in gmn_config.VARIANTS.values():
+    label = plotting.mathtext_label(variant.paper_row)
+    assert label == PAPER_ROW_MATHTEXT.get(variant.paper_row, variant.paper_row)
+    assert "^" not in outside_math(label)  # no raw caret is drawn
+  assert plotting.mathtext_label("real_only") == "real_only"  # no accidental subscripts
+  assert plotting.mathtext_label("a $5 ^x") == r"a \$5 $^{x}$"
+
+
+def test_ablation_chart_renders_the_paper_rows_as_mathtext(tmp_path):
+  names = ("zsl_t1", "gzsl_u", "gzsl_s", "gzsl_h")
+  rows = [{"method": method, "paper_row": variant.paper_row,
+           "metrics": {n: {"mean": 90.0 - 3 * k - i, "std": 1.0} for i, n in enumerate(names)}}
+          for k, (method, variant) in enumerate(gmn_config.VARIANTS.items())]
+  path, figure = plotting.plot_ablation_bars(rows, str(tmp_path / "a.png"), return_figure=True)
+  assert_png_with_content(path)
+  assert_ablation_figure(figure, rows, names)  # tall bars, legend below them
+  texts = figure.legends[0].get_texts()
+  assert "WGAN$^{S+U}$ + GM" in [t.get_text() for t in texts]
+  for text, row in zip(texts, rows):
+    raw = row["paper_row"]
+    # matplotlib parses each "^" label as math: its drawn width is that of the
+    # label without the caret and braces (a superscript), not of the raw text.
+    is_math = "^" in raw
+    assert text._preprocess_math(text.get_text())[1] == is_math  # pylint: disable=protected-access
+    if is_math:
+      renderer = figure.canvas.get_renderer()
+      drawn = text.get_window_extent(renderer).width
+      text.set_text(raw)
+      assert text.get_window_extent(renderer).width > drawn
+      text.set_text(plotting.mathtext_label(raw))
+
+
 def assert_ablation_figure(figure, rows, metric_names):
   """Per row one bar per metric at its mean, with its std as the error bar."""
   (axes,) = figure.axes
   labels = {"zsl_t1": "ZSL T1", "gzsl_u": "GZSL u", "gzsl_s": "GZSL s", "gzsl_h": "GZSL H",
             "ausuc": "AUSUC"}
   assert [t.get_text() for t in axes.get_xticklabels()] == [labels[m] for m in metric_names]
-  assert legend_texts(axes) == [r.get("paper_row") or r["method"] for r in rows]
+  assert axes.get_legend() is None
+  assert figure_legend_texts(figure) == [
+      PAPER_ROW_MATHTEXT.get(r.get("paper_row"), r.get("paper_row") or r["method"])
+      for r in rows]
+  assert_legends_hide_nothing(figure)
   bars = [c for c in axes.containers if hasattr(c, "errorbar")]
   assert len(bars) == len(rows)
   width = 0.8 / len(rows)
@@ -332,6 +527,13 @@ def test_plot_workdir_draws_what_exists_and_names_what_is_missing(tmp_path, monk
                             [seed_result(1), seed_result(2)])
   (projection,) = figures["plot_feature_projections"]
   assert_projection_panel(projection.axes[0], samples(seed=1), per_class=100)
+  # Before results.json the dataset's unseen-class count is unknown; after, it is given.
+  title = "Seed 1: {} unseen classes, real (o) vs generated (x) features"
+  assert projection.texts[0].get_text() == title.format(3)
+  metric_writers.write_json_atomic(os.path.join(workdir, "results.json"),
+                                   {"data": {"num_unseen": 50}})
+  plotting.plot_workdir(workdir, projections=("pca",))
+  assert figures["plot_feature_projections"][1].texts[0].get_text() == title.format("3 of 50")
   empty = tmp_path / "empty"
   empty.mkdir()
   assert plotting.plot_workdir(str(empty))[0] == []
@@ -407,3 +609,14 @@ def test_ablation_binary_writes_the_bar_chart(tmp_path):
   chart = tmp_path / "w" / "plots" / "ablation.png"
   assert f"written: {chart}" in out
   assert_png_with_content(chart)
+
+
+def test_the_legend_check_catches_a_legend_inside_the_axes(tmp_path):
+  """assert_legends_hide_nothing fails on the legend placement the figures used to have."""
+  values = {1: curves(1), 2: curves(2)}
+  _, figure = plotting.plot_evaluation_curves(values, str(tmp_path / "e.png"),
+                                              return_figure=True)
+  figure.legends.clear()
+  figure.axes[0].legend(loc="upper right")
+  with pytest.raises(AssertionError):
+    assert_legends_hide_nothing(figure)
