@@ -7,14 +7,16 @@ r"""Runs the six rows of the paper's ablation table on one configuration.
 Each method trains and evaluates all of config.seeds in W/<method> (a rerun
 resumes every row, see gmn_jax.train), with the method's own critic (any
 config.critic.conditional override is reset). Writes W/ablation.md: one row
-per variant, mean ± std over seeds of ZSL T1 and GZSL u, s, H, and prints it;
-and W/plots/ablation.png, the same as grouped bars with std error bars
+per variant, mean ± std over seeds of ZSL T1, GZSL u, s, H and AUSUC, and
+the command line (shell-quoted, ready to paste), and prints it; and
+W/plots/ablation.png, the same as grouped bars with std error bars
 (`python -m experiments.plot --workdir=W` adds every row's figures).
 Bad input prints one line to stderr and exits with status 2; SIGTERM / SIGINT
 stop at the next checkpoint with status 143 / 130 (rerun to resume).
 """
 
 import os
+import shlex
 import sys
 from typing import Any, Dict, Sequence
 
@@ -65,10 +67,14 @@ def format_ablation_table(rows: Sequence[Dict[str, Any]], *, title: str = "",
     command: an optional command line, shown under the table.
 
   Returns:
-    Markdown text: one row per method, columns ZSL T1, GZSL u, s, H as
+    Markdown text: one row per method, columns ZSL T1, GZSL u, s, H and,
+    when every row has it, AUSUC (the columns of ablation.png), as
     "mean ± std" over the generator seeds (in %).
   """
-  labels = cli.METRIC_LABELS
+  labels = dict(cli.METRIC_LABELS)
+  with_ausuc = bool(rows) and all("ausuc" in row["metrics"] for row in rows)
+  if with_ausuc:
+    labels["ausuc"] = cli.CALIBRATION_LABELS["ausuc"]
   lines = [f"## {title}", ""] if title else []
   lines += ["| method | row | seeds | " + " | ".join(labels.values()) + " |",
             "|---|---|---|" + "---|" * len(labels)]
@@ -78,9 +84,24 @@ def format_ablation_table(rows: Sequence[Dict[str, Any]], *, title: str = "",
                  + " | ".join(cells) + " |")
   lines += ["", "Accuracies in %, per-class mean top-1 at the last epoch of the final "
             "classifier; mean ± std (ddof 0) over generator seeds."]
+  if with_ausuc:
+    lines[-1] += (" AUSUC: area under the seen-unseen accuracy curve of calibrated "
+                  "stacking, in %.")
   if command:
     lines += ["", "```", command, "```"]
   return "\n".join(lines) + "\n"
+
+
+def command_line(argv: Sequence[str]) -> str:
+  """The command that ran, quoted for a POSIX shell so that it can be pasted.
+
+  Args:
+    argv: sys.argv (its first item, the program, is replaced by the module).
+
+  Returns:
+    e.g. `python -m experiments.ablation '--config.seeds=(1,2)' ...`.
+  """
+  return shlex.join(["python", "-m", "experiments.ablation", *argv[1:]])
 
 
 # Shared by the binaries (tests drive them through these names).
@@ -132,7 +153,9 @@ def main(argv: Sequence[str]) -> None:
     fail(error)
   except preemption.Interrupted as interrupted:
     cli.stop(interrupted)
-  command = "python -m experiments.ablation " + " ".join(sys.argv[1:])
+  except KeyboardInterrupt:
+    cli.stop_at_once()
+  command = command_line(sys.argv)
   table = format_ablation_table(
       results, title=f"Ablation on {config.dataset}", command=command)
   path = os.path.join(_WORKDIR.value, ABLATION_FILE)

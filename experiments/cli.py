@@ -3,12 +3,18 @@
 A binary's bad input (a flag, a --config override, the config file, the
 data) ends with one line `error: ...` on stderr and exit status 2; a stop
 signal ends with `interrupted: ...` and status 128 + the signal number.
+JAX's INFO lines about accelerator backends that a machine lacks ("Unable
+to initialize backend 'tpu'") are hidden unless --verbosity=1 (or more);
+its warnings, e.g. about a GPU that is present but unusable, always show.
 """
 
+import glob
+import logging as python_logging
 import os
 import re
 import sys
-from typing import TYPE_CHECKING, Any, Dict, NoReturn, Sequence
+import traceback
+from typing import TYPE_CHECKING, Any, Dict, List, NoReturn, Optional, Sequence
 
 from absl import flags
 from absl import logging
@@ -19,6 +25,15 @@ METRIC_LABELS = {"zsl_t1": "ZSL T1", "gzsl_u": "GZSL u", "gzsl_s": "GZSL s",
                  "gzsl_h": "GZSL H"}
 CALIBRATION_LABELS = {"ausuc": "AUSUC", "oracle_calibrated_gzsl_h": "H cal.*",
                       "calibrated_gzsl_h": "H cal."}
+# The presets: experiments/configs/<name>.py.
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+# What a config field's flag parser says about a value of the wrong type, and
+# the type it wanted.
+_PARSE_ERRORS = (
+    (re.compile(r"invalid literal for int\(\) with base 10: .*"), "an int"),
+    (re.compile(r"could not convert string to float: .*"), "a float"),
+    (re.compile(r"\('Non-boolean argument to boolean flag', .*\)"), "true or false"),
+)
 
 if TYPE_CHECKING:
   # Imported for the annotation only: the data binaries (check_data) use this
@@ -47,6 +62,21 @@ def stop(interrupted: "preemption.Interrupted") -> NoReturn:
   sys.exit(interrupted.exit_code)
 
 
+def stop_at_once() -> NoReturn:
+  """A second Ctrl-C: one line, and exit with status 130 at once.
+
+  `os._exit` skips the interpreter's clean-up, which would wait for running
+  device work and background writers; every file of a workdir is written
+  atomically (a temporary file or directory, then a rename), so the workdir
+  resumes from its last complete checkpoint.
+  """
+  print("interrupted: a second Ctrl-C stopped the run at once; rerun the same command "
+        "(same --workdir) to resume from its last complete checkpoint", file=sys.stderr)
+  sys.stderr.flush()
+  sys.stdout.flush()
+  os._exit(130)  # pylint: disable=protected-access
+
+
 def parse_flags(argv: Sequence[str]) -> Sequence[str]:
   """absl's flag parsing, with a bad flag or override exiting 2 in one line.
 
@@ -58,11 +88,24 @@ def parse_flags(argv: Sequence[str]) -> Sequence[str]:
   Returns:
     The arguments left after the flags.
   """
+  quiet_platform_probe_logs()
+  config_files = _config_file_arguments(argv)
+  for name, value in config_files:
+    missing = _missing_config_file(name, value)
+    if missing is not None:
+      fail(missing)
   try:
     return flags.FLAGS(argv)
-  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as error:
-    # config_flags reports an unknown or mistyped --config.<field> with these.
-    fail(command_line_error(error, argv))
+  except Exception as error:  # pylint: disable=broad-except
+    # A config file that raised: config_flags passes a TypeError / ValueError
+    # on inside a flag error, anything else as it is.
+    config_error = config_file_error(error, config_files)
+    if config_error is not None:
+      fail(config_error)
+    if isinstance(error, (flags.Error, AttributeError, KeyError, TypeError, ValueError)):
+      # config_flags reports an unknown or mistyped --config.<field> with these.
+      fail(command_line_error(error, argv))
+    raise
 
 
 def reject_arguments(argv: Sequence[str]) -> None:
@@ -119,6 +162,12 @@ def command_line_error(error: Exception, argv: Sequence[str]) -> ConfigError:
   unknown = re.fullmatch(r"Unknown command line flag '(config\.[^']+)'", text)
   if unknown:
     return ConfigError(f"--{unknown.group(1)}: {unknown.group(1)} is not a known field")
+  mistyped = re.fullmatch(r"flag --(config\.[^=]+)=(.*?): (.*)", text)
+  if mistyped:
+    for pattern, expected in _PARSE_ERRORS:
+      if pattern.fullmatch(mistyped.group(3)):
+        return ConfigError(f"--{mistyped.group(1)}: expected {expected}, "
+                           f"found {mistyped.group(2)!r}")
   if isinstance(error, KeyError):
     missing = str(raw).splitlines()[0].strip("'\"") if str(raw) else ""
     suggestion = re.search(r'Did you mean "([^"]+)"', str(raw))
@@ -136,12 +185,123 @@ def command_line_error(error: Exception, argv: Sequence[str]) -> ConfigError:
   return ConfigError(f"command line: {text}")
 
 
+def preset_names() -> List[str]:
+  """The presets' names: experiments/configs/<name>.py, sorted."""
+  return sorted(os.path.basename(path)[:-len(".py")]
+                for path in glob.glob(os.path.join(CONFIGS_DIR, "*.py"))
+                if not os.path.basename(path).startswith("_"))
+
+
+def _presets_text() -> str:
+  """'experiments/configs/{apy,awa1,...}.py', relative to the working directory when below it."""
+  folder = os.path.relpath(CONFIGS_DIR)
+  if folder.startswith(os.pardir):
+    folder = CONFIGS_DIR
+  return f"{folder}{os.sep}{{{','.join(preset_names())}}}.py"
+
+
+def _config_file_arguments(argv: Sequence[str]) -> List[tuple]:
+  """(flag name, value) of every config-file flag (--config=FILE[:ARG]) in argv."""
+  names = {name for name in flags.FLAGS
+           if type(flags.FLAGS[name].parser).__name__ == "ConfigFileFlagParser"}
+  found = []
+  args = list(argv[1:])
+  for i, arg in enumerate(args):
+    if arg == "--":
+      break
+    match = re.fullmatch(r"--?([^=]+)(?:=(.*))?", arg, re.DOTALL)
+    if not match or match.group(1) not in names:
+      continue
+    value = match.group(2)
+    if value is None:  # --config FILE
+      value = args[i + 1] if i + 1 < len(args) else None
+    if value is not None:
+      found.append((match.group(1), value))
+  return found
+
+
+def _missing_config_file(name: str, value: str) -> Optional[ConfigError]:
+  """The error for a --config value whose file does not exist; None if it does."""
+  path = value.split(":", 1)[0]
+  if os.path.isfile(path):
+    return None
+  if not path:
+    return ConfigError(f"--{name}: expected a config file such as "
+                       f"experiments/configs/digits.py, found nothing")
+  return ConfigError(f"--{name}: no such config file {path} (the presets are "
+                     f"{_presets_text()})")
+
+
+def config_file_error(error: BaseException, config_files: Sequence[tuple]
+                      ) -> Optional[ConfigError]:
+  """One line for a config file that raised while it was loaded.
+
+  Args:
+    error: what parsing the flags raised.
+    config_files: (flag name, value) of the command line's config files.
+
+  Returns:
+    "--config=FILE:ARG: ..." naming the file, the error and its line; None
+    when `error` did not come from loading a config file.
+  """
+  chain, cause = [], error
+  while cause is not None and cause not in chain:
+    chain.append(cause)
+    cause = cause.__cause__ or cause.__context__
+  for name, value in config_files:
+    path = os.path.abspath(value.split(":", 1)[0])
+    for cause in reversed(chain):  # the original error first
+      frames = [frame for frame in traceback.extract_tb(cause.__traceback__)
+                if os.path.abspath(frame.filename) == path]
+      if isinstance(cause, SyntaxError) and cause.filename and (
+          os.path.abspath(cause.filename) == path):
+        chain = [cause]  # reported as the original error
+        break
+      if frames or "Error whilst parsing config file" in str(cause):
+        break
+    else:
+      continue
+    original = chain[-1]
+    if isinstance(original, ConfigError):  # a preset's own message
+      return ConfigError(f"--{name}={value}: {' '.join(str(original).split())}")
+    where = f", line {frames[-1].lineno}" if frames else ""
+    message = " ".join(str(original).split())
+    flag = f"--{name}={value}" if ":" in value else f"--{name}"
+    return ConfigError(f"{flag}: {value.split(':', 1)[0]}{where} raised "
+                       f"{type(original).__name__}" + (f": {message}" if message else ""))
+  return None
+
+
+def quiet_platform_probe_logs() -> None:
+  """Hides JAX's INFO lines about backends this machine lacks.
+
+  At its first use of a device JAX tries every backend it knows and logs
+  "Unable to initialize backend 'tpu': ..." at INFO for each one that is not
+  there. Those lines are dropped unless --verbosity is 1 (DEBUG) or more;
+  JAX's warnings (a GPU or TPU that is present but unusable, a failing
+  plugin) and errors pass, and so does a backend named in JAX_PLATFORMS,
+  which JAX reports as an error. Idempotent.
+  """
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, _PlatformProbeFilter) for f in handler.filters):
+    handler.addFilter(_PlatformProbeFilter())
+
+
+class _PlatformProbeFilter(python_logging.Filter):
+  """Drops JAX's INFO "Unable to initialize backend" records (see above)."""
+
+  def filter(self, record: python_logging.LogRecord) -> bool:
+    if (record.levelno >= python_logging.WARNING or not record.name.startswith("jax")
+        or logging.get_verbosity() >= logging.DEBUG):
+      return True
+    return not str(record.msg).startswith("Unable to initialize backend")
+
+
 def quiet_checkpoint_logs() -> None:
   """Hides orbax's INFO lines (several per checkpoint) from the absl log.
 
   Binaries call this; warnings and errors still show.
   """
-  import logging as python_logging  # pylint: disable=g-import-not-at-top
   logging.get_absl_handler().addFilter(
       lambda record: record.levelno >= python_logging.WARNING
       or f"{os.sep}orbax{os.sep}" not in record.pathname)

@@ -5,8 +5,10 @@ r"""Downloads xlsa17 benchmarks, extracts what is needed and validates them.
       [--archive=ZIP] [--overwrite] [--keep_archive]
 
 `--dataset` also takes a comma-separated list. Files land in DIR/<DS>/. An
-interrupted download resumes when the command is run again. See
-docs/download.md. Exits 2 with a one-line message on any error.
+interrupted download resumes when the command is run again; a host name that
+does not resolve (offline) fails at once, pointing to --archive and
+make_synthetic. See docs/download.md. Exits 2 with a one-line message on any
+error.
 """
 
 import sys
@@ -46,6 +48,13 @@ _TIMEOUT = flags.DEFINE_float(
     "timeout", 60.0, "Seconds a connection or a read may stall.")
 _RETRIES = flags.DEFINE_integer(
     "retries", 5, "Retries (each resuming) after an interruption.")
+
+
+# Appended to a host-name failure: what to do without a network.
+OFFLINE_HINT = ("without a network, fetch the zip on another machine and pass it with "
+                "--archive=PATH/xlsa17.zip (FLO: --archive=PATH/cvpr18xian.zip), or build "
+                "stand-in data with python -m experiments.make_synthetic "
+                "(docs/synthetic_data.md)")
 
 
 def parse_datasets(value: str) -> List[str]:
@@ -98,6 +107,8 @@ def main(argv: Sequence[str]) -> None:
   cli.reject_arguments(argv)
   try:
     run(parse_datasets(_DATASET.value))
+  except http_download.HostNotFoundError as error:
+    cli.fail(GMNError(f"{error}; {OFFLINE_HINT}"))
   except GMNError as error:
     cli.fail(error)
   except KeyboardInterrupt:

@@ -103,6 +103,8 @@ def main(argv: Sequence[str]) -> None:
     fail(error)
   except preemption.Interrupted as interrupted:
     stop(interrupted)
+  except KeyboardInterrupt:
+    cli.stop_at_once()
   if parallel.is_primary():
     print(cli.format_results_table(results))
     print(f"results: {_WORKDIR.value}/{workdir.RESULTS_FILE}")

@@ -95,6 +95,18 @@ def _describe(leaf) -> str:
   return f"{dtype_name}{tuple(shape) if shape is not None else ''}"
 
 
+class DamagedCheckpointError(errors.DataError):
+  """A checkpoint step exists but cannot be read (truncated or corrupted files)."""
+
+
+def _damaged(step_dir: str, error: Exception) -> DamagedCheckpointError:
+  """The one-line error of an unreadable step; orbax's own text is cut short."""
+  text = " ".join(str(error).split())
+  text = text if len(text) <= 120 else text[:117] + "..."
+  return DamagedCheckpointError(step_dir, None, "a readable orbax checkpoint",
+                                f"a damaged one ({type(error).__name__}: {text})")
+
+
 class Checkpointer:
   """Saves and restores (state pytree, JSON extra) pairs by integer step.
 
@@ -202,9 +214,9 @@ class Checkpointer:
       JSON dict saved with it.
 
     Raises:
-      DataError: when there is no such step, when the step does not hold a
-        readable checkpoint, or when its arrays do not match the template
-        (a different configuration wrote it).
+      DamagedCheckpointError: when the step's files cannot be read.
+      DataError: when there is no such step, or when its arrays do not match
+        the template (a different configuration wrote it).
     """
     self._manager.wait_until_finished()  # A step still being written.
     if step is None:
@@ -227,10 +239,7 @@ class Checkpointer:
               _EXTRA: ocp.args.JsonRestore(),
           }))
     except Exception as e:  # orbax raises many types for damaged files.
-      raise errors.DataError(
-          step_dir, None, "a readable orbax checkpoint",
-          f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-      ) from e
+      raise _damaged(step_dir, e) from e
 
     def rewrap(template_leaf, leaf):
       if _is_typed_key(template_leaf):
@@ -248,12 +257,9 @@ class Checkpointer:
       metadata = self._manager.item_metadata(step)
       stored = metadata[_STATE]
     except Exception as e:  # A damaged step: orbax's own errors vary.
-      raise errors.DataError(
-          step_dir, None, "a readable orbax checkpoint",
-          f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-      ) from e
+      raise _damaged(step_dir, e) from e
     if stored is None:
-      raise errors.DataError(step_dir, _STATE, "saved state arrays",
+      raise DamagedCheckpointError(step_dir, _STATE, "saved state arrays",
                              "no readable state item")
     stored = getattr(stored, "tree", stored)  # TreeMetadata in newer orbax.
     stored_leaves = {
@@ -279,6 +285,15 @@ class Checkpointer:
         raise errors.DataError(step_dir, f"{_STATE}/{name}",
                                f"{_describe(want)} as in the template",
                                _describe(have))
+
+  def delete(self, step: int) -> None:
+    """Deletes a saved step (e.g. a damaged one, before it is saved again).
+
+    Args:
+      step: a step among `all_steps()`.
+    """
+    self._manager.wait_until_finished()
+    self._manager.delete(int(step))
 
   def wait(self) -> None:
     """Blocks until every pending asynchronous save is on disk."""

@@ -7,6 +7,7 @@ code's CUB configuration (see docs/configuration.md for each field's meaning).
 """
 
 import dataclasses
+import os
 from typing import List
 
 import ml_collections
@@ -84,6 +85,28 @@ def get_variant(config: ml_collections.ConfigDict) -> Variant:
     variant = dataclasses.replace(
         variant, conditional_critic=bool(config.critic.conditional))
   return variant
+
+
+def data_dir_hint(data_dir) -> str:
+  """What a missing data_dir's error suggests.
+
+  A preset's default, data/xlsa17/<DS>, exists only after download_data.
+
+  Args:
+    data_dir: the configured value.
+
+  Returns:
+    The commands that get the data, naming the dataset when the folder's
+    name is a benchmark's.
+  """
+  from gmn_jax.data import download  # pylint: disable=g-import-not-at-top
+  name = os.path.basename(os.path.normpath(data_dir)).upper() if isinstance(data_dir, str) else ""
+  name = name if name in download.DATASETS else "<DS>"
+  parent = os.path.dirname(os.path.normpath(data_dir)) if name != "<DS>" else ""
+  return (f"get the benchmark with python -m experiments.download_data --dataset={name} "
+          f"--out={parent or 'data/xlsa17'}, or write stand-in data with python -m "
+          f"experiments.make_synthetic --preset={name} --out_dir=DIR, or name the "
+          "directory with --config.data_dir=DIR")
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -193,7 +216,8 @@ def config_rules() -> List[config_utils.Rule]:
   unit_interval_open = lambda path: u.Rule(
       path, lambda v: _is_real(v) and 0 <= v < 1, "a number in [0, 1)")
   return [
-      u.existing_dir("data_dir", special_prefixes=(registry.BUILTIN_PREFIX,)),
+      u.existing_dir("data_dir", special_prefixes=(registry.BUILTIN_PREFIX,),
+                     hint=data_dir_hint),
       u.one_of("embedding", xlsa17.EMBEDDINGS),
       u.one_of("feature_norm", preprocessing.FEATURE_NORMALIZATIONS),
       u.one_of("split", xlsa17.SPLITS),

@@ -40,12 +40,16 @@ class Rule:
       positive integer").
     skip_none: whether a None value (an unset optional field) passes without
       calling `check`.
+    hint: what to do about a violation, appended to the problem in
+      parentheses (e.g. how to get a missing dataset); "" for none, or a
+      function of the values (like `check`) that returns the text.
   """
 
   path: str | tuple[str, ...]
   check: Callable[..., bool]
   message: str
   skip_none: bool = True
+  hint: str | Callable[..., str] = ""
 
   @property
   def paths(self) -> tuple[str, ...]:
@@ -106,13 +110,16 @@ def each_positive_int(path: str, *, allow_empty: bool = True) -> Rule:
                                            " (at least one)"))
 
 
-def existing_dir(path: str, *, special_prefixes: Sequence[str] = ()) -> Rule:
+def existing_dir(path: str, *, special_prefixes: Sequence[str] = (),
+                 hint: str | Callable[[Any], str] = "") -> Rule:
   """Rule: a directory that exists (or a value starting a special prefix).
 
   Args:
     path: the field.
     special_prefixes: values starting with one of these are accepted as they
       are (e.g. "builtin:" for a dataset that ships with the package).
+    hint: how to get or name the directory, appended to the problem (text,
+      or a function of the value that returns it).
 
   Returns:
     The rule.
@@ -125,7 +132,7 @@ def existing_dir(path: str, *, special_prefixes: Sequence[str] = ()) -> Rule:
       path,
       lambda v: isinstance(v, str) and (
           (bool(prefixes) and v.startswith(prefixes)) or os.path.isdir(v)),
-      message)
+      message, hint=hint)
 
 
 def _children(node) -> Mapping[str, Any] | None:
@@ -276,13 +283,15 @@ def _check_rule(config, rule: Rule) -> str | None:
     ok = False  # e.g. comparing a str with an int: invalid, not a crash.
   if ok:
     return None
+  hint = rule.hint(*values) if callable(rule.hint) else rule.hint
+  hint = f" ({hint})" if hint else ""
   if len(values) == 1:
     return (f"config.{rule.paths[0]}: expected {rule.message}, found "
-            f"{_short_repr(values[0])}")
+            f"{_short_repr(values[0])}{hint}")
   found = ", ".join(f"{p}={_short_repr(v)}"
                     for p, v in zip(rule.paths, values))
   return (f"config.{', config.'.join(rule.paths)}: expected {rule.message}, "
-          f"found {found}")
+          f"found {found}{hint}")
 
 
 def validate_config(config, reference_config, rules: Iterable[Rule] = ()

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gmn_jax import final_classifier
+from gmn_jax import progress
 from gmn_jax import scoring
 from gmn_jax import synthesis
 from gmn_jax.data.dataset import ZSLDataset
@@ -59,7 +60,7 @@ def generator_batches(num_generators: int, bytes_per_generator: int,
 def evaluate_generators(sample_fn: synthesis.SampleFn, generator_params: Optional[Sequence[Any]],
                         dataset: ZSLDataset, spec: EvalSpec, keys, *,
                         eval_chunk_size: int = 4096, calibration_gamma=None,
-                        max_pooled_bytes: int = MAX_POOLED_BYTES
+                        max_pooled_bytes: int = MAX_POOLED_BYTES, label: Optional[str] = None
                         ) -> List[final_classifier.FinalClassifierResult]:
   """Stage 2 of G generators (or of the real-only baseline), their classifiers at once.
 
@@ -88,6 +89,8 @@ def evaluate_generators(sample_fn: synthesis.SampleFn, generator_params: Optiona
       data (e.g. `oracle_calibration_gamma` of a validation-split run), the
       same for every generator; adds `scoring.CALIBRATION_NAMES`.
     max_pooled_bytes: the most bytes of pooled training sets held at once.
+    label: when given, the final classifiers' epochs are reported under it
+      (`progress.LiveProgress`: a line every 30 s, a bar on a terminal).
 
   Returns:
     G `FinalClassifierResult`s over `spec.num_classifier_seeds` seeds each,
@@ -95,6 +98,7 @@ def evaluate_generators(sample_fn: synthesis.SampleFn, generator_params: Optiona
 
   Raises:
     ConfigError: when the generator parameters and keys disagree in number.
+    preemption.Interrupted: on a stop request during the training.
   """
   num_generators = len(keys)
   if generator_params is not None and len(generator_params) != num_generators:
@@ -118,10 +122,19 @@ def evaluate_generators(sample_fn: synthesis.SampleFn, generator_params: Optiona
       features.append(pooled)
       seed_keys.append(jax.random.split(train_key, spec.num_classifier_seeds))
     features = jnp.stack(features)  # the pieces are freed when the list goes
-    results.extend(final_classifier.train_final_classifiers(
-        jnp.stack(seed_keys), features, labels, dataset.class_embeddings,
-        scoring.EvalSets.from_dataset(dataset), spec, train_classes=train_classes,
-        eval_chunk_size=eval_chunk_size, calibration_gamma=calibration_gamma))
+    live = None
+    if label is not None:
+      live = progress.LiveProgress(
+          f"{label} ({stop - start} x {spec.num_classifier_seeds} final classifiers)",
+          spec.epochs, unit="epoch")
+    try:
+      results.extend(final_classifier.train_final_classifiers(
+          jnp.stack(seed_keys), features, labels, dataset.class_embeddings,
+          scoring.EvalSets.from_dataset(dataset), spec, train_classes=train_classes,
+          eval_chunk_size=eval_chunk_size, calibration_gamma=calibration_gamma, live=live))
+    finally:
+      if live is not None:
+        live.close()
   return results
 
 

@@ -23,6 +23,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import jax
 from jax import lax
+from jax.experimental import io_callback
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -30,6 +31,8 @@ import optax
 from gmn_jax import losses
 from gmn_jax import metrics
 from gmn_jax import models
+from gmn_jax import preemption
+from gmn_jax import progress
 from gmn_jax import scoring
 from gmn_jax import seed_axis
 from gmn_jax.data.dataset import ZSLDataset
@@ -156,13 +159,17 @@ class FinalClassifierResult:
 # The jitted training program.
 
 
-def _train_classifier_seeds(init_params, shuffle_keys, hyper, features, labels,
-                            class_embeddings, train_columns, eval_data, *, kind,
-                            epochs, batch_size):
-  """Trains one classifier per seed (vmapped); returns (params, curves)."""
+def _optimizer(hyper, steps_per_epoch):
+  return sgd_with_momentum(step_lr(hyper["lr"], hyper["lr_decay"], steps_per_epoch),
+                           momentum=hyper["momentum"], weight_decay=hyper["weight_decay"])
+
+
+def _epoch_of_one_classifier(carry, shuffle_key, features, epoch_index, hyper, labels,
+                             class_embeddings, train_columns, eval_data, *, kind, batch_size):
+  """One epoch of one classifier: ((params, opt_state), the epoch's record)."""
   _, apply_fn = models.get_classifier(kind)
   num_examples = features.shape[0]
-  steps_per_epoch = max(1, -(-num_examples // batch_size))
+  optimizer = _optimizer(hyper, max(1, -(-num_examples // batch_size)))
 
   def batch_loss(params, x, y, mask):
     logits = apply_fn(params, x, class_embeddings)
@@ -174,53 +181,76 @@ def _train_classifier_seeds(init_params, shuffle_keys, hyper, features, labels,
     per_example = jnp.where(mask, per_example, 0.0)
     return per_example.sum() / jnp.maximum(mask.sum(), 1)
 
-  def one_seed(params, shuffle_key):
-    optimizer = sgd_with_momentum(
-        step_lr(hyper["lr"], hyper["lr_decay"], steps_per_epoch),
-        momentum=hyper["momentum"], weight_decay=hyper["weight_decay"])
+  def step(carry, batch):
+    params, opt_state = carry
+    indices, mask = batch
+    loss, grads = jax.value_and_grad(batch_loss)(
+        params, features[indices], labels[indices], mask)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state), loss * mask.sum()
 
-    def step(carry, batch):
-      params, opt_state = carry
-      indices, mask = batch
-      loss, grads = jax.value_and_grad(batch_loss)(
-          params, features[indices], labels[indices], mask)
-      updates, opt_state = optimizer.update(grads, opt_state, params)
-      return (optax.apply_updates(params, updates), opt_state), loss * mask.sum()
+  indices, mask = epoch_batches(
+      jax.random.fold_in(shuffle_key, epoch_index), num_examples, batch_size)
+  carry, loss_sums = lax.scan(step, carry, (indices, mask))
+  record = {} if eval_data is None else scoring.epoch_metrics(
+      apply_fn, carry[0], class_embeddings, eval_data)
+  record["train_loss"] = loss_sums.sum() / num_examples
+  return carry, record
 
-    def epoch(carry, epoch_index):
-      indices, mask = epoch_batches(
-          jax.random.fold_in(shuffle_key, epoch_index), num_examples, batch_size)
-      carry, loss_sums = lax.scan(step, carry, (indices, mask))
-      record = {} if eval_data is None else scoring.epoch_metrics(
-          apply_fn, carry[0], class_embeddings, eval_data)
-      record["train_loss"] = loss_sums.sum() / num_examples
-      return carry, record
 
-    (params, _), curves = lax.scan(
-        epoch, (params, optimizer.init(params)), jnp.arange(epochs))
-    return params, curves
+# The stage-2 reporter: it receives every epoch's report (None: nobody).
+_live: Optional[progress.LiveProgress] = None
+_aborted = False  # whether the last program was aborted by a stop request
 
-  return jax.vmap(one_seed)(init_params, shuffle_keys)
+
+class _StopRequested(Exception):
+  """Raised inside the host callback to abort the program on a stop request."""
+
+
+def _epoch_report(epochs_done, train_loss) -> np.int32:
+  """The host side of an epoch's report: progress; aborts on a stop request."""
+  global _aborted
+  if _live is not None:
+    _live.report(int(epochs_done), {"train_loss": float(np.mean(train_loss))})
+  if jax.process_count() == 1 and preemption.requested_signal() is not None:
+    _aborted = True
+    raise _StopRequested()  # XLA ends the program; nothing of it is needed
+  return np.int32(0)
 
 
 @functools.partial(jax.jit, static_argnames=("kind", "epochs", "batch_size"))
 def _train_all(init_params, shuffle_keys, hyper, features, labels, class_embeddings,
                train_columns, eval_data, *, kind, epochs, batch_size):
-  """`_train_classifier_seeds` over a leading axis of G pooled training sets.
+  """Trains G × S classifiers: the epoch loop around the seed axes.
 
-  init_params, shuffle_keys and features carry a leading axis of G (each
-  generator's own pooled training set); labels, class embeddings and
-  evaluation sets are shared, as the pooled sets differ only in the
-  synthetic features' values.
+  init_params and shuffle_keys carry leading axes (G, S) and features (G,):
+  each generator's own pooled training set and its S classifier seeds;
+  labels, class embeddings and evaluation sets are shared, as the pooled sets
+  differ only in the synthetic features' values. The G axis is
+  `seed_axis.over_seeds` (G = 1 is traced without it), the S axis a vmap.
+  Every epoch ends with a report to the host (`_epoch_report`).
+
+  Returns:
+    (params (G, S, ...), curves {name: (G, S, epochs)}).
   """
+  num_sets = features.shape[0]
+  optimizer = _optimizer(hyper, max(1, -(-features.shape[1] // batch_size)))
+  epoch_of_seeds = jax.vmap(
+      functools.partial(_epoch_of_one_classifier, hyper=hyper, labels=labels,
+                        class_embeddings=class_embeddings, train_columns=train_columns,
+                        eval_data=eval_data, kind=kind, batch_size=batch_size),
+      in_axes=(0, 0, None, None))
+  epoch_of_all = seed_axis.over_seeds(epoch_of_seeds, num_sets, (0, 0, 0, None))
 
-  def one_set(params, keys, set_features):
-    return _train_classifier_seeds(
-        params, keys, hyper, set_features, labels, class_embeddings, train_columns,
-        eval_data, kind=kind, epochs=epochs, batch_size=batch_size)
+  def epoch(carry, epoch_index):
+    carry, record = epoch_of_all(carry, shuffle_keys, features, epoch_index)
+    io_callback(_epoch_report, jax.ShapeDtypeStruct((), jnp.int32), epoch_index + 1,
+                record["train_loss"], ordered=True)
+    return carry, record
 
-  return seed_axis.over_seeds(one_set, features.shape[0], (0, 0, 0))(
-      init_params, shuffle_keys, features)
+  opt_states = seed_axis.over_seeds(jax.vmap(optimizer.init), num_sets, (0,))(init_params)
+  (params, _), curves = lax.scan(epoch, (init_params, opt_states), jnp.arange(epochs))
+  return params, {name: jnp.moveaxis(values, 0, -1) for name, values in curves.items()}
 
 
 # --------------------------------------------------------------------------
@@ -229,8 +259,9 @@ def _train_all(init_params, shuffle_keys, hyper, features, labels, class_embeddi
 
 def train_final_classifiers(seed_keys, train_features, train_labels, class_embeddings,
                             eval_sets, spec: EvalSpec, *, train_classes=None,
-                            eval_chunk_size: int = 4096,
-                            calibration_gamma=None) -> List[FinalClassifierResult]:
+                            eval_chunk_size: int = 4096, calibration_gamma=None,
+                            live: Optional[progress.LiveProgress] = None
+                            ) -> List[FinalClassifierResult]:
   """Trains S final classifiers on each of G pooled training sets, all at once.
 
   Classifier seed key k is split into (init_key, shuffle_key) =
@@ -256,12 +287,16 @@ def train_final_classifiers(seed_keys, train_features, train_labels, class_embed
     calibration_gamma: optional calibrated-stacking constant (a float, or
       one per classifier seed) chosen elsewhere, e.g. on a validation split;
       the results then also hold u, s, H at it (`scoring.CALIBRATION_NAMES`).
+    live: optional reporter of the epochs (`progress.LiveProgress`, unit
+      "epoch"), told after every epoch from inside the program.
 
   Returns:
     G `FinalClassifierResult`s with S seeds each, in set order.
 
   Raises:
     DataError: for inconsistent arrays.
+    preemption.Interrupted: when a stop was requested during the training
+      (the program is aborted after the current epoch; nothing is kept).
   """
   shape = tuple(jnp.shape(train_features))
   key_shape = tuple(jnp.shape(seed_keys))
@@ -281,12 +316,21 @@ def train_final_classifiers(seed_keys, train_features, train_labels, class_embed
   inits = [_initial_classifiers(spec.classifier, seed_keys[g], feature_dim, embedding_dim,
                                 num_classes) for g in range(num_sets)]
   class_embeddings = jnp.asarray(class_embeddings, jnp.float32)
-  params, curves = _train_all(
-      seed_axis.stack([i[0] for i in inits]), jnp.stack([i[1] for i in inits]),
-      _hyperparameters(spec), jnp.asarray(train_features, jnp.float32), jnp.asarray(labels),
-      class_embeddings, columns, eval_data, kind=spec.classifier, epochs=spec.epochs,
-      batch_size=spec.batch_size)
-  curves = jax.device_get(curves)
+  global _aborted, _live
+  _aborted, _live = False, live
+  try:
+    params, curves = preemption.interruptible_call(lambda: jax.device_get(_train_all(
+        seed_axis.stack([i[0] for i in inits]), jnp.stack([i[1] for i in inits]),
+        _hyperparameters(spec), jnp.asarray(train_features, jnp.float32), jnp.asarray(labels),
+        class_embeddings, columns, eval_data, kind=spec.classifier, epochs=spec.epochs,
+        batch_size=spec.batch_size)))
+  except Exception:  # pylint: disable=broad-except
+    if _aborted:  # XLA reports the callback's exception as its own error
+      raise preemption.Interrupted(preemption.requested_signal(),
+                                   "during the final classifiers' training") from None
+    raise
+  finally:
+    _live = None
   split = eval_sets.split if isinstance(eval_sets, (scoring.EvalSets, ZSLDataset)) else None
   return [
       _final_result(seed_axis.unstack(params, g), seed_axis.unstack(curves, g),

@@ -1,26 +1,33 @@
-"""Graceful stops on SIGTERM / SIGINT: checkpoint at the next chunk boundary.
+"""Graceful stops on SIGTERM / SIGINT: a checkpoint within seconds, then exit.
 
 A preempted Cloud TPU VM, a Slurm time limit or Ctrl-C sends SIGTERM or
-SIGINT. Inside `StopOnSignal()` such a signal only records a request; the
-training loop asks `should_stop()` between its jitted calls (each of which
-runs `iterations_per_call` iterations), saves a checkpoint there and raises
-`Interrupted`. Binaries turn that into the exit status 128 + signal number
-(143 for SIGTERM, 130 for SIGINT, the shell's convention), and rerunning the
-same command resumes from the checkpoint.
+SIGINT. Inside `StopOnSignal()` such a signal only records a request. The
+jitted stage-1 calls report to the host about every second (`stage1`) and
+end early when a request is pending; stage 2 aborts its program the same
+way. The loop then saves a checkpoint and raises `Interrupted`. Binaries
+turn that into the exit status 128 + signal number (143 for SIGTERM, 130 for
+SIGINT, the shell's convention), and rerunning the same command resumes.
 
-A second SIGINT while a stop is pending restores Python's default handling
-(KeyboardInterrupt at once), so an impatient Ctrl-C Ctrl-C still stops a
-run that is busy in a long call. Handlers are installed only in the main
-thread (Python allows no other); elsewhere only `request_stop` stops a run.
+Python runs a signal handler only when its main thread executes Python
+code, not while it is blocked inside a JAX call; `interruptible_call` runs
+the long calls on a worker thread and waits in short steps, so a request is
+recorded at once.
+
+A second SIGINT while a stop is pending raises KeyboardInterrupt at once;
+the binaries then exit at once with one line (status 130): every file of a
+workdir is written atomically, so it still resumes. Handlers are installed
+only in the main thread (Python allows no other); elsewhere only
+`request_stop` stops a run.
 
 In a multi-host run every process must stop at the same chunk, or the
 collective checkpoint save would wait forever: `should_stop()` then takes the
 logical OR of the requests of all processes (one tiny all-gather per chunk).
 """
 
+import concurrent.futures
 import signal
 import threading
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from absl import logging
 import jax
@@ -40,14 +47,61 @@ class Interrupted(Exception):
   Attributes:
     signum: the signal number (signal.SIGTERM or signal.SIGINT).
     exit_code: the conventional exit status, 128 + signum.
+    where: where the run stopped.
+    unfinished: the seeds a rerun still has to run (None: not given).
   """
 
-  def __init__(self, signum: int, where: str):
+  def __init__(self, signum: int, where: str, unfinished=None):
     self.signum = int(signum)
     self.exit_code = 128 + self.signum
+    self.where = where
+    self.unfinished = None if unfinished is None else [int(s) for s in unfinished]
+    left = ("" if self.unfinished is None else
+            f"; seeds still to run: {', '.join(map(str, self.unfinished))}")
     super().__init__(
-        f"stopped by {signal.Signals(self.signum).name} {where}; rerun the same "
+        f"stopped by {signal.Signals(self.signum).name} {where}{left}; rerun the same "
         "command (same --workdir) to resume")
+
+  def with_unfinished(self, seeds) -> "Interrupted":
+    """The same stop, naming the seeds a rerun still has to run.
+
+    Args:
+      seeds: those seeds, in run order.
+
+    Returns:
+      A new `Interrupted`.
+    """
+    return Interrupted(self.signum, self.where, seeds)
+
+
+_CALLS = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gmn_jax_call")
+
+
+def interruptible_call(fn: Callable[[], Any], poll_s: float = 0.02) -> Any:
+  """`fn()` on a worker thread while the main thread waits in Python.
+
+  Python runs signal handlers only in the main thread and only between
+  bytecodes; a jitted call can block its thread in C++ for its whole run
+  (XLA:CPU runs a program with host callbacks synchronously). Waiting here
+  in short steps lets the handler record a stop request at once, which the
+  running program's next report then sees. fn's exception is raised here.
+
+  Args:
+    fn: the call, e.g. a jitted program followed by `jax.device_get`. Thread-
+      local JAX contexts (a mesh) must be entered inside it.
+    poll_s: seconds between checks.
+
+  Returns:
+    What fn returns.
+  """
+  if threading.current_thread() is not threading.main_thread():
+    return fn()
+  future = _CALLS.submit(fn)
+  while True:
+    try:
+      return future.result(timeout=poll_s)
+    except concurrent.futures.TimeoutError:
+      continue
 
 
 def _handle(signum, frame):  # pylint: disable=unused-argument
@@ -55,7 +109,7 @@ def _handle(signum, frame):  # pylint: disable=unused-argument
   if _requested is not None and signum == signal.SIGINT:
     raise KeyboardInterrupt  # The second Ctrl-C: stop now.
   _requested = signum
-  logging.warning("received %s: stopping at the next chunk boundary after a checkpoint%s",
+  logging.warning("received %s: stopping within seconds, after a checkpoint%s",
                   signal.Signals(signum).name,
                   " (press Ctrl-C again to stop at once)" if signum == signal.SIGINT else "")
 

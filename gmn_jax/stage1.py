@@ -31,6 +31,7 @@ axis; in a multi-host run every process makes the same calls in lockstep
 import contextlib
 import dataclasses
 import functools
+import os
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -101,30 +102,41 @@ def chunk_lengths(start: int, schedule: Schedule) -> List[int]:
   return lengths
 
 
-def log_rows(chunk_metrics: Dict[str, np.ndarray], first_iteration: int, log_every: int):
-  """(step, window means) at every multiple of log_every inside a chunk.
+def window_rows(pending: Dict[str, List[np.ndarray]], values: Dict[str, np.ndarray],
+                first_iteration: int, log_every: int, end: int):
+  """(step, window means) at every log step a host call reaches.
 
-  Row i of the chunk is iteration first_iteration + i (0-based), after which
-  first_iteration + i + 1 iterations are done; that count is the step. Each
-  logged value is the mean over the iterations since the previous log step
-  (or the chunk's start).
+  Row i of `values` is iteration first_iteration + i (0-based), after which
+  first_iteration + i + 1 iterations are done; that count is the step. A
+  log step is a multiple of `log_every`, or `end` (so a run shorter than
+  `log_every` still logs its stage 1). Each logged value is the mean over
+  the iterations since the previous log step, those of earlier calls
+  included (`pending` carries them; a resumed run's first window starts at
+  the resume).
 
   Args:
-    chunk_metrics: {name: (length,) values} of one seed.
-    first_iteration: the chunk's first iteration.
+    pending: {name: [arrays]} of the current window's earlier values; updated.
+    values: {name: (length,) values} of one seed in this call.
+    first_iteration: the call's first iteration.
     log_every: the window.
+    end: the run's last step.
 
   Returns:
     [(step, {name: mean}), ...].
   """
-  length = len(next(iter(chunk_metrics.values())))
+  length = len(next(iter(values.values())))
   rows, window_start = [], 0
   for i in range(length):
     step = first_iteration + i + 1
-    if step % log_every == 0:
-      rows.append((step, {name: float(np.mean(values[window_start:i + 1]))
-                          for name, values in chunk_metrics.items()}))
+    if step % log_every == 0 or step == end:
+      rows.append((step, {name: float(np.mean(np.concatenate(
+          pending.get(name, []) + [np.asarray(v[window_start:i + 1], np.float64)])))
+                          for name, v in values.items()}))
+      pending.clear()
       window_start = i + 1
+  for name, v in values.items():
+    if window_start < length:
+      pending.setdefault(name, []).append(np.asarray(v[window_start:], np.float64))
   return rows
 
 
@@ -146,25 +158,82 @@ def first_non_finite(chunk_metrics: Dict[str, np.ndarray]):
   return first
 
 
+# How often, in seconds of training, a call reports to the host (progress,
+# and whether to stop). The host sets the interval from the speed it
+# measures between reports; a call's first report comes after its first
+# iteration, so that the compilation before it never counts.
+REPORT_PERIOD_S = 1.0
+_MAX_INTERVAL = 1 << 20
+
+# The group being trained: its reporter receives the chunks' device reports.
+_live: Optional[progress.LiveProgress] = None
+_single_process = True
+_last_report: Optional[tuple] = None  # (time, iterations done) of this call's last report
+
+
+def _device_report(names, done, values) -> np.ndarray:
+  """The host side of a chunk's report: progress, a stop, the next interval.
+
+  A stop request ends a single process's call after the reported
+  iteration; a multi-host run stops only between calls, where
+  `preemption.should_stop` makes every process agree.
+
+  Args:
+    names: the metric names, in the rows' order.
+    done: iterations done.
+    values: (num_metrics, S) values of the iteration just done.
+
+  Returns:
+    int32 [stop, iterations until the next report].
+  """
+  global _last_report
+  done, now = int(done), time.monotonic()
+  if _live is not None:
+    _live.report(done, {name: float(row[0]) for name, row in zip(names, np.asarray(values))})
+  interval = 1
+  if _last_report is not None and now > _last_report[0] and done > _last_report[1]:
+    rate = (done - _last_report[1]) / (now - _last_report[0])
+    interval = int(min(max(round(REPORT_PERIOD_S * rate), 1), _MAX_INTERVAL))
+  _last_report = (now, done)
+  stop = _single_process and preemption.requested_signal() is not None
+  return np.array([int(stop), interval], np.int32)
+
+
+def _new_call() -> None:
+  """Forgets the last report: a new call measures its speed anew."""
+  global _last_report
+  _last_report = None
+
+
+@contextlib.contextmanager
+def _reporting_to(live: Optional[progress.LiveProgress]):
+  """Sends the device reports of the calls made inside to `live`."""
+  global _live, _single_process
+  _live, _single_process = live, jax.process_count() == 1
+  _new_call()
+  try:
+    yield
+  finally:
+    _live = None
+
+
 @functools.lru_cache(maxsize=16)
 def compiled_chunk(spec: TrainSpec, num_iterations: int, num_seeds: int) -> Callable:
-  """The jitted chunk of `num_iterations` iterations over a seed axis of S.
+  """The jitted call of up to `num_iterations` iterations of S seeds.
 
   Args:
     spec: the run's settings.
-    num_iterations: iterations per call.
+    num_iterations: the most iterations per call.
     num_seeds: S.
 
   Returns:
-    `chunk(states, data, hyper, train_keys, first_iteration) -> (states,
-    metrics, finite)`: states and train_keys carry a leading axis of S (the
-    states are donated), data and hyper are shared, `first_iteration` is the
-    int32 iteration every seed is at; every metric has shape (S,
-    num_iterations) and `finite` shape (S,).
+    `chunk(states, data, hyper, train_keys, first_iteration, first_report)
+    -> (states, metrics, finite, done)` of `train_step.make_chunk_fn`, with
+    the device reports going to this module's `_device_report`; the states
+    are donated.
   """
-  chunk = train_step.make_chunk_fn(spec, num_iterations)
-  return jax.jit(seed_axis.over_seeds(chunk, num_seeds, (0, None, None, 0, None)),
-                 donate_argnums=0)
+  chunk = train_step.make_chunk_fn(spec, num_iterations, num_seeds, report=_device_report)
+  return jax.jit(chunk, donate_argnums=0)
 
 
 def init_states(spec: TrainSpec, data: train_state.TrainData,
@@ -192,39 +261,60 @@ def _placed(tree, mesh):
   return parallel.replicate(jax.device_get(tree), mesh)
 
 
-def _start_step(checkpointers: Sequence[checkpoint.Checkpointer]) -> int:
-  """The iteration every seed of the group can resume from (0: start afresh).
+def _common_steps(checkpointers) -> List[int]:
+  """The steps every seed keeps, newest first (none when a seed has none)."""
+  steps = [set(c.all_steps()) for c in checkpointers]
+  return sorted(set.intersection(*steps), reverse=True) if all(steps) else []
+
+
+def _restore(spec, data, seeds, checkpointers):
+  """(start, stacked states) from the newest step every seed keeps and can read.
 
   The seeds are saved one after another at the same iterations, so a crash
-  between two saves leaves their latest steps one period apart; the group
-  resumes from the oldest latest step, which every seed still keeps.
+  between two saves leaves their latest steps one period apart: the group
+  resumes from the newest step all of them keep. A damaged step (truncated
+  files, after a crash or a full disk) costs one warning line and is
+  deleted; the next older common step is tried.
+
+  Returns:
+    (0, None) when some seed has no checkpoint, or none is common (start
+    afresh); else the step and the stacked restored states.
+
+  Raises:
+    DataError: when every common step is damaged.
   """
-  latest = [c.latest_step() for c in checkpointers]
-  if any(step is None for step in latest):
-    return 0
-  start = min(latest)
-  if not all(start in c.all_steps() for c in checkpointers):
-    return 0
-  return start
-
-
-def _restore(spec, data, seeds, checkpointers, start):
-  """The group's stacked state restored at `start`, from abstract templates."""
+  common = _common_steps(checkpointers)
+  if not common:
+    return 0, None
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   shapes = jax.eval_shape(functools.partial(train_state.init_train_state, spec=spec, data=data),
                           train_state.seed_keys(0).init)
   template = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
                           shapes)
-  states = []
-  for seed, checkpointer in zip(seeds, checkpointers):
-    state, _ = checkpointer.restore(template, step=start)
-    if int(state.iteration) != start:
-      raise errors.DataError(checkpointer.directory, f"{start}/iteration", f"iteration {start}",
-                             int(state.iteration))
-    states.append(state)
-  logging.info("seed%s %s: resuming stage 1 from iteration %d", "s" if len(seeds) > 1 else "",
-               ", ".join(map(str, seeds)), start)
-  return seed_axis.stack(states)
+  damaged = []
+  for step in common:
+    states = []
+    for checkpointer in checkpointers:
+      try:
+        state, _ = checkpointer.restore(template, step=step)
+      except checkpoint.DamagedCheckpointError as error:
+        logging.warning("%s; trying an older checkpoint", error)
+        damaged.append((checkpointer, step))
+        break
+      if int(state.iteration) != step:
+        raise errors.DataError(checkpointer.directory, f"{step}/iteration", f"iteration {step}",
+                               int(state.iteration))
+      states.append(state)
+    else:
+      for checkpointer, bad_step in damaged:  # saved again when training gets there
+        checkpointer.delete(bad_step)
+      logging.info("seed%s %s: resuming stage 1 from iteration %d", "s" if len(seeds) > 1 else "",
+                   ", ".join(map(str, seeds)), step)
+      return step, seed_axis.stack(states)
+  raise errors.DataError(os.path.dirname(checkpointers[0].directory), None,
+                         "a readable checkpoint to resume from",
+                         f"only damaged ones (steps {', '.join(map(str, common))}); delete "
+                         "those checkpoint directories to start afresh, or use --overwrite")
 
 
 def _non_finite_error(seed, checkpointer, bad, first_iteration, num_iterations):
@@ -279,16 +369,18 @@ def train_generators(spec: TrainSpec, data: train_state.TrainData, hyper: Hyperp
   with contextlib.ExitStack() as stack:
     checkpointers = [stack.enter_context(checkpoint.Checkpointer(d, max_to_keep=2))
                      for d in checkpoint_dirs]
-    start = _start_step(checkpointers)
-    if start == 0:
+    start, states = _restore(spec, local_data, seeds, checkpointers)
+    if states is None:
       states = init_states(spec, local_data, jnp.stack([k.init for k in keys]))
-    else:
-      states = _restore(spec, local_data, seeds, checkpointers, start)
     states = _placed(states, mesh)
+    primary = parallel.is_primary()
     writers = [metric_writers.MetricWriter(d, resume_step=start)
-               if d is not None and parallel.is_primary() else None for d in metrics_dirs]
-    logger = progress.ProgressLogger(schedule.num_iterations, log_every=schedule.log_every,
-                                     initial_step=start)
+               if d is not None and primary else None for d in metrics_dirs]
+    named = f"seed{'s' if num_seeds > 1 else ''} {', '.join(map(str, seeds))}"
+    live = progress.LiveProgress(
+        f"{named}: stage 1" + (f" (losses of seed {seeds[0]})" if num_seeds > 1 else ""),
+        schedule.num_iterations, start=start) if primary else None
+    windows = [{} for _ in seeds]  # each seed's values since its last log step
 
     def save_all(it):
       for i, (seed, checkpointer) in enumerate(zip(seeds, checkpointers)):
@@ -296,43 +388,59 @@ def train_generators(spec: TrainSpec, data: train_state.TrainData, hyper: Hyperp
 
     try:
       it = start
-      for length in chunk_lengths(start, schedule):
-        chunk = compiled_chunk(spec, length, num_seeds)
-        call_started = time.perf_counter()
-        with context():
-          states, chunk_metrics, finite = chunk(states, data, hyper, train_keys,
-                                                jnp.int32(it))
-        chunk_metrics, finite = jax.device_get((chunk_metrics, finite))
-        elapsed = time.perf_counter() - call_started
-        timings.append((length, elapsed))
-        for i, seed in enumerate(seeds):
-          seed_metrics = {k: np.asarray(v[i]) for k, v in chunk_metrics.items()}
-          bad = first_non_finite(seed_metrics)
-          if bad is None and not finite[i]:
-            bad = (length - 1, "parameters", float("nan"))
-          if bad is not None:
-            raise _non_finite_error(seed, checkpointers[i], bad, it, schedule.num_iterations)
-          if writers[i] is not None:
-            for step, window in log_rows(seed_metrics, it, schedule.log_every):
-              writers[i].write_scalars(step, {**{f"train/{k}": v for k, v in window.items()},
-                                              "steps_per_sec": length / elapsed})
-        it += length
-        logger.update(it, {k: float(v[0, -1]) for k, v in chunk_metrics.items()})
-        if it % schedule.checkpoint_every == 0 or it == schedule.num_iterations:
-          save_all(it)
-        if it < schedule.num_iterations and preemption.should_stop():
-          save_all(it)  # A no-op when this chunk ended at a periodic checkpoint.
-          for checkpointer in checkpointers:
-            checkpointer.wait()
-          raise preemption.Interrupted(
-              preemption.requested_signal(),
-              f"at generator iteration {it} of {schedule.num_iterations} (seed"
-              f"{'s' if num_seeds > 1 else ''} {', '.join(map(str, seeds))}), after saving "
-              "a checkpoint")
+      with _reporting_to(live):
+        for length in chunk_lengths(start, schedule):
+          chunk = compiled_chunk(spec, length, num_seeds)
+          _new_call()
+          if live is not None:
+            live.new_call()
+          call_started = time.perf_counter()
+
+          def call(states=states, it=it, chunk=chunk):
+            with context():
+              # The first report after the first iteration: compilation is over.
+              states, *rest = chunk(states, data, hyper, train_keys, jnp.int32(it),
+                                    jnp.int32(1))
+            return states, jax.device_get(rest)  # one transfer: metrics, finiteness, count
+
+          # On a worker thread, so that a stop request is recorded (and seen by
+          # the call's next report) while the call runs.
+          states, (chunk_metrics, finite, done) = preemption.interruptible_call(call)
+          elapsed = time.perf_counter() - call_started
+          done = int(done)
+          timings.append((done, elapsed))
+          for i, seed in enumerate(seeds):
+            seed_metrics = {k: np.asarray(v[:done, i]) for k, v in chunk_metrics.items()}
+            bad = first_non_finite(seed_metrics)
+            if bad is None and not finite[i]:
+              bad = (done - 1, "parameters", float("nan"))
+            if bad is not None:
+              raise _non_finite_error(seed, checkpointers[i], bad, it, schedule.num_iterations)
+            for step, means in window_rows(windows[i], seed_metrics, it, schedule.log_every,
+                                           schedule.num_iterations):
+              if writers[i] is not None:
+                writers[i].write_scalars(step, {**{f"train/{k}": v for k, v in means.items()},
+                                                "steps_per_sec": done / elapsed})
+              if live is not None:  # the console shows what metrics.jsonl holds
+                live.line(f"seed {seed}: step {step}/{schedule.num_iterations} | "
+                          f"{done / elapsed:.4g} it/s | {progress.format_scalars(means)}")
+          it += done
+          stopped = done < length  # a stop request ended the call early
+          if it % schedule.checkpoint_every == 0 or it == schedule.num_iterations:
+            save_all(it)
+          if stopped or (it < schedule.num_iterations and preemption.should_stop()):
+            save_all(it)  # A no-op when this call ended at a periodic checkpoint.
+            for checkpointer in checkpointers:
+              checkpointer.wait()
+            raise preemption.Interrupted(
+                preemption.requested_signal(),
+                f"at generator iteration {it} of {schedule.num_iterations} ({named}), after "
+                "saving a checkpoint")
       for checkpointer in checkpointers:
         checkpointer.wait()
     finally:
-      logger.close()
+      if live is not None:
+        live.close()
       for writer in writers:
         if writer is not None:
           writer.close()

@@ -32,10 +32,12 @@ import jax.numpy as jnp
 import ml_collections
 
 from gmn_jax import config as gmn_config
+from gmn_jax import config_utils
 from gmn_jax import evaluate
 from gmn_jax import models
 from gmn_jax import parallel
 from gmn_jax import preemption
+from gmn_jax import provenance
 from gmn_jax import results
 from gmn_jax import specs
 from gmn_jax import stage1
@@ -118,68 +120,78 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
 
   # --------------------------------------------------------------------------
   # Workdir.
-  workdirs.prepare(config, workdir, overwrite=overwrite)
-  logging.info("%s on %s: %d seen / %d unseen classes, seeds %s, workdir %s", config.method,
-               dataset.name, dataset.seen_classes.size, dataset.unseen_classes.size,
-               list(config.seeds), workdir)
+  # One live run per workdir: a second launch is refused while this one runs.
+  with workdirs.lock(workdir):
+    previous = workdirs.prepare(config, workdir, overwrite=overwrite)
+    stage2 = workdirs.stage2_fingerprint(config_utils.config_fingerprint(config),
+                                         calibration_gamma)
+    logging.info("%s on %s: %d seen / %d unseen classes, seeds %s, workdir %s", config.method,
+                 dataset.name, dataset.seen_classes.size, dataset.unseen_classes.size,
+                 list(config.seeds), workdir)
 
-  # --------------------------------------------------------------------------
-  # Seeds, a group of num_parallel_seeds at a time.
-  seed_results = {}
-  pending = []
-  for seed in map(int, config.seeds):
-    finished = workdirs.read_seed_result(workdir, seed)
-    if finished is not None and _evaluated_with(finished, calibration_gamma):
-      logging.info("seed %d: already finished, reading its result.json", seed)
-      seed_results[seed] = finished
-      continue
-    if finished is not None:
-      logging.info("seed %d: evaluated with calibration gamma %s, now %s: evaluating again "
-                   "(stage 1 is restored from its final checkpoint)", seed,
-                   finished["metrics"].get("calibration_gamma"), calibration_gamma)
-    pending.append(seed)
-  group_size = config.num_parallel_seeds
-  with preemption.StopOnSignal():
-    for first in range(0, len(pending), group_size):
-      group = pending[first:first + group_size]
-      named = _name_seeds(group)
-      _stop_if_requested(f"before {named}")
+    # --------------------------------------------------------------------------
+    # Seeds, a group of num_parallel_seeds at a time.
+    seed_results = {}
+    pending = []
+    for seed in map(int, config.seeds):
+      finished = workdirs.read_seed_result(workdir, seed)
+      if finished is not None:
+        changed = config_utils.diff_configs(_stage2_of(finished, previous), stage2)
+        if not changed:
+          logging.info("seed %d: already finished, reading its result.json", seed)
+          seed_results[seed] = finished
+          continue
+        logging.info("seed %d: finished with other stage-2 settings (%s): evaluating again "
+                     "(stage 1 is restored from its final checkpoint)", seed, "; ".join(changed))
+      pending.append(seed)
+    group_size = config.num_parallel_seeds
+    with preemption.StopOnSignal():
+      for first in range(0, len(pending), group_size):
+        group = pending[first:first + group_size]
+        named = _name_seeds(group)
+        try:
+          _stop_if_requested(f"before {named}")
 
-      # Stage 1: the generators.
-      generators, timings = None, [{} for _ in group]
-      if variant.uses_generator:
-        trained = stage1.train_generators(
-            train_spec, train_data, hyper, seeds=group, schedule=schedule,
-            checkpoint_dirs=[workdirs.checkpoint_dir(workdir, s) for s in group],
-            metrics_dirs=[workdirs.seed_dir(workdir, s) for s in group], mesh=mesh)
-        generators = [t.state.generator for t in trained]
-        timings = [_stage1_timings(t) for t in trained]
-        _stop_if_requested(f"after stage 1 of {named} (final checkpoints saved)")
+          # Stage 1: the generators.
+          generators, timings = None, [{} for _ in group]
+          if variant.uses_generator:
+            trained = stage1.train_generators(
+                train_spec, train_data, hyper, seeds=group, schedule=schedule,
+                checkpoint_dirs=[workdirs.checkpoint_dir(workdir, s) for s in group],
+                metrics_dirs=[workdirs.seed_dir(workdir, s) for s in group], mesh=mesh)
+            generators = [t.state.generator for t in trained]
+            timings = [_stage1_timings(t) for t in trained]
+            _stop_if_requested(f"after stage 1 of {named} (final checkpoints saved)")
 
-      # Stage 2: synthesis and final classifiers.
-      started = time.perf_counter()
-      evaluated = evaluate.evaluate_generators(
-          sample_fn, generators, dataset, eval_spec,
-          [train_state.seed_keys(s).eval for s in group], calibration_gamma=calibration_gamma)
-      share = (time.perf_counter() - started) / len(group)
-      for i, (seed, result) in enumerate(zip(group, evaluated)):
-        seed_results[seed] = results.seed_result(seed, result,
-                                                 {**timings[i], "stage2_s": share})
-        if generators is not None and parallel.is_primary():
-          workdirs.write_samples(
-              os.path.join(workdirs.seed_dir(workdir, seed), workdirs.SAMPLES_FILE),
-              sample_fn, generators[i], dataset,
-              jax.random.fold_in(train_state.seed_keys(seed).eval, 1))
-        workdirs.write_seed_outputs(workdir, seed_results[seed], results.mean_curves(result))
-        logging.info("seed %d: %s", seed, ", ".join(
-            f"{k}={v:.2f}" for k, v in seed_results[seed]["metrics"].items()))
+          # Stage 2: synthesis and final classifiers.
+          started = time.perf_counter()
+          evaluated = evaluate.evaluate_generators(
+              sample_fn, generators, dataset, eval_spec,
+              [train_state.seed_keys(s).eval for s in group], calibration_gamma=calibration_gamma,
+              label=f"{named}: stage 2" if parallel.is_primary() else None)
+        except preemption.Interrupted as interrupted:
+          raise interrupted.with_unfinished(pending[first:]) from None
+        share = (time.perf_counter() - started) / len(group)
+        for i, (seed, result) in enumerate(zip(group, evaluated)):
+          seed_results[seed] = results.seed_result(seed, result,
+                                                   {**timings[i], "stage2_s": share})
+          seed_results[seed]["stage2"] = stage2
+          if generators is not None and parallel.is_primary():
+            workdirs.write_samples(
+                os.path.join(workdirs.seed_dir(workdir, seed), workdirs.SAMPLES_FILE),
+                sample_fn, generators[i], dataset,
+                jax.random.fold_in(train_state.seed_keys(seed).eval, 1))
+          workdirs.write_seed_outputs(workdir, seed_results[seed], results.mean_curves(result))
+          logging.info("seed %d: %s", seed, ", ".join(
+              f"{k}={v:.2f}" for k, v in seed_results[seed]["metrics"].items()))
 
-  # --------------------------------------------------------------------------
-  # Summary.
-  ordered = [seed_results[int(seed)] for seed in config.seeds]
-  summary = results.summarize(config, ordered, dataset)
-  workdirs.write_summary(workdir, ordered, summary)
-  return summary
+    # --------------------------------------------------------------------------
+    # Summary.
+    ordered = [seed_results[int(seed)] for seed in config.seeds]
+    summary = results.summarize(config, ordered, dataset)
+    summary["provenance"] = provenance.describe()
+    workdirs.write_summary(workdir, ordered, summary)
+    return summary
 
 
 def _name_seeds(seeds: List[int]) -> str:
@@ -198,9 +210,14 @@ def _stage1_timings(trained: stage1.SeedResult) -> Dict[str, Any]:
           "stage1_first_call_s": trained.first_call_s, "parallel_seeds": trained.parallel_seeds}
 
 
-def _evaluated_with(seed_result: Dict[str, Any], gamma: Optional[float]) -> bool:
-  """Whether a finished seed's stage 2 used this calibration gamma (or none)."""
-  stored = seed_result["metrics"].get("calibration_gamma")
-  if stored is None or gamma is None:
-    return stored is None and gamma is None
-  return stored == float(gamma)
+def _stage2_of(seed_result: Dict[str, Any], previous: Optional[Dict[str, Any]]):
+  """The stage-2 fingerprint a finished seed was evaluated with.
+
+  Seeds finished by an earlier version did not record it: theirs is the
+  eval fields of the config.json they were written with, and the calibration
+  gamma in their metrics.
+  """
+  if "stage2" in seed_result:
+    return seed_result["stage2"]
+  return workdirs.stage2_fingerprint(previous or {},
+                                     seed_result["metrics"].get("calibration_gamma"))

@@ -9,11 +9,19 @@ Layout (`train.train_and_evaluate` writes it; only process 0 writes):
   seed_<s>/result.json      the seed's final metrics (a rerun skips the seed)
   seed_<s>/samples.npz      real and generated features of a few unseen classes
   checkpoints/seed_<s>/     orbax checkpoints of stage 1
+  .lock                     held by the live run (`lock`): who runs here
 """
 
+import contextlib
+import datetime
+import fcntl
+import json
 import os
+import shlex
 import shutil
-from typing import Any, Dict, Optional, Sequence
+import socket
+import sys
+from typing import Any, Dict, Iterator, Optional, Sequence
 
 import ml_collections
 import numpy as np
@@ -22,6 +30,7 @@ from gmn_jax import config_utils
 from gmn_jax import errors
 from gmn_jax import metric_writers
 from gmn_jax import parallel
+from gmn_jax import provenance
 from gmn_jax import synthesis
 from gmn_jax.data.dataset import ZSLDataset
 
@@ -30,12 +39,17 @@ RESULTS_FILE = "results.json"
 SEED_RESULT_FILE = "result.json"
 SAMPLES_FILE = "samples.npz"
 CHECKPOINT_DIR = "checkpoints"
+LOCK_FILE = ".lock"
 # samples.npz: real and generated features of a few unseen classes (plots).
 SAMPLE_CLASSES, SAMPLES_PER_CLASS = 5, 200
 # Fields a run may change between a stop and its resume: logging, and how GM
 # is computed (both implementations compute the same loss; workdirs written
 # before gm.implementation existed resume with the default).
 RESUME_SAFE_FIELDS = ("train.log_every", "gm.implementation")
+# Fields that extend a run: which seeds, and how many train at once.
+EXTENSION_FIELDS = ("seeds", "num_parallel_seeds")
+# The stage-2 fields: a change re-evaluates finished seeds, stage 1 untouched.
+STAGE2_PREFIX = "eval."
 # Fields that no longer exist, with the one value that meant what the
 # current code does: a workdir that stored it resumes.
 RETIRED_FIELDS = {"eval.selection": "last"}
@@ -67,9 +81,113 @@ def checkpoint_dir(workdir: str, seed: int) -> str:
   return os.path.join(workdir, CHECKPOINT_DIR, f"seed_{seed}")
 
 
+class WorkdirInUseError(errors.GMNError):
+  """Another live process runs in this workdir."""
+
+
+def _require_directory(workdir: str) -> None:
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise errors.DataError(workdir, None, "a directory (the workdir)", "a file")
+
+
+@contextlib.contextmanager
+def lock(workdir: str) -> Iterator[None]:
+  """Holds the workdir for one run; a second live run on it is refused.
+
+  The run holds an exclusive `flock` on `workdir/.lock`, which the
+  operating system releases when the process ends however it ends (kill -9
+  included), so a lock left by a dead process never blocks a later launch.
+  The file says who holds it, for the refusal's message. In a multi-host
+  run only process 0 locks.
+
+  Args:
+    workdir: the run's directory (created when missing).
+
+  Yields:
+    Nothing; the lock is released on exit.
+
+  Raises:
+    WorkdirInUseError: when a live process holds the lock.
+    DataError: when `workdir` is a file.
+  """
+  if not parallel.is_primary():
+    yield
+    return
+  _require_directory(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, LOCK_FILE)
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      raise WorkdirInUseError(f"{workdir}: in use by {_holder(path)}; wait for it to end, or "
+                              "stop it, or use another --workdir") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, json.dumps({
+        "pid": os.getpid(), "host": socket.gethostname(),
+        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": shlex.join(sys.argv)}).encode())
+    yield
+  finally:
+    os.close(fd)  # releases the flock
+
+
+def _holder(path: str) -> str:
+  """'process 123 on host h (since ..., python -m ...)' from a lock file."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      who = json.load(f)
+    return (f"process {who['pid']} on host {who['host']} (since {who['started']}: "
+            f"{who['command']})")
+  except (OSError, ValueError, KeyError):
+    return "another process"
+
+
+def stored_config(workdir: str) -> Optional[Dict[str, Any]]:
+  """The config fingerprint a workdir's config.json holds, or None.
+
+  Args:
+    workdir: the run's directory.
+
+  Returns:
+    The flat {field: value} fingerprint (`config_utils.config_fingerprint`);
+    workdirs written before config.json held provenance store it bare.
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.isfile(path):
+    return None
+  stored = metric_writers.read_json(path)
+  if isinstance(stored.get("config"), dict):
+    return stored["config"]
+  return stored
+
+
+def stage2_fingerprint(fingerprint: Dict[str, Any], calibration_gamma=None) -> Dict[str, Any]:
+  """What decides a seed's stage 2 given its generator: the eval fields and gamma.
+
+  Args:
+    fingerprint: a config fingerprint.
+    calibration_gamma: the calibrated-stacking gamma given to the run, or None.
+
+  Returns:
+    {"eval.<field>": value, ..., "calibration_gamma": gamma}.
+  """
+  out = {k: v for k, v in fingerprint.items() if k.startswith(STAGE2_PREFIX)}
+  out["calibration_gamma"] = None if calibration_gamma is None else float(calibration_gamma)
+  return out
+
+
 def prepare(config: ml_collections.ConfigDict, workdir: str, *,
-            overwrite: bool = False) -> None:
-  """Creates the workdir, or checks that it was made with the same config.
+            overwrite: bool = False) -> Optional[Dict[str, Any]]:
+  """Creates the workdir, or checks that it holds a run this config extends.
+
+  A workdir resumes when only these differ: the seeds (new ones are trained,
+  finished ones kept, `results.json` summarises the config's seeds),
+  `num_parallel_seeds`, the stage-2 fields `eval.*` (finished seeds are
+  evaluated again from their final checkpoints), and `RESUME_SAFE_FIELDS`.
+  Any other (stage-1) field that differs is refused. config.json is then
+  rewritten with this config and this launch's provenance.
 
   Args:
     config: the effective config.
@@ -77,33 +195,38 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, *,
     overwrite: delete this project's outputs in `workdir` (checkpoints,
       results, metrics) and start afresh instead of resuming.
 
+  Returns:
+    The stored config's fingerprint when the workdir held one, else None.
+
   Raises:
-    ConfigError: when `workdir/config.json` exists with different fields and
+    ConfigError: when `workdir/config.json` differs in a stage-1 field and
       `overwrite` is False; the message lists every differing field.
     DataError: when `workdir` exists and is not a directory.
   """
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise errors.DataError(workdir, None, "a directory (the workdir)", "a file")
+  _require_directory(workdir)
   if overwrite and parallel.is_primary():
     _remove_outputs(workdir)
   # In a multi-host run the others check config.json only after process 0 has
   # removed the old outputs.
   parallel.sync_processes("gmn_prepare_workdir")
   os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, CONFIG_FILE)
   fingerprint = config_utils.config_fingerprint(config)
-  if os.path.isfile(path):
-    stored = metric_writers.read_json(path)
+  stored = stored_config(workdir)
+  if stored is not None:
     stored = {field: value for field, value in stored.items()
               if RETIRED_FIELDS.get(field, object()) != value}
-    differences = config_utils.diff_configs(stored, fingerprint, ignore=RESUME_SAFE_FIELDS)
+    differences = config_utils.diff_configs(
+        stored, fingerprint, ignore=RESUME_SAFE_FIELDS + EXTENSION_FIELDS + (STAGE2_PREFIX[:-1],))
     if differences:
       raise errors.ConfigError(
-          f"{path}: this workdir was written with a different config (differing fields: "
-          f"{'; '.join(differences)}); use the same config to resume, --overwrite to start "
-          "afresh, or another --workdir")
+          f"{os.path.join(workdir, CONFIG_FILE)}: this workdir was written with other stage-1 "
+          f"settings (differing fields: {'; '.join(differences)}); a run can only be "
+          "extended with other seeds or eval.* fields: use the same config to resume, "
+          "--overwrite to start afresh, or another --workdir")
   if parallel.is_primary():
-    metric_writers.write_json_atomic(path, fingerprint)
+    metric_writers.write_json_atomic(os.path.join(workdir, CONFIG_FILE),
+                                     {"config": fingerprint, "provenance": provenance.describe()})
+  return stored
 
 
 def _remove_outputs(workdir: str) -> None:
@@ -169,7 +292,8 @@ def write_samples(path: str, sample_fn: synthesis.SampleFn, params, dataset: ZSL
   np.savez(tmp, class_ids=picked.astype(np.int32), class_names=np.asarray(names, dtype=str),
            real_features=np.asarray(dataset.test_unseen_features)[rows],
            real_labels=labels[rows].astype(np.int32),
-           generated_features=np.asarray(fake), generated_labels=np.asarray(fake_labels))
+           generated_features=np.asarray(fake), generated_labels=np.asarray(fake_labels),
+           num_unseen_classes=np.int64(unseen.size))
   os.replace(tmp, path)
 
 

@@ -1,11 +1,13 @@
 """experiments/cli.py and the binaries that share it: one-line errors, status 2."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
 import types
 
+from absl import logging as absl_logging
 import pytest
 
 from experiments import cli
@@ -69,3 +71,50 @@ def test_binaries_reject_unknown_flags_in_one_line(module):
   assert result.returncode == 2, result.stderr[-2000:]
   lines = result.stderr.splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: ") and "colour" in lines[0]
+
+
+def _jax_record(level, msg, name="jax._src.xla_bridge"):
+  return logging.LogRecord(name, level, "xla_bridge.py", 1, msg, None, None)
+
+
+def test_the_probe_filter_drops_only_jax_info_about_missing_backends(monkeypatch):
+  keep = cli._PlatformProbeFilter().filter  # pylint: disable=protected-access
+  probe = "Unable to initialize backend 'tpu': INTERNAL: Failed to open libtpu.so"
+  assert not keep(_jax_record(logging.INFO, probe))
+  assert keep(_jax_record(logging.WARNING, probe))  # a real warning always shows
+  assert keep(_jax_record(logging.INFO, "Initializing backend 'cpu'"))
+  assert keep(_jax_record(logging.INFO, probe, name="my_module"))
+  assert keep(_jax_record(logging.WARNING, "An NVIDIA GPU may be present on this machine, "
+                          "but a CUDA-enabled jaxlib is not installed. Falling back to cpu."))
+  monkeypatch.setattr(absl_logging, "get_verbosity", lambda: absl_logging.DEBUG)
+  assert keep(_jax_record(logging.INFO, probe))  # --verbosity=1 shows everything
+
+
+def test_a_binary_prints_no_backend_probe_lines_unless_asked(tmp_path):
+  # Without JAX_PLATFORMS, JAX probes every backend it knows at its first use
+  # of a device (--num_devices=0 asks for them all before the config fails).
+  env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+  args = [sys.executable, "-m", "experiments.train", "--config=experiments/configs/digits.py",
+          "--num_devices=0", "--config.train.batch_size=-3", f"--workdir={tmp_path}"]
+  runs = [subprocess.run(args + extra, cwd=REPO, capture_output=True, text=True, timeout=120,
+                         check=False, env=env) for extra in ([], ["--verbosity=1"])]
+  quiet, verbose = runs
+  assert quiet.returncode == verbose.returncode == 2, quiet.stderr[-2000:]
+  assert quiet.stderr.splitlines() == [
+      "error: config.train.batch_size: expected a positive integer, found -3"]
+  if "Unable to initialize backend" not in verbose.stderr:
+    pytest.skip("every backend JAX knows initialises on this machine")
+
+
+@pytest.mark.parametrize("module", ["ablation", "benchmark", "benchmarking.gpu_aot"])
+def test_every_binary_with_a_config_names_a_missing_file_and_a_bad_argument(module):
+  result = _run(module, "--config=experiments/configs/nope.py")
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert result.stderr.splitlines() == [
+      "error: --config: no such config file experiments/configs/nope.py (the presets are "
+      "experiments/configs/{apy,awa1,awa2,cub,digits,flo,sun}.py)"]
+  result = _run(module, "--config=experiments/configs/digits.py:fast")
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert result.stderr.splitlines() == [
+      "error: --config=experiments/configs/digits.py:fast: unknown config argument 'fast' "
+      "(expected nothing or :smoke)"]

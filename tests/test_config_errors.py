@@ -10,13 +10,18 @@ cases run in one helper process that imports experiments.train alone.
 
 import json
 import os
+import platform
+import shlex
 import subprocess
 import sys
 import textwrap
 
+import jax
+import jaxlib
 import pytest
 
 from experiments.configs import digits
+import gmn_jax
 from gmn_jax import config_utils
 from gmn_jax import workdir as workdirs
 from gmn_jax.errors import ConfigError
@@ -76,9 +81,13 @@ BAD_OVERRIDES = [
     ("--config.trian.batch_size=8", "config.trian is not a known field"),
     ("--config.eval.epoch=3", "config.eval.epoch is not a known field (did you mean "
                               "config.eval.epochs?)"),
-    # Wrong types.
-    ("--config.train.batch_size=abc", "config.train.batch_size"),
-    ("--config.gm.weight=strong", "config.gm.weight"),
+    # Wrong types, said in plain words.
+    ("--config.train.batch_size=abc", "error: --config.train.batch_size: expected an int, "
+                                      "found 'abc'\n"),
+    ("--config.gm.weight=strong", "error: --config.gm.weight: expected a float, "
+                                  "found 'strong'\n"),
+    ("--config.train.class_balanced=maybe", "error: --config.train.class_balanced: expected "
+                                            "true or false, found 'maybe'\n"),
     ("--config.seeds=(1,'a')", "config.seeds"),
     # Impossible values.
     ("--config.train.batch_size=-3", "config.train.batch_size: expected a positive integer"),
@@ -94,10 +103,18 @@ BAD_OVERRIDES = [
                                    "classes, found 50"),
     ("--config.data_dir=/no/such/dir", "config.data_dir: expected an existing directory"),
 ]
+PRESETS = "experiments/configs/{apy,awa1,awa2,cub,digits,flo,sun}.py"
 BAD_COMMAND_LINES = [
     ([DIGITS], "--workdir"),
     (["--workdir=/tmp/x"], "--config"),
-    (["--config=experiments/configs/nope.py", "--workdir=/tmp/x"], "nope.py"),
+    (["--config=experiments/configs/nope.py", "--workdir=/tmp/x"],
+     f"error: --config: no such config file experiments/configs/nope.py (the presets are "
+     f"{PRESETS})\n"),
+    (["--config=experiments/configs/nope.py:smoke", "--workdir=/tmp/x"],
+     "no such config file experiments/configs/nope.py "),
+    (["--config=experiments/configs/awa1.py:fast", "--workdir=/tmp/x"],
+     "error: --config=experiments/configs/awa1.py:fast: unknown config argument 'fast' "
+     "(expected nothing or :smoke)\n"),
     ([DIGITS, "--workdir=/tmp/x", "extra"], "expected only flags"),
     ([DIGITS, "--workdir=/tmp/x", "--calibration_gamma_from=/no/such/run"], "results.json"),
 ]
@@ -114,6 +131,16 @@ def outcomes(tmp_path_factory):
                            f"--workdir={base / 'two'}"]
   (base / "file").write_text("x")
   cases["workdir_is_a_file"] = [DIGITS, f"--workdir={base / 'file'}"]
+  (base / "raises.py").write_text("from gmn_jax import config\n\nX = config.no_such_name\n")
+  cases["config_raises"] = [f"--config={base / 'raises.py'}", f"--workdir={base / 'r'}"]
+  (base / "no_arg.py").write_text("from gmn_jax import config\n\n"
+                                  "def get_config():\n  return config.get_base_config()\n")
+  cases["config_takes_no_argument"] = [f"--config={base / 'no_arg.py'}:smoke",
+                                       f"--workdir={base / 'n'}"]
+  # A preset's default data_dir (data/xlsa17/CUB) before download_data ran.
+  cases["no_data"] = ["--config=experiments/configs/cub.py",
+                      f"--config.data_dir={base / 'data' / 'xlsa17' / 'CUB'}",
+                      f"--workdir={base / 'd'}"]
   other = base / "other"
   workdirs.prepare(digits.get_config(), str(other))  # seeds (1, 67, 99)
   cases["other_config"] = [DIGITS, "--config.gm.weight=5.0", "--config.seeds=(1,)",
@@ -159,6 +186,30 @@ def test_bad_command_lines_fail_in_one_line(outcomes, index):
   assert_one_line_exit_2(outcomes[1][f"command{index}"], BAD_COMMAND_LINES[index][1])
 
 
+def test_a_config_file_that_raises_is_named_with_its_error_and_line(outcomes):
+  base, results = outcomes
+  assert_one_line_exit_2(
+      results["config_raises"],
+      f"error: --config: {base / 'raises.py'}, line 3 raised AttributeError: module "
+      "'gmn_jax.config' has no attribute 'no_such_name'\n")
+  assert_one_line_exit_2(
+      results["config_takes_no_argument"],
+      f"error: --config={base / 'no_arg.py'}:smoke: {base / 'no_arg.py'} raised TypeError: "
+      "get_config() takes 0 positional arguments but 1 was given\n")
+
+
+def test_a_missing_data_dir_says_how_to_get_the_data(outcomes):
+  base, results = outcomes
+  parent = base / "data" / "xlsa17"
+  outcome = results["no_data"]
+  assert_one_line_exit_2(outcome, "error: config.data_dir: expected an existing directory or "
+                                  "a value starting with 'builtin:', found '")  # (cut at 60)
+  assert outcome["stderr"].endswith(
+      f" (get the benchmark with python -m experiments.download_data --dataset=CUB "
+      f"--out={parent}, or write stand-in data with python -m experiments.make_synthetic "
+      "--preset=CUB --out_dir=DIR, or name the directory with --config.data_dir=DIR)\n")
+
+
 def test_a_workdir_that_is_a_file_is_refused(outcomes):
   assert_one_line_exit_2(outcomes[1]["workdir_is_a_file"], "a directory (the workdir)")
 
@@ -168,16 +219,17 @@ def test_a_workdir_of_another_config_is_refused_with_the_differing_fields(outcom
   outcome = results["other_config"]
   weight = json.dumps(digits.get_config().gm.weight)
   assert_one_line_exit_2(outcome, f"gm.weight: {weight} -> 5.0")
-  assert "seeds: [1, 67, 99] -> [1]" in outcome["stderr"]
+  # Other seeds extend a run: they are not among the differences.
+  assert "seeds" not in outcome["stderr"].split("differing fields:")[1].split(")")[0]
   assert "--overwrite" in outcome["stderr"]
   stored = json.loads((base / "other" / "config.json").read_text())
-  assert stored == config_utils.config_fingerprint(digits.get_config())  # untouched
+  assert stored["config"] == config_utils.config_fingerprint(digits.get_config())  # untouched
 
 
 def test_fields_that_only_change_reporting_may_differ_on_resume(tmp_path):
   workdirs.prepare(tiny_config(), str(tmp_path))  # train.log_every = 1
   workdirs.prepare(tiny_config(**{"train.log_every": 3}), str(tmp_path))
-  stored = json.loads((tmp_path / "config.json").read_text())
+  stored = json.loads((tmp_path / "config.json").read_text())["config"]
   assert stored["train.log_every"] == 3  # the resumed run's value is recorded
   # A field that changes the training still refuses.
   with pytest.raises(ConfigError, match="gm.weight"):
@@ -187,8 +239,9 @@ def test_fields_that_only_change_reporting_may_differ_on_resume(tmp_path):
 def test_a_workdir_resumes_across_gm_implementations_and_from_before_the_field(tmp_path):
   workdirs.prepare(tiny_config(**{"gm.implementation": "autodiff"}), str(tmp_path))
   workdirs.prepare(tiny_config(**{"gm.implementation": "gram"}), str(tmp_path))
-  # A workdir written before gm.implementation existed.
-  stored = json.loads((tmp_path / "config.json").read_text())
+  # A workdir written before gm.implementation existed (and before
+  # config.json held provenance: the bare fingerprint).
+  stored = json.loads((tmp_path / "config.json").read_text())["config"]
   del stored["gm.implementation"]
   (tmp_path / "config.json").write_text(json.dumps(stored))
   workdirs.prepare(tiny_config(), str(tmp_path))
@@ -199,10 +252,28 @@ def test_a_workdir_resumes_across_gm_implementations_and_from_before_the_field(t
 
 def test_a_workdir_written_with_the_retired_selection_field_resumes(tmp_path):
   # eval.selection left the schema; "last" meant what every run does now.
+  # Like any eval.* field it decides only stage 2, so no value of it refuses.
   workdirs.prepare(tiny_config(), str(tmp_path))
-  stored = json.loads((tmp_path / "config.json").read_text())
-  (tmp_path / "config.json").write_text(json.dumps({**stored, "eval.selection": "last"}))
+  stored = json.loads((tmp_path / "config.json").read_text())["config"]
+  for value in ("last", "validation"):
+    (tmp_path / "config.json").write_text(json.dumps({**stored, "eval.selection": value}))
+    previous = workdirs.prepare(tiny_config(), str(tmp_path))
+    assert ("eval.selection" in previous) == (value != "last")
+
+
+def test_provenance_is_recorded_beside_the_config(tmp_path):
   workdirs.prepare(tiny_config(), str(tmp_path))
-  (tmp_path / "config.json").write_text(json.dumps({**stored, "eval.selection": "validation"}))
-  with pytest.raises(ConfigError, match=r'eval\.selection: "validation" -> <absent>'):
-    workdirs.prepare(tiny_config(), str(tmp_path))
+  provenance = json.loads((tmp_path / "config.json").read_text())["provenance"]
+  assert provenance["python"] == platform.python_version()
+  assert provenance["jax"] == jax.__version__ and provenance["jaxlib"] == jaxlib.__version__
+  assert provenance["gmn_jax"] == gmn_jax.__version__
+  assert provenance["devices"]["count"] == jax.device_count() == 4  # the tests' CPU devices
+  assert provenance["devices"]["platform"] == "cpu"
+  assert provenance["command"] == shlex.join(sys.argv)
+  git = provenance["git"]
+  repo_head = subprocess.run(["git", "-C", REPO, "rev-parse", "HEAD"], capture_output=True,
+                             text=True, check=False)
+  if repo_head.returncode == 0:  # a checkout: the commit of the code under test
+    assert git["commit"] == repo_head.stdout.strip() and isinstance(git["dirty"], bool)
+  else:
+    assert git is None

@@ -195,6 +195,28 @@ def test_a_check_that_raises_counts_as_invalid():
       "config.gm.classifier: expected a number above 3, found 'softmax'")
 
 
+def test_a_rule_hint_follows_its_problem(tmp_path):
+  config = reference()
+  config.data_dir = str(tmp_path / "data" / "CUB")
+  fixed = config_utils.existing_dir("data_dir", hint="run the download first")
+  assert problems_of(config, [fixed]).endswith(" (run the download first)")
+  computed = config_utils.existing_dir(
+      "data_dir", hint=lambda value: f"download {value.rsplit('/', 1)[-1]}")
+  assert problems_of(config, [computed]).endswith(" (download CUB)")
+  config.data_dir = str(tmp_path)  # a valid value: no problem, no hint
+  config_utils.validate_config(config, reference(), [fixed, computed])
+
+
+def test_the_data_dir_hint_names_the_benchmark_and_the_commands():
+  from gmn_jax import config as gmn_config  # pylint: disable=g-import-not-at-top
+  hint = gmn_config.data_dir_hint("data/xlsa17/AWA2")
+  assert hint == ("get the benchmark with python -m experiments.download_data --dataset=AWA2 "
+                  "--out=data/xlsa17, or write stand-in data with python -m "
+                  "experiments.make_synthetic --preset=AWA2 --out_dir=DIR, or name the "
+                  "directory with --config.data_dir=DIR")
+  assert "--dataset=<DS> --out=data/xlsa17" in gmn_config.data_dir_hint("/my/features")
+
+
 def test_rule_on_an_absent_field_is_a_programming_error():
   with pytest.raises(ValueError, match="config.gm.nope"):
     config_utils.validate_config(reference(), reference(),

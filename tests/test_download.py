@@ -10,6 +10,7 @@ import http.server
 import io
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 import threading
@@ -295,6 +296,40 @@ def test_http_error_is_not_retried(server, tmp_path):
   assert len(server.requests) == 1
 
 
+# RFC 6761: no name under .invalid resolves.
+UNRESOLVABLE_URL = "http://no-such-host.invalid/xlsa17.zip"
+
+
+def _no_sleep(seconds):
+  raise AssertionError(f"retried (slept {seconds} s)")
+
+
+def test_an_unresolvable_host_fails_at_once(tmp_path, monkeypatch):
+  monkeypatch.setattr(http_download.time, "sleep", _no_sleep)  # no retry
+  source = http_download.ArchiveSource(UNRESOLVABLE_URL)
+  with pytest.raises(http_download.HostNotFoundError) as error:
+    download.fetch(["CUB"], tmp_path, sources={"xlsa17": source}, retries=5,
+                   validate=lambda directory: None, timeout=TIMEOUT_S)
+  message = str(error.value)
+  assert message.startswith(f"{UNRESOLVABLE_URL}: expected a host name that resolves, "
+                            "found no address for no-such-host.invalid (")
+  assert message.endswith(": offline, or a wrong URL)")
+  assert ".part" not in message
+  assert _files_under(tmp_path) == []
+
+
+def test_retries_exhausted_name_the_part_file_only_when_there_is_one(tmp_path):
+  with socket.socket() as sock:  # a port on 127.0.0.1 that nothing listens on
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+  source = http_download.ArchiveSource(f"http://127.0.0.1:{port}/xlsa17.zip")
+  with pytest.raises(DataError, match="after 1 retries; rerun to try again$") as error:
+    http_download.download(source, tmp_path / "xlsa17.zip", retries=1, retry_wait_s=0.0,
+                           timeout=TIMEOUT_S)
+  assert "ConnectionRefusedError" in str(error.value) or "refused" in str(error.value)
+  assert ".part" not in str(error.value) and _files_under(tmp_path) == []
+
+
 def test_corrupt_member_leaves_no_file(tiny_files, tmp_path):
   archive = tmp_path / "bad.zip"
   with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
@@ -437,6 +472,19 @@ def test_binary_downloads_and_validates(server, tmp_path):
   assert result.returncode == 0, result.stderr
   assert "APY: extracted" in result.stdout and "CUB: extracted" in result.stdout
   assert (tmp_path / "APY" / "res101.mat").exists()
+
+
+def test_binary_offline_points_to_archive_and_make_synthetic(tmp_path):
+  result = _run_binary("--dataset=CUB", f"--out={tmp_path}", f"--url={UNRESOLVABLE_URL}")
+  assert result.returncode == 2, result.stderr
+  lines = result.stderr.splitlines()  # one line: no retry warnings before it
+  assert len(lines) == 1 and lines[0].startswith(
+      f"error: {UNRESOLVABLE_URL}: expected a host name that resolves"), result.stderr
+  assert lines[0].endswith(
+      "; without a network, fetch the zip on another machine and pass it with "
+      "--archive=PATH/xlsa17.zip (FLO: --archive=PATH/cvpr18xian.zip), or build stand-in "
+      "data with python -m experiments.make_synthetic (docs/synthetic_data.md)")
+  assert ".part" not in lines[0] and _files_under(tmp_path) == []
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -176,9 +176,9 @@ SEEDS = (3, 5)
 
 
 def _comparable(results):
-  """results.json without wall-clock timings and the parallelism setting."""
+  """results.json without wall-clock timings, the parallelism setting and provenance."""
   out = json.loads(json.dumps(results))
-  del out["timings"], out["config"]["num_parallel_seeds"]
+  del out["timings"], out["config"]["num_parallel_seeds"], out["provenance"]
   for seed_result in out["per_seed"]:
     del seed_result["timings"]
   return out

@@ -74,12 +74,13 @@ def straight_run(tmp_path_factory):
   return str(workdir)
 
 
-def _stop_during_chunk(monkeypatch, number, signum):
-  """Sends `signum` to this process while host call `number` runs.
+def _stop_during_chunk(monkeypatch, number, signum, *, after=False):
+  """Sends `signum` to this process as host call `number` starts (or ends).
 
   A real signal, caught by the handler train_and_evaluate installs; outside
   the main thread (where Python allows no handlers) the request is made
-  directly, as the handler would.
+  directly, as the handler would. Sent as a call starts, it reaches the
+  call's first report, after its first iteration: the call ends there.
   """
   real = stage1.compiled_chunk
   calls = []
@@ -87,14 +88,21 @@ def _stop_during_chunk(monkeypatch, number, signum):
   def patched(spec, length, num_seeds):
     fn = real(spec, length, num_seeds)
 
+    def stop():
+      if threading.current_thread() is threading.main_thread():
+        os.kill(os.getpid(), signum)
+      else:
+        preemption.request_stop(signum)
+
     def wrapped(*args):
       calls.append(length)
-      if len(calls) == number:
-        if threading.current_thread() is threading.main_thread():
-          os.kill(os.getpid(), signum)
-        else:
-          preemption.request_stop(signum)
-      return fn(*args)
+      if len(calls) == number and not after:
+        stop()
+      out = fn(*args)
+      if len(calls) == number and after:
+        jax.block_until_ready(out)
+        stop()
+      return out
 
     return wrapped
 
@@ -108,28 +116,31 @@ def test_a_stop_checkpoints_at_the_chunk_boundary_and_resumes_exactly(
   with pytest.raises(preemption.Interrupted) as stopped:
     train.train_and_evaluate(_config(), tmp_path, dataset=tiny_dataset())
   assert stopped.value.exit_code == 130 and stopped.value.signum == signal.SIGINT
-  assert "SIGINT at generator iteration 4 of 8 (seed 3)" in str(stopped.value)
+  # Call 2 (iterations 2-4) stopped after its first iteration, in the call.
+  assert "SIGINT at generator iteration 3 of 8 (seed 3)" in str(stopped.value)
+  assert "seeds still to run: 3;" in str(stopped.value)
   assert len(calls) == 2  # nothing ran after the stop
   with checkpoint.Checkpointer(tmp_path / "checkpoints" / f"seed_{SEED}") as ckpt:
-    assert ckpt.latest_step() == 4
+    assert ckpt.latest_step() == 3
   assert not (tmp_path / "results.json").exists()
   assert preemption.requested_signal() is None  # the request ended with the run
   monkeypatch.undo()
   resumed = train.train_and_evaluate(_config(), tmp_path, dataset=tiny_dataset())
-  assert resumed["per_seed"][0]["timings"]["stage1_start_iteration"] == 4
+  assert resumed["per_seed"][0]["timings"]["stage1_start_iteration"] == 3
   _assert_same_run(str(tmp_path), straight_run)
 
 
 def test_a_stop_between_checkpoints_saves_an_extra_one(tmp_path, monkeypatch, straight_run):
-  # With checkpoints every 4 iterations a stop after iteration 2 must still
-  # save iteration 2, and the resumed run must call the same chunks.
+  # With checkpoints every 4 iterations a stop inside the first call (after
+  # iteration 1) must still save iteration 1; the resumed run's calls then
+  # start there and end at the periodic checkpoints.
   config = tiny_config(seeds=(SEED,), **OVERRIDES, **{"train.checkpoint_every": 4})
   _stop_during_chunk(monkeypatch, 1, signal.SIGTERM)
-  with pytest.raises(preemption.Interrupted, match="iteration 2 of 8") as stopped:
+  with pytest.raises(preemption.Interrupted, match="iteration 1 of 8") as stopped:
     train.train_and_evaluate(config, tmp_path, dataset=tiny_dataset())
   assert stopped.value.exit_code == 143
   with checkpoint.Checkpointer(tmp_path / "checkpoints" / f"seed_{SEED}") as ckpt:
-    assert ckpt.all_steps() == [2]
+    assert ckpt.all_steps() == [1]
   monkeypatch.undo()
   train.train_and_evaluate(config, tmp_path, dataset=tiny_dataset())
   # checkpoint_every changes only when states are saved, not what is computed.
@@ -138,7 +149,7 @@ def test_a_stop_between_checkpoints_saves_an_extra_one(tmp_path, monkeypatch, st
 
 def test_a_stop_after_the_last_chunk_skips_stage_2_until_the_rerun(
     tmp_path, monkeypatch, straight_run):
-  _stop_during_chunk(monkeypatch, 4, signal.SIGTERM)
+  _stop_during_chunk(monkeypatch, 4, signal.SIGTERM, after=True)  # once the last call ended
   with pytest.raises(preemption.Interrupted, match="after stage 1 of seed 3"):
     train.train_and_evaluate(_config(), tmp_path, dataset=tiny_dataset())
   assert not (tmp_path / f"seed_{SEED}" / "result.json").exists()
@@ -207,13 +218,13 @@ def test_real_sigterm_then_kill_9_then_resume_equals_straight_run(tmp_path, stra
                           env=dict(env, SIGNAL=signal_name, SIGNAL_AT=str(at)),
                           capture_output=True, text=True, timeout=300)
 
-  first = run("SIGTERM", 1)  # during host call 1: stop after iteration 2
+  first = run("SIGTERM", 1)  # as host call 1 starts: stop after iteration 1
   assert first.returncode == 143, first.stderr[-3000:]
   lines = [l for l in first.stderr.splitlines() if l.startswith("interrupted:")]
-  assert len(lines) == 1 and "SIGTERM at generator iteration 2 of 8" in lines[0]
+  assert len(lines) == 1 and "SIGTERM at generator iteration 1 of 8" in lines[0]
   assert "Traceback" not in first.stderr
-  # Resumed at 2, killed without warning at the start of its second call
-  # (iterations 4-6), while the checkpoint of 4 may still be being written.
+  # Resumed at 1, killed without warning at the start of its second call
+  # (iterations 2-4), while the checkpoint of 2 may still be being written.
   second = run("SIGKILL", 2)
   assert second.returncode == -signal.SIGKILL, second.stderr[-3000:]
   assert not (workdir / "results.json").exists()

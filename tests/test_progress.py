@@ -39,10 +39,9 @@ class RecordingWriter:
 
 @pytest.fixture
 def logged(monkeypatch):
-  """The messages ProgressLogger sends to absl logging.info."""
+  """The lines the reporters emit (to the absl log or stderr)."""
   messages = []
-  monkeypatch.setattr(progress.logging, "info",
-                      lambda fmt, *args: messages.append(fmt % args))
+  monkeypatch.setattr(progress, "emit", messages.append)
   return messages
 
 
@@ -145,3 +144,66 @@ def test_format_scalars_is_compact():
 def test_log_every_must_be_positive():
   with pytest.raises(ValueError, match="log_every"):
     ProgressLogger(10, log_every=0)
+
+
+# --------------------------------------------------------------------------
+# LiveProgress: heartbeats from inside a computation.
+
+
+def test_live_progress_emits_a_heartbeat_at_the_first_report_and_then_every_period(logged):
+  clock = FakeClock()
+  live = progress.LiveProgress("seed 1: stage 1", 1000, start=100, heartbeat_s=30,
+                               stream=io.StringIO(), clock=clock)
+  emitted = []
+  clock.now = 20.0  # compilation: before the first report
+  for done, now in ((101, 20.0), (141, 30.0), (181, 40.0), (221, 50.0), (261, 60.0)):
+    clock.now = now
+    emitted.append(live.report(done, {"loss": done / 1000}))
+  assert emitted == [True, False, False, True, False]  # at 20 s and 50 s
+  assert len(logged) == 2
+  # 4 it/s between the reports (the 20 s of compilation do not count):
+  # (221 - 101) / 30 s, and 779 left at that speed.
+  assert logged[1] == ("seed 1: stage 1: iteration 221/1000 (22.1%) | 4 it/s | ETA 3m15s | "
+                       "loss=0.221")
+  assert live.rate == (261 - 101) / 40.0
+
+
+def test_live_progress_measures_each_call_anew(logged):
+  clock = FakeClock()
+  live = progress.LiveProgress("x", 100, heartbeat_s=1e9, stream=io.StringIO(), clock=clock)
+  live.report(10)
+  clock.now = 10.0
+  live.report(20)
+  assert live.rate == 1.0
+  live.new_call()
+  clock.now = 100.0  # the host's work and the next call's compilation
+  live.report(21)
+  assert math.isnan(live.rate)  # one report of this call: unknown yet
+  clock.now = 101.0
+  live.report(31)
+  assert live.rate == 10.0 and live.eta_seconds() == (100 - 31) / 10.0
+
+
+def test_live_progress_lines_clear_and_redraw_the_bar(logged):
+  terminal = Terminal()
+  clock = FakeClock()
+  live = progress.LiveProgress("seeds 1, 2: stage 2", 50, unit="epoch", heartbeat_s=1e9,
+                               stream=terminal, clock=clock)
+  live.report(1, {"train_loss": 2.5})
+  live.line("a line of the loop's")
+  live.close()
+  text = terminal.getvalue()
+  assert "1/50" in text and text.endswith("\n")
+  assert logged == ["seeds 1, 2: stage 2: epoch 1/50 (2.0%) | ? epochs/s | ETA ? | "
+                    "train_loss=2.5", "a line of the loop's"]
+
+
+def test_emit_uses_stderr_before_absl_flags_are_parsed(capsys, monkeypatch):
+  monkeypatch.setattr(progress, "_absl_flags_parsed", lambda: False)
+  progress.emit("seed 1: step 5/10")
+  assert capsys.readouterr().err == "seed 1: step 5/10\n"
+  logged = []
+  monkeypatch.setattr(progress, "_absl_flags_parsed", lambda: True)
+  monkeypatch.setattr(progress.logging, "info", lambda fmt, *args: logged.append(fmt % args))
+  progress.emit("seed 1: step 10/10")
+  assert logged == ["seed 1: step 10/10"] and capsys.readouterr().err == ""

@@ -17,6 +17,7 @@ from gmn_jax import checkpoint
 from gmn_jax import evaluate
 from gmn_jax import final_classifier
 from gmn_jax import metric_writers
+from gmn_jax import progress
 from gmn_jax import models
 from gmn_jax import specs
 from gmn_jax import stage1
@@ -112,7 +113,7 @@ def test_results_json_schema_and_rerun_skips_finished_seeds(tmp_path, monkeypatc
       assert seed_result["metrics"][name] == pytest.approx(np.mean(values))
     assert len(seed_result["curves"]["gzsl_h"]) == config.eval.epochs
     assert len(seed_result["classifier_seeds"]["zsl_t1"]) == config.eval.num_classifier_seeds
-  assert json.loads((tmp_path / "config.json").read_text())["gm.weight"] == 10.0
+  assert json.loads((tmp_path / "config.json").read_text())["config"]["gm.weight"] == 10.0
   assert len(metric_writers.read_jsonl(tmp_path / "metrics.jsonl")) == 2
   eval_log = metric_writers.read_jsonl(tmp_path / "seed_1" / "eval" / "metrics.jsonl")
   assert [r["step"] for r in eval_log] == [1, 2, 3]
@@ -220,7 +221,7 @@ def test_workdir_with_another_config_is_refused_unless_overwrite(tmp_path):
   workdirs.prepare(changed, str(tmp_path), overwrite=True)
   assert not (tmp_path / "results.json").exists()
   assert (tmp_path / "notes.txt").read_text() == "mine"  # not ours: kept
-  stored = json.loads((tmp_path / "config.json").read_text())
+  stored = json.loads((tmp_path / "config.json").read_text())["config"]
   assert stored["gm.weight"] == 3.0
 
 
@@ -236,10 +237,16 @@ def test_chunk_lengths_end_at_checkpoints(start, expected):
   assert stage1.chunk_lengths(start, schedule) == expected
 
 
-def test_log_rows_average_each_window_inside_a_chunk():
-  values = {"loss": np.array([1.0, 2.0, 3.0, 4.0, 5.0])}
-  rows = stage1.log_rows(values, first_iteration=10, log_every=2)
-  assert rows == [(12, {"loss": 1.5}), (14, {"loss": 3.5})]
+def test_window_rows_average_each_window_across_calls_and_log_the_end():
+  pending = {}
+  first = stage1.window_rows(pending, {"loss": np.array([1.0, 2.0, 3.0])}, first_iteration=10,
+                             log_every=4, end=17)
+  assert first == [(12, {"loss": 1.5})]  # iterations 10 and 11 (0-based), steps 11 and 12
+  # The next call continues the open window (iteration 12) and logs the run's end.
+  second = stage1.window_rows(pending, {"loss": np.array([4.0, 5.0, 6.0, 7.0, 8.0])},
+                              first_iteration=13, log_every=4, end=18)
+  assert second == [(16, {"loss": 4.5}), (18, {"loss": 7.5})]  # (3+4+5+6)/4, (7+8)/2
+  assert pending == {}
 
 
 def _run_binary(*args, cwd=REPO):
@@ -268,4 +275,53 @@ def test_binary_refuses_a_workdir_of_another_config(tmp_path):
   workdirs.prepare(tiny_config(), str(tmp_path))
   result = _run_binary("--config=experiments/configs/digits.py", f"--workdir={tmp_path}")
   assert result.returncode == 2
-  assert "different config" in result.stderr and "Traceback" not in result.stderr
+  assert "other stage-1 settings" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_finished_run_is_extended_without_retraining(tmp_path, monkeypatch, capfd):
+  dataset = tiny_dataset()
+  # As in a notebook: no absl flags parsed (another test may have parsed them).
+  monkeypatch.setattr(progress, "_absl_flags_parsed", lambda: False)
+  first = train.train_and_evaluate(tiny_config(seeds=(1,)), tmp_path, dataset=dataset)
+  # Called from Python (no absl flags), the progress lines reach stderr.
+  assert "seed 1: step 4/4 |" in capfd.readouterr().err
+  trained = []
+  real_train = stage1.train_generators
+
+  def recording_train(*args, seeds, **kwargs):
+    results = real_train(*args, seeds=seeds, **kwargs)
+    trained.append([(r.seed, r.start_iteration) for r in results])
+    return results
+
+  monkeypatch.setattr(stage1, "train_generators", recording_train)
+  # 1. A new seed trains; the finished one is read back, not touched.
+  two = train.train_and_evaluate(tiny_config(seeds=(1, 2)), tmp_path, dataset=dataset)
+  assert trained == [[(2, 0)]]
+  assert two["per_seed"][0] == first["per_seed"][0]
+  alone = train.train_and_evaluate(tiny_config(seeds=(2,)), tmp_path / "alone", dataset=dataset)
+  assert two["metrics"]["zsl_t1"]["per_seed"][1] == alone["metrics"]["zsl_t1"]["per_seed"][0]
+  # 2. Other stage-2 settings: both seeds are evaluated again from their
+  # final checkpoints (stage 1 restored at its end, nothing trained).
+  trained.clear()
+  epochs = train.train_and_evaluate(tiny_config(seeds=(1, 2), **{"eval.epochs": 2}), tmp_path,
+                                    dataset=dataset)
+  assert trained == [[(1, 4)], [(2, 4)]]
+  assert [len(r["curves"]["zsl_t1"]) for r in epochs["per_seed"]] == [2, 2]
+  assert epochs["per_seed"][0]["stage2"]["eval.epochs"] == 2
+  fresh = train.train_and_evaluate(tiny_config(seeds=(1,), **{"eval.epochs": 2}),
+                                   tmp_path / "fresh", dataset=dataset)
+  assert epochs["metrics"]["zsl_t1"]["per_seed"][0] == fresh["metrics"]["zsl_t1"]["per_seed"][0]
+  # 3. A stage-1 field is still refused, with the difference named.
+  with pytest.raises(ConfigError, match=r"gm\.weight: 10\.0 -> 3\.0"):
+    train.train_and_evaluate(tiny_config(seeds=(1, 2), **{"gm.weight": 3.0}), tmp_path,
+                             dataset=dataset)
+  # results.json says where its numbers come from.
+  provenance = json.loads((tmp_path / "results.json").read_text())["provenance"]
+  assert provenance["jax"] == jax.__version__ and provenance["devices"]["count"] == 4
+
+
+def test_a_run_shorter_than_log_every_logs_its_stage_1(tmp_path):
+  train.train_and_evaluate(tiny_config(seeds=(1,), **{"train.log_every": 1000}), tmp_path,
+                           dataset=tiny_dataset())
+  rows = metric_writers.read_jsonl(tmp_path / "seed_1" / "metrics.jsonl")
+  assert [r["step"] for r in rows] == [4]  # one window: all four iterations

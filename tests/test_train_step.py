@@ -12,6 +12,7 @@ import pytest
 from gmn_jax import config as gmn_config
 from gmn_jax import losses
 from gmn_jax import models
+from gmn_jax import seed_axis
 from gmn_jax import specs
 from gmn_jax import train_state
 from gmn_jax import train_step
@@ -47,11 +48,25 @@ VARIANT_CONFIGS = {
 _FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 
+def _one_seed_chunk(spec, num_iterations):
+  """The chunk on one unstacked seed: (state, data, hyper, key, first) -> (state, metrics, finite)."""
+  chunk = train_step.make_chunk_fn(spec, num_iterations)
+
+  def one_seed(state, data, hyper, key, first_iteration):
+    states, metrics, finite, done = chunk(seed_axis.add_axis(state), data, hyper, key[None],
+                                          first_iteration, jnp.int32(num_iterations + 1))
+    del done  # no report, so every iteration runs
+    return (seed_axis.unstack(states, 0), {k: v[:, 0] for k, v in metrics.items()},
+            finite[0])
+
+  return one_seed
+
+
 @pytest.mark.parametrize("method", GENERATOR_METHODS)
 def test_every_variant_trains_with_finite_outputs_and_no_retracing(method):
   spec, data, state, hyper = _setup(tiny_config(method, **VARIANT_CONFIGS[method]))
   chex.clear_trace_counter()  # chex counts per source location, shared by the cases.
-  chunk = jax.jit(chex.assert_max_traces(train_step.make_chunk_fn(spec, 2), n=1),
+  chunk = jax.jit(chex.assert_max_traces(_one_seed_chunk(spec, 2), n=1),
                   compiler_options=_FAST_COMPILE)
   new_state, metrics, finite = chunk(state, data, hyper, jax.random.key(1), jnp.int32(0))
   assert bool(finite)
@@ -229,7 +244,7 @@ def _lowered_chunk(precision):
   data = jax.device_put(train_state.make_train_data(dataset, spec))
   state = train_state.init_train_state(jax.random.key(0), spec, data)
   inputs = (state, data, specs.hyperparameters(config), jax.random.key(1), jnp.int32(0))
-  return spec, inputs, jax.jit(train_step.make_chunk_fn(spec, 4)).lower(*inputs)
+  return spec, inputs, jax.jit(_one_seed_chunk(spec, 4)).lower(*inputs)
 
 
 _DOT = re.compile(r"dot_general .*: \((tensor<[^>]*>), (tensor<[^>]*>)\) -> (tensor<[^>]*>)$")
@@ -255,21 +270,22 @@ def test_bfloat16_program_runs_the_networks_products_in_bf16():
   dots32, dots16 = _dots(_lowered_chunk("float32")[2].as_text()), _dots(lowered.as_text())
   # The same program but for dtypes: pairwise the same products.
   assert len(dots16) == len(dots32)
-  bf16_count = 0
+  bf16_count, critic_first_layer_seen = 0, False
   for dot16, dot32 in zip(dots16, dots32):
     assert [t.replace("bf16", "f32") for t in dot16] == list(dot32), (dot16, dot32)
     is_bf16 = ["bf16" in t for t in dot16]
     assert all(is_bf16) or not any(is_bf16), dot16  # No mixed-precision product.
     bf16_count += all(is_bf16)
-    # The critic's first layer (batch 8, concat[x, a] of D + K = 21) is bf16.
-    if "tensor<8x21xf32>" in dot32:
+    # The critic's first layer (its D x hidden = 16 x 8 feature block) is bf16.
+    if "tensor<16x8xf32>" in dot32:
       assert all(is_bf16), dot16
+      critic_first_layer_seen = True
     # Gradient matching (products vmapped over the GM classes: rank 3 and
     # more) and the latent_noise mu/logvar layers (the K x Z = 5 x 4 kernel)
     # stay float32.
     if any(t.count("x") >= 3 for t in dot32) or "tensor<5x4xf32>" in dot32:
       assert not any(is_bf16), dot16
-  assert 0 < bf16_count < len(dots16)
+  assert 0 < bf16_count < len(dots16) and critic_first_layer_seen
 
 
 def test_bfloat16_training_stays_close_to_float32_on_a_tiny_problem():

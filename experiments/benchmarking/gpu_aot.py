@@ -230,9 +230,9 @@ def compile_for_target(config, target_text: str, seed_counts: Sequence[int], ite
     states, keys = timing.init_states(spec, data, seeds)  # On the CPU: shapes only.
     program = timing.stage1_program(spec, iterations, seeds)
     os.makedirs(folder, exist_ok=True)
-    program.lower(on_target(states), on_target(data), on_target(hyper), on_target(keys),
-                  on_target(jnp.int32(0))).compile(compiler_options={
-                      "xla_dump_to": folder, "xla_dump_hlo_as_text": True})
+    args = (states, data, hyper, keys, jnp.int32(0), jnp.int32(iterations + 1))
+    program.lower(*map(on_target, args)).compile(
+        compiler_options={"xla_dump_to": folder, "xla_dump_hlo_as_text": True})
     log(f"compiled S = {seeds} for {topology.devices[0].device_kind} into {folder}")
   return folders
 

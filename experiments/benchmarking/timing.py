@@ -56,8 +56,8 @@ def stage1_program(spec: specs.TrainSpec, num_iterations: int, num_seeds: int):
     num_seeds: independent runs per call.
 
   Returns:
-    `program(states, data, hyper, keys, first_iteration) -> (states, metrics,
-    finite)`; the states are donated.
+    `program(states, data, hyper, keys, first_iteration, first_report) ->
+    (states, metrics, finite, done)`; the states are donated.
   """
   return stage1.compiled_chunk(spec, num_iterations, num_seeds)
 
@@ -98,18 +98,19 @@ def time_stage1(spec: specs.TrainSpec, dataset: ZSLDataset, hyper, *, iterations
   hyper = jax.device_put(hyper)
   states, keys = init_states(spec, data, num_seeds)
   program = stage1_program(spec, iterations, num_seeds)
-  # The iteration number is traced: every timed call runs the same program.
-  first_iteration = jnp.int32(0)
+  # The iteration number and the first report are traced: every timed call
+  # runs the same program. The calls make no report to the host (training's,
+  # about one a second, cost ~0.3 ms each: docs/benchmarks.md).
+  args = (data, hyper, keys, jnp.int32(0), jnp.int32(iterations + 1))
   started = time.perf_counter()
   options = profiling.hlo_dump_options(dump_hlo_dir) if dump_hlo_dir else None
-  compiled = program.lower(states, data, hyper, keys, first_iteration).compile(
-      compiler_options=options)
+  compiled = program.lower(states, *args).compile(compiler_options=options)
   compile_s = time.perf_counter() - started
-  states, _, _ = jax.block_until_ready(compiled(states, data, hyper, keys, first_iteration))
+  states = jax.block_until_ready(compiled(states, *args))[0]
   walls, cpus, matmuls = [], [], []
   for _ in range(chunks):
-    (states, metrics, _), wall, cpu = measure.timed(
-        lambda: compiled(states, data, hyper, keys, first_iteration))
+    (states, metrics, _, _), wall, cpu = measure.timed(
+        lambda: compiled(states, *args))
     walls.append(wall)
     cpus.append(cpu)
     if matmul_size:
@@ -122,7 +123,7 @@ def time_stage1(spec: specs.TrainSpec, dataset: ZSLDataset, hyper, *, iterations
   profile = None
   if profile_dir:
     profile = profiling.profile_call(
-        lambda: compiled(states, data, hyper, keys, first_iteration), profile_dir)
+        lambda: compiled(states, *args), profile_dir)
   if not all(np.isfinite(np.asarray(v)).all() for v in metrics.values()):
     # Random data may diverge; the timing is still valid, but say so.
     print("note: non-finite training metrics on the synthetic data", file=sys.stderr)

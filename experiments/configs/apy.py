@@ -5,10 +5,12 @@ network sizes and classifier settings, with GM over 4 of the 20 seen classes
 per iteration and the reference's usual Adam betas (0.0, 0.999).
 """
 
+from experiments import configs
 from gmn_jax import config as gmn_config
 
 
-def get_config():
+def get_config(arg=None):
+  """The preset; `arg` "smoke" (`--config=...py:smoke`) gives its smoke budget."""
   c = gmn_config.get_base_config()
   c.dataset = "APY"
   c.data_dir = "data/xlsa17/APY"
@@ -21,4 +23,4 @@ def get_config():
   c.eval.lr_decay = 0.97
   c.eval.weight_decay = 0.1
   c.eval.n_synth_unseen = 1000
-  return c
+  return configs.select(c, arg)

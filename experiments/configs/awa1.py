@@ -3,10 +3,12 @@
 Adam betas (0.999, 0.999) are the reference's, as released.
 """
 
+from experiments import configs
 from gmn_jax import config as gmn_config
 
 
-def get_config():
+def get_config(arg=None):
+  """The preset; `arg` "smoke" (`--config=...py:smoke`) gives its smoke budget."""
   c = gmn_config.get_base_config()
   c.dataset = "AWA1"
   c.data_dir = "data/xlsa17/AWA1"
@@ -22,4 +24,4 @@ def get_config():
   c.eval.weight_decay = 0.1
   c.eval.n_synth_unseen = 2300
   c.eval.n_synth_seen = 600
-  return c
+  return configs.select(c, arg)

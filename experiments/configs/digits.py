@@ -10,10 +10,12 @@ twice the real count of a seen class), which balances u against s in the
 final classifier.
 """
 
+from experiments import configs
 from gmn_jax import config as gmn_config
 
 
-def get_config():
+def get_config(arg=None):
+  """The preset; `arg` "smoke" (`--config=...py:smoke`) gives its smoke budget."""
   c = gmn_config.get_base_config()
   c.dataset = "digits"
   c.data_dir = "builtin:digits"
@@ -35,4 +37,4 @@ def get_config():
   c.eval.weight_decay = 1e-3
   c.eval.n_synth_unseen = 300
   c.eval.num_classifier_seeds = 5
-  return c
+  return configs.select(c, arg)

@@ -1,9 +1,11 @@
 """SUN: the reference's GMN configuration (scripts gmn_SUN.sh, common_SUN_hps.sh)."""
 
+from experiments import configs
 from gmn_jax import config as gmn_config
 
 
-def get_config():
+def get_config(arg=None):
+  """The preset; `arg` "smoke" (`--config=...py:smoke`) gives its smoke budget."""
   c = gmn_config.get_base_config()
   c.dataset = "SUN"
   c.data_dir = "data/xlsa17/SUN"
@@ -22,4 +24,4 @@ def get_config():
   c.eval.lr_decay = 0.96
   c.eval.weight_decay = 1e-2
   c.eval.n_synth_unseen = 175
-  return c
+  return configs.select(c, arg)

@@ -5,6 +5,8 @@ Guarantees:
   request after an interruption (also across runs); a server that ignores
   Range makes it restart from zero. Only a verified download (size from the
   server, sha256 when given) is renamed to its final name.
+* A host name that does not resolve (no network, a typo in the URL) fails
+  at once with `HostNotFoundError`: retrying cannot fix it.
 * Only the standard library talks HTTP (urllib).
 """
 
@@ -15,6 +17,7 @@ import os
 import pathlib
 import posixpath
 import re
+import socket
 import time
 import urllib.error
 import urllib.parse
@@ -47,6 +50,16 @@ class ArchiveSource:
     """The archive's file name, taken from the URL path."""
     name = posixpath.basename(urllib.parse.urlparse(self.url).path)
     return name or "archive.zip"
+
+
+class HostNotFoundError(DataError):
+  """The URL's host name does not resolve (DNS): offline, or a wrong URL."""
+
+  def __init__(self, url: str, error: socket.gaierror):
+    host = urllib.parse.urlparse(url).hostname or url
+    detail = error.strerror or str(error)
+    super().__init__(url, None, "a host name that resolves",
+                     f"no address for {host} ({detail}: offline, or a wrong URL)")
 
 
 class _Interrupted(Exception):
@@ -138,6 +151,7 @@ def _transfer(url: str, part: pathlib.Path, timeout: float,
 
   Raises:
     _Interrupted: the connection failed or ended before the announced size.
+    HostNotFoundError: the host name does not resolve.
     DataError: a response that retrying will not fix (e.g. HTTP 404).
   """
   offset = part.stat().st_size if part.exists() else 0
@@ -162,7 +176,11 @@ def _transfer(url: str, part: pathlib.Path, timeout: float,
       raise _Interrupted(f"HTTP {error.code} {error.reason}") from error
     raise DataError(url, None, "HTTP 200 or 206",
                     f"HTTP {error.code} {error.reason}") from error
-  except (OSError, http.client.HTTPException) as error:  # URLError too.
+  except urllib.error.URLError as error:
+    if isinstance(error.reason, socket.gaierror):
+      raise HostNotFoundError(url, error.reason) from error
+    raise _Interrupted(f"{type(error).__name__}: {error}") from error
+  except (OSError, http.client.HTTPException) as error:
     raise _Interrupted(f"{type(error).__name__}: {error}") from error
 
   with response:
@@ -231,6 +249,7 @@ def download(source: ArchiveSource, destination, *, timeout: float = 60.0,
     The destination path.
 
   Raises:
+    HostNotFoundError: the URL's host does not resolve (not retried).
     DataError: HTTP errors, retries exhausted, a size or sha256 mismatch (the
       bad file is deleted).
   """
@@ -250,10 +269,10 @@ def download(source: ArchiveSource, destination, *, timeout: float = 60.0,
       now = part.stat().st_size if part.exists() else 0
       failures += 1
       if failures > retries:
-        raise DataError(
-            source.url, None, "a complete download",
-            f"{error} after {retries} retries; {now} bytes kept in {part}, "
-            "rerun to resume") from error
+        kept = (f"; {now} bytes kept in {part}, rerun to resume" if part.exists()
+                else "; rerun to try again")
+        raise DataError(source.url, None, "a complete download",
+                        f"{error} after {retries} retries{kept}") from error
       logging.warning("Download of %s interrupted (%s); resuming at byte %d",
                       source.url, error, now)
       time.sleep(wait)
