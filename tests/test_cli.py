@@ -17,7 +17,7 @@ from gmn_jax.errors import DataError
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Every absl binary under experiments/ except train and ablation (tested with theirs).
 BINARIES = ("benchmark", "benchmarking.bench_gm", "benchmarking.gpu_aot", "check_data",
-            "download_data", "make_synthetic", "plot", "synthetic_baseline")
+            "download_data", "make_synthetic", "plot", "synthesize", "synthetic_baseline")
 
 
 def _run(module, *args):

@@ -68,12 +68,7 @@ def tiny_config(method="cwgan_gm", **overrides):
   c.eval.batch_size = 16
   c.eval.n_synth_unseen = 10
   c.eval.num_classifier_seeds = 2
-  for path, value in overrides.items():
-    node = c
-    *parents, leaf = path.split(".")
-    for parent in parents:
-      node = node[parent]
-    node[leaf] = value
+  c.update_from_flattened_dict(overrides)
   return c
 
 

@@ -34,12 +34,7 @@ def smoke(config):
   Returns:
     The same ConfigDict.
   """
-  for path, value in SMOKE_BUDGET.items():
-    *parents, name = path.split(".")
-    node = config
-    for parent in parents:
-      node = node[parent]
-    node[name] = value
+  config.update_from_flattened_dict(SMOKE_BUDGET)
   return config
 
 
