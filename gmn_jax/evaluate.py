@@ -16,7 +16,7 @@ split.
 """
 
 import math
-from typing import Any, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -58,7 +58,7 @@ def generator_batches(num_generators: int, bytes_per_generator: int,
 
 
 def evaluate_generators(sample_fn: synthesis.SampleFn, generator_params: Optional[Sequence[Any]],
-                        dataset: ZSLDataset, spec: EvalSpec, keys, *,
+                        dataset: ZSLDataset, spec: Union[EvalSpec, Sequence[EvalSpec]], keys, *,
                         eval_chunk_size: int = 4096, calibration_gamma=None,
                         max_pooled_bytes: int = MAX_POOLED_BYTES, label: Optional[str] = None
                         ) -> List[final_classifier.FinalClassifierResult]:
@@ -82,7 +82,9 @@ def evaluate_generators(sample_fn: synthesis.SampleFn, generator_params: Optiona
       the reference), a softmax one over all classes.
     dataset: the dataset; its test_unseen / test_seen sets are measured (pass
       a validation-split dataset to compare candidates).
-    spec: stage 2's settings.
+    spec: stage 2's settings: one `EvalSpec` for every generator, or one per
+      generator differing only in `specs.EVAL_TRACED_FIELDS` (the final
+      classifiers' optimiser settings, traced: they train as one program).
     keys: G PRNG keys (a sequence or a stacked array), one per generator.
     eval_chunk_size: the most evaluation rows scored at once.
     calibration_gamma: optional calibrated-stacking constant chosen on other
@@ -104,6 +106,11 @@ def evaluate_generators(sample_fn: synthesis.SampleFn, generator_params: Optiona
   if generator_params is not None and len(generator_params) != num_generators:
     raise ConfigError(f"keys: expected {len(generator_params)} PRNG keys (one per generator), "
                       f"found {num_generators}")
+  per_generator = [spec] * num_generators if isinstance(spec, EvalSpec) else list(spec)
+  if len(per_generator) != num_generators:
+    raise ConfigError(f"spec: expected one EvalSpec per generator ({num_generators}), "
+                      f"found {len(per_generator)}")
+  spec = per_generator[0]  # the fields that decide shapes are the same in all
   train_classes = None
   if generator_params is None and spec.classifier == "bilinear":
     train_classes = dataset.seen_classes
@@ -130,7 +137,8 @@ def evaluate_generators(sample_fn: synthesis.SampleFn, generator_params: Optiona
     try:
       results.extend(final_classifier.train_final_classifiers(
           jnp.stack(seed_keys), features, labels, dataset.class_embeddings,
-          scoring.EvalSets.from_dataset(dataset), spec, train_classes=train_classes,
+          scoring.EvalSets.from_dataset(dataset), per_generator[start:stop],
+          train_classes=train_classes,
           eval_chunk_size=eval_chunk_size, calibration_gamma=calibration_gamma, live=live))
     finally:
       if live is not None:

@@ -19,7 +19,7 @@ only feed the metrics, and the trained parameters do not depend on them.
 
 import dataclasses
 import functools
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import jax
 from jax import lax
@@ -35,8 +35,9 @@ from gmn_jax import preemption
 from gmn_jax import progress
 from gmn_jax import scoring
 from gmn_jax import seed_axis
+from gmn_jax import specs
 from gmn_jax.data.dataset import ZSLDataset
-from gmn_jax.errors import DataError
+from gmn_jax.errors import ConfigError, DataError
 from gmn_jax.metrics import METRIC_NAMES
 from gmn_jax.specs import EvalSpec
 
@@ -223,9 +224,10 @@ def _train_all(init_params, shuffle_keys, hyper, features, labels, class_embeddi
                train_columns, eval_data, *, kind, epochs, batch_size):
   """Trains G × S classifiers: the epoch loop around the seed axes.
 
-  init_params and shuffle_keys carry leading axes (G, S) and features (G,):
-  each generator's own pooled training set and its S classifier seeds;
-  labels, class embeddings and evaluation sets are shared, as the pooled sets
+  init_params and shuffle_keys carry leading axes (G, S), features and hyper
+  (G,): each generator's own pooled training set, optimiser settings and S
+  classifier seeds; labels, class embeddings and evaluation sets are shared,
+  as the pooled sets
   differ only in the synthetic features' values. The G axis is
   `seed_axis.over_seeds` (G = 1 is traced without it), the S axis a vmap.
   Every epoch ends with a report to the host (`_epoch_report`).
@@ -234,21 +236,23 @@ def _train_all(init_params, shuffle_keys, hyper, features, labels, class_embeddi
     (params (G, S, ...), curves {name: (G, S, epochs)}).
   """
   num_sets = features.shape[0]
-  optimizer = _optimizer(hyper, max(1, -(-features.shape[1] // batch_size)))
+  steps_per_epoch = max(1, -(-features.shape[1] // batch_size))
   epoch_of_seeds = jax.vmap(
-      functools.partial(_epoch_of_one_classifier, hyper=hyper, labels=labels,
+      functools.partial(_epoch_of_one_classifier, labels=labels,
                         class_embeddings=class_embeddings, train_columns=train_columns,
                         eval_data=eval_data, kind=kind, batch_size=batch_size),
-      in_axes=(0, 0, None, None))
-  epoch_of_all = seed_axis.over_seeds(epoch_of_seeds, num_sets, (0, 0, 0, None))
+      in_axes=(0, 0, None, None, None))
+  epoch_of_all = seed_axis.over_seeds(epoch_of_seeds, num_sets, (0, 0, 0, None, 0))
 
   def epoch(carry, epoch_index):
-    carry, record = epoch_of_all(carry, shuffle_keys, features, epoch_index)
+    carry, record = epoch_of_all(carry, shuffle_keys, features, epoch_index, hyper)
     io_callback(_epoch_report, jax.ShapeDtypeStruct((), jnp.int32), epoch_index + 1,
                 record["train_loss"], ordered=True)
     return carry, record
 
-  opt_states = seed_axis.over_seeds(jax.vmap(optimizer.init), num_sets, (0,))(init_params)
+  opt_states = seed_axis.over_seeds(
+      lambda params, h: jax.vmap(_optimizer(h, steps_per_epoch).init)(params),
+      num_sets, (0, 0))(init_params, hyper)
   (params, _), curves = lax.scan(epoch, (init_params, opt_states), jnp.arange(epochs))
   return params, {name: jnp.moveaxis(values, 0, -1) for name, values in curves.items()}
 
@@ -258,7 +262,8 @@ def _train_all(init_params, shuffle_keys, hyper, features, labels, class_embeddi
 
 
 def train_final_classifiers(seed_keys, train_features, train_labels, class_embeddings,
-                            eval_sets, spec: EvalSpec, *, train_classes=None,
+                            eval_sets, spec: Union[EvalSpec, Sequence[EvalSpec]], *,
+                            train_classes=None,
                             eval_chunk_size: int = 4096, calibration_gamma=None,
                             live: Optional[progress.LiveProgress] = None
                             ) -> List[FinalClassifierResult]:
@@ -279,7 +284,9 @@ def train_final_classifiers(seed_keys, train_features, train_labels, class_embed
     class_embeddings: (C, K) embeddings of ALL classes; logits run over them.
     eval_sets: a `scoring.EvalSets`, a `ZSLDataset` (its test_unseen /
       test_seen sets), or None to train without measuring.
-    spec: the final classifier's settings.
+    spec: the final classifiers' settings: one `EvalSpec` for every set, or
+      one per set, differing only in `specs.EVAL_TRACED_FIELDS` (the
+      optimiser's settings, traced: G settings train as one program).
     train_classes: optional global ids; when given, the training loss only
       sees these logit columns (the reference's seen-only real baseline).
       Evaluation always scores all classes.
@@ -307,6 +314,7 @@ def train_final_classifiers(seed_keys, train_features, train_labels, class_embed
                     "a (G, N, D) float array and (G, S) seed keys",
                     f"features of shape {shape}, keys of shape {key_shape}")
   num_sets, num_examples, feature_dim = shape
+  spec, hyper = _shared_spec(spec, num_sets)
   gammas = scoring.calibration_gammas(calibration_gamma, key_shape[1])
   scoring.check_features(class_embeddings, "class_embeddings")
   num_classes, embedding_dim = jnp.shape(class_embeddings)
@@ -321,7 +329,7 @@ def train_final_classifiers(seed_keys, train_features, train_labels, class_embed
   try:
     params, curves = preemption.interruptible_call(lambda: jax.device_get(_train_all(
         seed_axis.stack([i[0] for i in inits]), jnp.stack([i[1] for i in inits]),
-        _hyperparameters(spec), jnp.asarray(train_features, jnp.float32), jnp.asarray(labels),
+        hyper, jnp.asarray(train_features, jnp.float32), jnp.asarray(labels),
         class_embeddings, columns, eval_data, kind=spec.classifier, epochs=spec.epochs,
         batch_size=spec.batch_size)))
   except Exception:  # pylint: disable=broad-except
@@ -391,10 +399,28 @@ def _initial_classifiers(kind, seed_keys, feature_dim, embedding_dim, num_classe
   return init_params, shuffle_keys
 
 
-def _hyperparameters(spec: EvalSpec) -> Dict[str, jnp.ndarray]:
-  # Traced, not static: a sweep over them reuses the compiled program.
-  return {name: jnp.float32(getattr(spec, name))
-          for name in ("lr", "lr_decay", "weight_decay", "momentum")}
+def _shared_spec(spec, num_sets: int):
+  """(the sets' common EvalSpec, their traced settings {name: (G,) float32}).
+
+  Raises:
+    ConfigError: when the specs are not one per set, or differ in a field
+      that decides the program (anything but `specs.EVAL_TRACED_FIELDS`).
+  """
+  per_set = [spec] * num_sets if isinstance(spec, EvalSpec) else list(spec)
+  if len(per_set) != num_sets:
+    raise ConfigError(f"spec: expected one EvalSpec per training set ({num_sets}), "
+                      f"found {len(per_set)}")
+  untraced = {f.name for f in dataclasses.fields(EvalSpec)} - set(specs.EVAL_TRACED_FIELDS)
+  for other in per_set[1:]:
+    differing = sorted(name for name in untraced
+                       if getattr(other, name) != getattr(per_set[0], name))
+    if differing:
+      raise ConfigError(f"spec: the training sets' EvalSpecs may differ only in "
+                        f"{', '.join(specs.EVAL_TRACED_FIELDS)}; found differing {differing}")
+  # Traced, not static: settings that differ share the compiled program.
+  hyper = {name: np.array([getattr(s, name) for s in per_set], np.float32)
+           for name in specs.EVAL_TRACED_FIELDS}
+  return per_set[0], hyper
 
 
 def _final_result(params, curves, class_embeddings, eval_data, kind, gammas,

@@ -219,6 +219,21 @@ class Schedule:
   log_every: int
 
 
+# The config fields that are stage 1's traced settings, by `Hyperparameters`
+# field: changing them never recompiles, and runs that differ only in them
+# train as one vmapped program (`stage1.train_generators`, `gmn_jax.sweep`).
+HYPERPARAMETER_FIELDS = {
+    "train.lr_generator": "lr_generator", "train.lr_critic": "lr_critic",
+    "train.adam_b1": "adam_b1", "train.adam_b2": "adam_b2", "train.gp_weight": "gp_weight",
+    "gm.weight": "gm_weight", "cls.weight": "cls_weight", "gm.trajectory_lr": "trajectory_lr",
+    "gm.trajectory_momentum": "trajectory_momentum",
+    "gm.trajectory_weight_decay": "trajectory_weight_decay",
+}
+# The `EvalSpec` fields that the final classifiers' program takes as traced
+# arguments (one value per pooled training set); the others decide shapes.
+EVAL_TRACED_FIELDS = ("lr", "lr_decay", "weight_decay", "momentum")
+
+
 def hyperparameters(config: ml_collections.ConfigDict) -> Hyperparameters:
   """Stage 1's numeric settings of a validated config.
 
@@ -228,14 +243,11 @@ def hyperparameters(config: ml_collections.ConfigDict) -> Hyperparameters:
   Returns:
     `Hyperparameters` of float32 numpy scalars.
   """
-  train, gm = config.train, config.gm
-  return Hyperparameters(**{name: np.float32(value) for name, value in (
-      ("lr_generator", train.lr_generator), ("lr_critic", train.lr_critic),
-      ("adam_b1", train.adam_b1), ("adam_b2", train.adam_b2),
-      ("gp_weight", train.gp_weight), ("gm_weight", gm.weight),
-      ("cls_weight", config.cls.weight), ("trajectory_lr", gm.trajectory_lr),
-      ("trajectory_momentum", gm.trajectory_momentum),
-      ("trajectory_weight_decay", gm.trajectory_weight_decay))})
+  values = {}
+  for path, name in HYPERPARAMETER_FIELDS.items():
+    section, field = path.split(".")
+    values[name] = np.float32(config[section][field])
+  return Hyperparameters(**values)
 
 
 def eval_spec(config: ml_collections.ConfigDict) -> EvalSpec:

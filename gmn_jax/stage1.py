@@ -33,7 +33,7 @@ import dataclasses
 import functools
 import os
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from absl import logging
 import jax
@@ -267,7 +267,14 @@ def _common_steps(checkpointers) -> List[int]:
   return sorted(set.intersection(*steps), reverse=True) if all(steps) else []
 
 
-def _restore(spec, data, seeds, checkpointers):
+def _group_name(names: Sequence[str]) -> str:
+  """How logs name a group of runs: "seed 1", "seeds 1, 2", or the runs' names."""
+  if all(name.startswith("seed ") and name[5:].isdigit() for name in names):
+    return f"seed{'s' if len(names) > 1 else ''} {', '.join(name[5:] for name in names)}"
+  return "; ".join(names)
+
+
+def _restore(spec, data, names, checkpointers):
   """(start, stacked states) from the newest step every seed keeps and can read.
 
   The seeds are saved one after another at the same iterations, so a crash
@@ -308,8 +315,7 @@ def _restore(spec, data, seeds, checkpointers):
     else:
       for checkpointer, bad_step in damaged:  # saved again when training gets there
         checkpointer.delete(bad_step)
-      logging.info("seed%s %s: resuming stage 1 from iteration %d", "s" if len(seeds) > 1 else "",
-                   ", ".join(map(str, seeds)), step)
+      logging.info("%s: resuming stage 1 from iteration %d", _group_name(names), step)
       return step, seed_axis.stack(states)
   raise errors.DataError(os.path.dirname(checkpointers[0].directory), None,
                          "a readable checkpoint to resume from",
@@ -317,37 +323,46 @@ def _restore(spec, data, seeds, checkpointers):
                          "those checkpoint directories to start afresh, or use --overwrite")
 
 
-def _non_finite_error(seed, checkpointer, bad, first_iteration, num_iterations):
-  row, name, value = bad
+def _non_finite_error(name, checkpointer, bad, first_iteration, num_iterations):
+  row, metric, value = bad
   latest = checkpointer.latest_step()
   kept = ("no checkpoint was written yet" if latest is None else
           f"keeping the last finite checkpoint (iteration {latest}) in {checkpointer.directory}")
   return NonFiniteLossError(
-      f"seed {seed}: {name} became {value} at generator iteration {first_iteration + row + 1} "
+      f"{name}: {metric} became {value} at generator iteration {first_iteration + row + 1} "
       f"of {num_iterations}; the run stopped, {kept}. Lower the learning rates or the loss "
       "weights.")
 
 
-def train_generators(spec: TrainSpec, data: train_state.TrainData, hyper: Hyperparameters, *,
+def train_generators(spec: TrainSpec, data: train_state.TrainData,
+                     hyper: Union[Hyperparameters, Sequence[Hyperparameters]], *,
                      seeds: Sequence[int], schedule: Schedule, checkpoint_dirs: Sequence[str],
                      metrics_dirs: Optional[Sequence[Optional[str]]] = None,
-                     mesh: Optional[jax.sharding.Mesh] = None) -> List[SeedResult]:
-  """Stage 1 for a group of seeds in one program, resuming from checkpoints.
+                     mesh: Optional[jax.sharding.Mesh] = None,
+                     names: Optional[Sequence[str]] = None) -> List[SeedResult]:
+  """Stage 1 for a group of runs in one program, resuming from checkpoints.
+
+  A run is a generator seed, or (in a hyperparameter grid, `gmn_jax.sweep`)
+  a seed with its own numeric settings: runs that share `spec` and differ
+  in `hyper` train as one vmapped program, as seeds do.
 
   Args:
-    spec: the run's settings.
+    spec: the runs' settings.
     data: the training data (numpy or device arrays).
-    hyper: the numeric settings.
-    seeds: the generator seeds of the group (S >= 1).
+    hyper: the numeric settings: one `Hyperparameters` shared by every run,
+      or one per run.
+    seeds: the generator seed of each run (S >= 1 runs; a seed may repeat
+      when the runs' `hyper` differ).
     schedule: iterations, calls, checkpoints and metric windows.
     checkpoint_dirs: one orbax directory per seed.
     metrics_dirs: one metrics directory per seed (None entries or None: no
       metrics); written by the primary process only.
     mesh: a ('data',) mesh for data parallelism (and multi-host), or None for
       the default device.
+    names: how logs and progress name each run (default "seed <s>").
 
   Returns:
-    One `SeedResult` per seed, in the order of `seeds`.
+    One `SeedResult` per run, in the order of `seeds`.
 
   Raises:
     NonFiniteLossError: when a scalar of any seed becomes NaN or infinite;
@@ -356,6 +371,9 @@ def train_generators(spec: TrainSpec, data: train_state.TrainData, hyper: Hyperp
   """
   seeds = [int(s) for s in seeds]
   num_seeds = len(seeds)
+  names = list(names) if names is not None else [f"seed {seed}" for seed in seeds]
+  if not isinstance(hyper, Hyperparameters):  # one setting per run
+    hyper = seed_axis.stack([jax.tree.map(np.float32, h) for h in hyper])
   metrics_dirs = list(metrics_dirs) if metrics_dirs is not None else [None] * num_seeds
   keys = [train_state.seed_keys(seed) for seed in seeds]
   # The initial states are made on one device (the mesh gets copies of them).
@@ -369,16 +387,16 @@ def train_generators(spec: TrainSpec, data: train_state.TrainData, hyper: Hyperp
   with contextlib.ExitStack() as stack:
     checkpointers = [stack.enter_context(checkpoint.Checkpointer(d, max_to_keep=2))
                      for d in checkpoint_dirs]
-    start, states = _restore(spec, local_data, seeds, checkpointers)
+    start, states = _restore(spec, local_data, names, checkpointers)
     if states is None:
       states = init_states(spec, local_data, jnp.stack([k.init for k in keys]))
     states = _placed(states, mesh)
     primary = parallel.is_primary()
     writers = [metric_writers.MetricWriter(d, resume_step=start)
                if d is not None and primary else None for d in metrics_dirs]
-    named = f"seed{'s' if num_seeds > 1 else ''} {', '.join(map(str, seeds))}"
+    named = _group_name(names)
     live = progress.LiveProgress(
-        f"{named}: stage 1" + (f" (losses of seed {seeds[0]})" if num_seeds > 1 else ""),
+        f"{named}: stage 1" + (f" (losses of {names[0]})" if num_seeds > 1 else ""),
         schedule.num_iterations, start=start) if primary else None
     windows = [{} for _ in seeds]  # each seed's values since its last log step
 
@@ -415,14 +433,14 @@ def train_generators(spec: TrainSpec, data: train_state.TrainData, hyper: Hyperp
             if bad is None and not finite[i]:
               bad = (done - 1, "parameters", float("nan"))
             if bad is not None:
-              raise _non_finite_error(seed, checkpointers[i], bad, it, schedule.num_iterations)
+              raise _non_finite_error(names[i], checkpointers[i], bad, it, schedule.num_iterations)
             for step, means in window_rows(windows[i], seed_metrics, it, schedule.log_every,
                                            schedule.num_iterations):
               if writers[i] is not None:
                 writers[i].write_scalars(step, {**{f"train/{k}": v for k, v in means.items()},
                                                 "steps_per_sec": done / elapsed})
               if live is not None:  # the console shows what metrics.jsonl holds
-                live.line(f"seed {seed}: step {step}/{schedule.num_iterations} | "
+                live.line(f"{names[i]}: step {step}/{schedule.num_iterations} | "
                           f"{done / elapsed:.4g} it/s | {progress.format_scalars(means)}")
           it += done
           stopped = done < length  # a stop request ended the call early

@@ -408,6 +408,29 @@ def all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
+def hyperparameter_axis(hyper: Hyperparameters, num_seeds: int) -> Optional[int]:
+  """How a chunk maps `hyper` over the seed axis: None (shared) or 0 (one per seed).
+
+  Args:
+    hyper: scalars shared by every seed, or (S,) arrays (a setting per seed,
+      e.g. a hyperparameter grid trained as one program).
+    num_seeds: S.
+
+  Returns:
+    None for scalars, 0 for (S,) arrays.
+
+  Raises:
+    ValueError: for any other shape.
+  """
+  shapes = {tuple(jnp.shape(leaf)) for leaf in jax.tree_util.tree_leaves(hyper)}
+  if shapes == {()}:
+    return None
+  if shapes == {(num_seeds,)}:
+    return 0
+  raise ValueError(f"hyperparameters: expected scalars or ({num_seeds},) arrays, "
+                   f"found shapes {sorted(shapes)}")
+
+
 def make_chunk_fn(spec: TrainSpec, num_iterations: int, num_seeds: int = 1,
                   report: Optional[Callable] = None) -> Callable:
   """The (unjitted) function running up to `num_iterations` iterations of S seeds.
@@ -431,7 +454,9 @@ def make_chunk_fn(spec: TrainSpec, num_iterations: int, num_seeds: int = 1,
 
   Returns:
     `chunk(states, data, hyper, train_keys, first_iteration, first_report)
-    -> (states, metrics, finite, done)`: `first_iteration` is the int32
+    -> (states, metrics, finite, done)`: `hyper` holds scalars shared by
+    every seed or (S,) arrays, a setting per seed (`hyperparameter_axis`);
+    `first_iteration` is the int32
     iteration every seed is at (it numbers the iterations) and
     `first_report` the int32 number of iterations before the first report
     (traced: changing it never recompiles; more than num_iterations: none);
@@ -441,12 +466,12 @@ def make_chunk_fn(spec: TrainSpec, num_iterations: int, num_seeds: int = 1,
     `done` is the number of iterations run (num_iterations unless a report
     stopped the loop).
   """
-  step = seed_axis.over_seeds(
-      lambda state, data, hyper, key, iteration: train_iteration(
-          spec, state, data, hyper, key, iteration), num_seeds, (0, None, None, 0, None))
-
   def chunk(states: TrainState, data: TrainData, hyper: Hyperparameters, train_keys,
             first_iteration, first_report):
+    step = seed_axis.over_seeds(
+        lambda state, data, hyper, key, iteration: train_iteration(
+            spec, state, data, hyper, key, iteration),
+        num_seeds, (0, None, hyperparameter_axis(hyper, num_seeds), 0, None))
     metric_shapes = jax.eval_shape(step, states, data, hyper, train_keys, first_iteration)[1]
     names = tuple(sorted(metric_shapes))
     buffers = {name: jnp.zeros((num_iterations,) + leaf.shape, leaf.dtype)
