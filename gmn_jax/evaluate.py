@@ -25,6 +25,7 @@ import numpy as np
 from gmn_jax import final_classifier
 from gmn_jax import progress
 from gmn_jax import scoring
+from gmn_jax import specs
 from gmn_jax import synthesis
 from gmn_jax.data.dataset import ZSLDataset
 from gmn_jax.errors import ConfigError
@@ -106,10 +107,7 @@ def evaluate_generators(sample_fn: synthesis.SampleFn, generator_params: Optiona
   if generator_params is not None and len(generator_params) != num_generators:
     raise ConfigError(f"keys: expected {len(generator_params)} PRNG keys (one per generator), "
                       f"found {num_generators}")
-  per_generator = [spec] * num_generators if isinstance(spec, EvalSpec) else list(spec)
-  if len(per_generator) != num_generators:
-    raise ConfigError(f"spec: expected one EvalSpec per generator ({num_generators}), "
-                      f"found {len(per_generator)}")
+  per_generator = specs.eval_specs_per_set(spec, num_generators)
   spec = per_generator[0]  # the fields that decide shapes are the same in all
   train_classes = None
   if generator_params is None and spec.classifier == "bilinear":

@@ -37,7 +37,7 @@ from gmn_jax import scoring
 from gmn_jax import seed_axis
 from gmn_jax import specs
 from gmn_jax.data.dataset import ZSLDataset
-from gmn_jax.errors import ConfigError, DataError
+from gmn_jax.errors import DataError
 from gmn_jax.metrics import METRIC_NAMES
 from gmn_jax.specs import EvalSpec
 
@@ -227,8 +227,7 @@ def _train_all(init_params, shuffle_keys, hyper, features, labels, class_embeddi
   init_params and shuffle_keys carry leading axes (G, S), features and hyper
   (G,): each generator's own pooled training set, optimiser settings and S
   classifier seeds; labels, class embeddings and evaluation sets are shared,
-  as the pooled sets
-  differ only in the synthetic features' values. The G axis is
+  as the pooled sets differ only in the synthetic features' values. The G axis is
   `seed_axis.over_seeds` (G = 1 is traced without it), the S axis a vmap.
   Every epoch ends with a report to the host (`_epoch_report`).
 
@@ -314,7 +313,8 @@ def train_final_classifiers(seed_keys, train_features, train_labels, class_embed
                     "a (G, N, D) float array and (G, S) seed keys",
                     f"features of shape {shape}, keys of shape {key_shape}")
   num_sets, num_examples, feature_dim = shape
-  spec, hyper = _shared_spec(spec, num_sets)
+  per_set = specs.eval_specs_per_set(spec, num_sets)
+  spec, hyper = per_set[0], _traced_settings(per_set)
   gammas = scoring.calibration_gammas(calibration_gamma, key_shape[1])
   scoring.check_features(class_embeddings, "class_embeddings")
   num_classes, embedding_dim = jnp.shape(class_embeddings)
@@ -399,28 +399,13 @@ def _initial_classifiers(kind, seed_keys, feature_dim, embedding_dim, num_classe
   return init_params, shuffle_keys
 
 
-def _shared_spec(spec, num_sets: int):
-  """(the sets' common EvalSpec, their traced settings {name: (G,) float32}).
+def _traced_settings(per_set: Sequence[EvalSpec]) -> Dict[str, np.ndarray]:
+  """{name: (G,) float32} of `specs.EVAL_TRACED_FIELDS`, one value per set.
 
-  Raises:
-    ConfigError: when the specs are not one per set, or differ in a field
-      that decides the program (anything but `specs.EVAL_TRACED_FIELDS`).
+  Traced, not static: sets whose settings differ share the compiled program.
   """
-  per_set = [spec] * num_sets if isinstance(spec, EvalSpec) else list(spec)
-  if len(per_set) != num_sets:
-    raise ConfigError(f"spec: expected one EvalSpec per training set ({num_sets}), "
-                      f"found {len(per_set)}")
-  untraced = {f.name for f in dataclasses.fields(EvalSpec)} - set(specs.EVAL_TRACED_FIELDS)
-  for other in per_set[1:]:
-    differing = sorted(name for name in untraced
-                       if getattr(other, name) != getattr(per_set[0], name))
-    if differing:
-      raise ConfigError(f"spec: the training sets' EvalSpecs may differ only in "
-                        f"{', '.join(specs.EVAL_TRACED_FIELDS)}; found differing {differing}")
-  # Traced, not static: settings that differ share the compiled program.
-  hyper = {name: np.array([getattr(s, name) for s in per_set], np.float32)
-           for name in specs.EVAL_TRACED_FIELDS}
-  return per_set[0], hyper
+  return {name: np.array([getattr(s, name) for s in per_set], np.float32)
+          for name in specs.EVAL_TRACED_FIELDS}
 
 
 def _final_result(params, curves, class_embeddings, eval_data, kind, gammas,

@@ -14,7 +14,7 @@ seed has always been; squeezing keeps it bit for bit.
 """
 
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -55,6 +55,28 @@ def add_axis(tree: Any) -> Any:
     The same leaves with a leading axis of 1.
   """
   return jax.tree_util.tree_map(lambda leaf: leaf[None], tree)
+
+
+def shared_or_stacked(tree: Any, num_seeds: int) -> Optional[int]:
+  """The `over_seeds` axis of an argument: None (shared) or 0 (one per run).
+
+  Args:
+    tree: a pytree of scalars shared by every run, or of (S,) arrays (a value
+      per run, e.g. a hyperparameter grid trained as one program).
+    num_seeds: S.
+
+  Returns:
+    None for scalars, 0 for (S,) arrays.
+
+  Raises:
+    ValueError: for leaves of any other shape.
+  """
+  shapes = {tuple(jnp.shape(leaf)) for leaf in jax.tree_util.tree_leaves(tree)}
+  if shapes == {()}:
+    return None
+  if shapes == {(num_seeds,)}:
+    return 0
+  raise ValueError(f"expected scalars or ({num_seeds},) arrays, found shapes {sorted(shapes)}")
 
 
 def over_seeds(fn: Callable, num_seeds: int, in_axes: Sequence[Any]) -> Callable:

@@ -18,7 +18,7 @@ these specs and trusts them:
 """
 
 import dataclasses
-from typing import NamedTuple, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import jax
 import ml_collections
@@ -232,6 +232,34 @@ HYPERPARAMETER_FIELDS = {
 # The `EvalSpec` fields that the final classifiers' program takes as traced
 # arguments (one value per pooled training set); the others decide shapes.
 EVAL_TRACED_FIELDS = ("lr", "lr_decay", "weight_decay", "momentum")
+
+
+def eval_specs_per_set(spec, num_sets: int) -> List[EvalSpec]:
+  """One `EvalSpec` per pooled training set, checked to share one program.
+
+  Args:
+    spec: one `EvalSpec` for every set, or a sequence of one per set.
+    num_sets: G, the number of sets.
+
+  Returns:
+    G specs that differ at most in `EVAL_TRACED_FIELDS`.
+
+  Raises:
+    ConfigError: when the specs are not one per set, or differ in a field
+      that decides the program's shapes (anything but `EVAL_TRACED_FIELDS`).
+  """
+  per_set = [spec] * num_sets if isinstance(spec, EvalSpec) else list(spec)
+  if len(per_set) != num_sets:
+    raise ConfigError(f"spec: expected one EvalSpec per generator ({num_sets}), "
+                      f"found {len(per_set)}")
+  untraced = [f.name for f in dataclasses.fields(EvalSpec) if f.name not in EVAL_TRACED_FIELDS]
+  for other in per_set[1:]:
+    differing = sorted(name for name in untraced
+                       if getattr(other, name) != getattr(per_set[0], name))
+    if differing:
+      raise ConfigError(f"spec: the generators' EvalSpecs may differ only in "
+                        f"{', '.join(EVAL_TRACED_FIELDS)}; found differing {differing}")
+  return per_set
 
 
 def hyperparameters(config: ml_collections.ConfigDict) -> Hyperparameters:

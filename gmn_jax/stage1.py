@@ -267,14 +267,14 @@ def _common_steps(checkpointers) -> List[int]:
   return sorted(set.intersection(*steps), reverse=True) if all(steps) else []
 
 
-def _group_name(names: Sequence[str]) -> str:
+def _group_name(seeds: Sequence[int], names: Optional[Sequence[str]]) -> str:
   """How logs name a group of runs: "seed 1", "seeds 1, 2", or the runs' names."""
-  if all(name.startswith("seed ") and name[5:].isdigit() for name in names):
-    return f"seed{'s' if len(names) > 1 else ''} {', '.join(name[5:] for name in names)}"
-  return "; ".join(names)
+  if names is not None:
+    return "; ".join(names)
+  return f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
 
 
-def _restore(spec, data, names, checkpointers):
+def _restore(spec, data, named, checkpointers):
   """(start, stacked states) from the newest step every seed keeps and can read.
 
   The seeds are saved one after another at the same iterations, so a crash
@@ -315,7 +315,7 @@ def _restore(spec, data, names, checkpointers):
     else:
       for checkpointer, bad_step in damaged:  # saved again when training gets there
         checkpointer.delete(bad_step)
-      logging.info("%s: resuming stage 1 from iteration %d", _group_name(names), step)
+      logging.info("%s: resuming stage 1 from iteration %d", named, step)
       return step, seed_axis.stack(states)
   raise errors.DataError(os.path.dirname(checkpointers[0].directory), None,
                          "a readable checkpoint to resume from",
@@ -371,6 +371,7 @@ def train_generators(spec: TrainSpec, data: train_state.TrainData,
   """
   seeds = [int(s) for s in seeds]
   num_seeds = len(seeds)
+  named = _group_name(seeds, names)
   names = list(names) if names is not None else [f"seed {seed}" for seed in seeds]
   if not isinstance(hyper, Hyperparameters):  # one setting per run
     hyper = seed_axis.stack([jax.tree.map(np.float32, h) for h in hyper])
@@ -387,14 +388,13 @@ def train_generators(spec: TrainSpec, data: train_state.TrainData,
   with contextlib.ExitStack() as stack:
     checkpointers = [stack.enter_context(checkpoint.Checkpointer(d, max_to_keep=2))
                      for d in checkpoint_dirs]
-    start, states = _restore(spec, local_data, names, checkpointers)
+    start, states = _restore(spec, local_data, named, checkpointers)
     if states is None:
       states = init_states(spec, local_data, jnp.stack([k.init for k in keys]))
     states = _placed(states, mesh)
     primary = parallel.is_primary()
     writers = [metric_writers.MetricWriter(d, resume_step=start)
                if d is not None and primary else None for d in metrics_dirs]
-    named = _group_name(names)
     live = progress.LiveProgress(
         f"{named}: stage 1" + (f" (losses of {names[0]})" if num_seeds > 1 else ""),
         schedule.num_iterations, start=start) if primary else None

@@ -408,29 +408,6 @@ def all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
-def hyperparameter_axis(hyper: Hyperparameters, num_seeds: int) -> Optional[int]:
-  """How a chunk maps `hyper` over the seed axis: None (shared) or 0 (one per seed).
-
-  Args:
-    hyper: scalars shared by every seed, or (S,) arrays (a setting per seed,
-      e.g. a hyperparameter grid trained as one program).
-    num_seeds: S.
-
-  Returns:
-    None for scalars, 0 for (S,) arrays.
-
-  Raises:
-    ValueError: for any other shape.
-  """
-  shapes = {tuple(jnp.shape(leaf)) for leaf in jax.tree_util.tree_leaves(hyper)}
-  if shapes == {()}:
-    return None
-  if shapes == {(num_seeds,)}:
-    return 0
-  raise ValueError(f"hyperparameters: expected scalars or ({num_seeds},) arrays, "
-                   f"found shapes {sorted(shapes)}")
-
-
 def make_chunk_fn(spec: TrainSpec, num_iterations: int, num_seeds: int = 1,
                   report: Optional[Callable] = None) -> Callable:
   """The (unjitted) function running up to `num_iterations` iterations of S seeds.
@@ -455,7 +432,7 @@ def make_chunk_fn(spec: TrainSpec, num_iterations: int, num_seeds: int = 1,
   Returns:
     `chunk(states, data, hyper, train_keys, first_iteration, first_report)
     -> (states, metrics, finite, done)`: `hyper` holds scalars shared by
-    every seed or (S,) arrays, a setting per seed (`hyperparameter_axis`);
+    every seed or (S,) arrays, a setting per seed (`seed_axis.shared_or_stacked`);
     `first_iteration` is the int32
     iteration every seed is at (it numbers the iterations) and
     `first_report` the int32 number of iterations before the first report
@@ -471,7 +448,7 @@ def make_chunk_fn(spec: TrainSpec, num_iterations: int, num_seeds: int = 1,
     step = seed_axis.over_seeds(
         lambda state, data, hyper, key, iteration: train_iteration(
             spec, state, data, hyper, key, iteration),
-        num_seeds, (0, None, hyperparameter_axis(hyper, num_seeds), 0, None))
+        num_seeds, (0, None, seed_axis.shared_or_stacked(hyper, num_seeds), 0, None))
     metric_shapes = jax.eval_shape(step, states, data, hyper, train_keys, first_iteration)[1]
     names = tuple(sorted(metric_shapes))
     buffers = {name: jnp.zeros((num_iterations,) + leaf.shape, leaf.dtype)

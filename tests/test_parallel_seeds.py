@@ -162,9 +162,8 @@ def test_runs_with_their_own_hyperparameters_equal_each_setting_alone(tmp_path):
 
 
 def test_hyperparameters_of_another_shape_are_refused():
-  from gmn_jax import train_step  # pylint: disable=g-import-not-at-top
   _, _, hyper = _setup()
-  assert train_step.hyperparameter_axis(hyper, 3) is None
-  assert train_step.hyperparameter_axis(seed_axis.stack([hyper] * 3), 3) == 0
+  assert seed_axis.shared_or_stacked(hyper, 3) is None
+  assert seed_axis.shared_or_stacked(seed_axis.stack([hyper] * 3), 3) == 0
   with pytest.raises(ValueError, match=r"expected scalars or \(2,\) arrays"):
-    train_step.hyperparameter_axis(seed_axis.stack([hyper] * 3), 2)
+    seed_axis.shared_or_stacked(seed_axis.stack([hyper] * 3), 2)
