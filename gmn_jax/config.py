@@ -152,7 +152,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.gm = ml_collections.ConfigDict()
   c.gm.weight = 100.0  # β (the reference's Q)
   c.gm.classifier = "bilinear"  # bilinear | softmax
-  c.gm.num_classes = 5  # seen classes per generator iteration (n_gm_iter)
+  c.gm.num_classes = 5  # seen classes per generator iteration (n_gm_iter); 0: every one
   c.gm.real_per_class = 60  # per_class_batch_size
   c.gm.fake_repeat = 2  # fake batch = fake_repeat x real batch
   c.gm.granularity = "row"  # row | tensor | global
@@ -241,7 +241,7 @@ def config_rules() -> List[config_utils.Rule]:
       u.positive_int("train.checkpoint_every"),
       u.non_negative("gm.weight"),
       u.one_of("gm.classifier", models.CLASSIFIER_KINDS),
-      u.positive_int("gm.num_classes"),
+      u.non_negative_int("gm.num_classes"),
       u.positive_int("gm.real_per_class"),
       u.positive_int("gm.fake_repeat"),
       u.one_of("gm.granularity", losses.GRANULARITIES),

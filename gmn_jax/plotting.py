@@ -46,7 +46,8 @@ PREFERRED_TRAINING_KEYS = ("wasserstein", "gm_loss", "generator_loss", "critic_l
 EVAL_KEYS = ("gzsl_u", "gzsl_s", "gzsl_h", "zsl_t1")
 
 
-def _save(figure: Figure, path: str, return_figure: bool = False) -> str | Tuple[str, Figure]:
+def save_figure(figure: Figure, path: str,
+                return_figure: bool = False) -> str | Tuple[str, Figure]:
   """Writes the PNG; returns `path`, or `(path, figure)` when `return_figure`."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   FigureCanvasAgg(figure)
@@ -108,7 +109,7 @@ def _integer_x_ticks(axes, xs) -> None:
     axes.set_xlim(xs[0] - 1, xs[0] + 1)
 
 
-def _legend_below(figure: Figure, handles: Sequence[Any], labels: Sequence[str], *,
+def legend_below(figure: Figure, handles: Sequence[Any], labels: Sequence[str], *,
                   columns: int = 6, fontsize: str = "small"):
   """One figure legend under the panels (outside every axes); None without entries."""
   if not handles:
@@ -170,9 +171,9 @@ def plot_training_curves(records_by_seed: Mapping[Any, Sequence[Mapping[str, Any
     axes.set_xlabel("generator iteration")
     _integer_x_ticks(axes, drawn)
     axes.grid(alpha=0.3)
-  _legend_below(figure, list(handles.values()), list(handles))
+  legend_below(figure, list(handles.values()), list(handles))
   figure.suptitle("Stage 1: training scalars (means over each logging window)")
-  return _save(figure, path, return_figure)
+  return save_figure(figure, path, return_figure)
 
 
 def plot_evaluation_curves(curves_by_seed: Mapping[Any, Mapping[str, Sequence[float]]],
@@ -211,9 +212,9 @@ def plot_evaluation_curves(curves_by_seed: Mapping[Any, Mapping[str, Sequence[fl
     axes.set_ylabel("accuracy (%)")
     _integer_x_ticks(axes, epochs)
     axes.grid(alpha=0.3)
-  _legend_below(figure, list(handles.values()), list(handles))
+  legend_below(figure, list(handles.values()), list(handles))
   figure.suptitle("Stage 2: final classifier, per-class mean top-1 per epoch")
-  return _save(figure, path, return_figure)
+  return save_figure(figure, path, return_figure)
 
 
 def plot_seen_unseen_curves(seed_results: Sequence[Mapping[str, Any]], path: str, *,
@@ -264,10 +265,10 @@ def plot_seen_unseen_curves(seed_results: Sequence[Mapping[str, Any]], path: str
   axes.set_ylabel("seen accuracy s (%)")
   axes.grid(alpha=0.3)
   handles, labels = axes.get_legend_handles_labels()
-  _legend_below(figure, handles, labels, columns=2)
+  legend_below(figure, handles, labels, columns=2)
   axes.set_title(f"Calibrated stacking: AUSUC {np.mean(ausucs):.1f} "
                  f"(mean over {len(ausucs)} classifiers)")
-  return _save(figure, path, return_figure)
+  return save_figure(figure, path, return_figure)
 
 
 def _area(unseen, seen) -> float:
@@ -387,7 +388,7 @@ def plot_feature_projections(samples: Mapping[str, np.ndarray], path: str, *,
     if index == len(methods) - 1:
       axes.legend(fontsize="x-small", loc="center left", bbox_to_anchor=(1.0, 0.5))
   figure.suptitle(f"{title + ': ' if title else ''}{count}, real (o) vs generated (x) features")
-  return _save(figure, path, return_figure)
+  return save_figure(figure, path, return_figure)
 
 
 def plot_ablation_bars(rows: Sequence[Mapping[str, Any]], path: str, *,
@@ -440,9 +441,9 @@ def plot_ablation_bars(rows: Sequence[Mapping[str, Any]], path: str, *,
   axes.set_ylim(0, 100)
   axes.grid(axis="y", alpha=0.3)
   handles, labels = axes.get_legend_handles_labels()
-  _legend_below(figure, handles, labels, columns=columns)
+  legend_below(figure, handles, labels, columns=columns)
   axes.set_title(title or "Ablation: mean ± std over generator seeds")
-  return _save(figure, path, return_figure)
+  return save_figure(figure, path, return_figure)
 
 
 # --------------------------------------------------------------------------

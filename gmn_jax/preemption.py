@@ -48,30 +48,31 @@ class Interrupted(Exception):
     signum: the signal number (signal.SIGTERM or signal.SIGINT).
     exit_code: the conventional exit status, 128 + signum.
     where: where the run stopped.
-    unfinished: the seeds a rerun still has to run (None: not given).
+    unfinished: the runs a rerun still has to run, by name ("seed 3"), or
+      None when not given.
   """
 
   def __init__(self, signum: int, where: str, unfinished=None):
     self.signum = int(signum)
     self.exit_code = 128 + self.signum
     self.where = where
-    self.unfinished = None if unfinished is None else [int(s) for s in unfinished]
-    left = ("" if self.unfinished is None else
-            f"; seeds still to run: {', '.join(map(str, self.unfinished))}")
+    self.unfinished = None if unfinished is None else [str(name) for name in unfinished]
+    left = "" if not self.unfinished else f"; still to run: {'; '.join(self.unfinished)}"
     super().__init__(
         f"stopped by {signal.Signals(self.signum).name} {where}{left}; rerun the same "
         "command (same --workdir) to resume")
 
-  def with_unfinished(self, seeds) -> "Interrupted":
-    """The same stop, naming the seeds a rerun still has to run.
+  def with_unfinished(self, names) -> "Interrupted":
+    """The same stop, naming the runs a rerun still has to run.
 
     Args:
-      seeds: those seeds, in run order.
+      names: those runs' names ("seed 3", or a sweep's "gm.weight=10, seed 3"),
+        in run order.
 
     Returns:
       A new `Interrupted`.
     """
-    return Interrupted(self.signum, self.where, seeds)
+    return Interrupted(self.signum, self.where, names)
 
 
 _CALLS = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gmn_jax_call")

@@ -327,7 +327,9 @@ def train_spec(config: ml_collections.ConfigDict, dataset: ZSLDataset) -> TrainS
   num_unseen = int(dataset.unseen_classes.shape[0])
   k = dataset.embedding_dim
   train, gm, cls = config.train, config.gm, config.cls
-  if variant.gradient_matching and gm.num_classes > num_seen:
+  # 0 means every seen class, on any split (a validation split has fewer).
+  gm_num_classes = gm.num_classes or num_seen
+  if variant.gradient_matching and gm_num_classes > num_seen:
     raise ConfigError(f"config.gm.num_classes: expected at most the {num_seen} seen classes, "
                       f"found {gm.num_classes}")
   transductive_seen_count = 0
@@ -354,7 +356,7 @@ def train_spec(config: ml_collections.ConfigDict, dataset: ZSLDataset) -> TrainS
       class_balanced=train.class_balanced,
       transductive_seen_count=transductive_seen_count,
       gm_classifier=gm.classifier,
-      gm_num_classes=gm.num_classes,
+      gm_num_classes=gm_num_classes,
       gm_real_per_class=gm.real_per_class,
       gm_fake_repeat=gm.fake_repeat,
       gm_granularity=gm.granularity,

@@ -22,9 +22,10 @@ uninterrupted run's bit for bit (every iteration draws its randomness from
 either way).
 """
 
+import dataclasses
 import os
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from absl import logging
 import jax
@@ -107,16 +108,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
   gmn_config.validate(config, check_data_dir=dataset is None)
   if dataset is None:
     dataset = load_dataset(config)
-  variant = gmn_config.get_variant(config)
   eval_spec = specs.eval_spec(config)
-  if variant.uses_generator:
-    train_spec = specs.train_spec(config, dataset)
-    train_data = train_state.make_train_data(dataset, train_spec)
-    hyper, schedule = specs.hyperparameters(config), specs.schedule(config)
-    # Stage 2 synthesises in float32, whatever stage 1's compute dtype.
-    sample_fn = models.sample_fn(train_spec.generator.clone(dtype=jnp.float32))
-  else:
-    sample_fn = None
+  program = stage1_program(config, dataset)
 
   # --------------------------------------------------------------------------
   # Workdir.
@@ -132,7 +125,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
     # --------------------------------------------------------------------------
     # Seeds, a group of num_parallel_seeds at a time.
     seed_results = {}
-    pending = []
+    runs = []
     for seed in map(int, config.seeds):
       finished = workdirs.read_seed_result(workdir, seed)
       if finished is not None:
@@ -143,47 +136,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
           continue
         logging.info("seed %d: finished with other stage-2 settings (%s): evaluating again "
                      "(stage 1 is restored from its final checkpoint)", seed, "; ".join(changed))
-      pending.append(seed)
-    group_size = config.num_parallel_seeds
-    with preemption.StopOnSignal():
-      for first in range(0, len(pending), group_size):
-        group = pending[first:first + group_size]
-        named = _name_seeds(group)
-        try:
-          _stop_if_requested(f"before {named}")
-
-          # Stage 1: the generators.
-          generators, timings = None, [{} for _ in group]
-          if variant.uses_generator:
-            trained = stage1.train_generators(
-                train_spec, train_data, hyper, seeds=group, schedule=schedule,
-                checkpoint_dirs=[workdirs.checkpoint_dir(workdir, s) for s in group],
-                metrics_dirs=[workdirs.seed_dir(workdir, s) for s in group], mesh=mesh)
-            generators = [t.state.generator for t in trained]
-            timings = [_stage1_timings(t) for t in trained]
-            _stop_if_requested(f"after stage 1 of {named} (final checkpoints saved)")
-
-          # Stage 2: synthesis and final classifiers.
-          started = time.perf_counter()
-          evaluated = evaluate.evaluate_generators(
-              sample_fn, generators, dataset, eval_spec,
-              [train_state.seed_keys(s).eval for s in group], calibration_gamma=calibration_gamma,
-              label=f"{named}: stage 2" if parallel.is_primary() else None)
-        except preemption.Interrupted as interrupted:
-          raise interrupted.with_unfinished(pending[first:]) from None
-        share = (time.perf_counter() - started) / len(group)
-        for i, (seed, result) in enumerate(zip(group, evaluated)):
-          seed_results[seed] = results.seed_result(seed, result,
-                                                   {**timings[i], "stage2_s": share})
-          seed_results[seed]["stage2"] = stage2
-          if generators is not None and parallel.is_primary():
-            workdirs.write_samples(
-                os.path.join(workdirs.seed_dir(workdir, seed), workdirs.SAMPLES_FILE),
-                sample_fn, generators[i], dataset,
-                jax.random.fold_in(train_state.seed_keys(seed).eval, 1))
-          workdirs.write_seed_outputs(workdir, seed_results[seed], results.mean_curves(result))
-          logging.info("seed %d: %s", seed, ", ".join(
-              f"{k}={v:.2f}" for k, v in seed_results[seed]["metrics"].items()))
+      runs.append(Run(seed=seed, hyper=program.hyper, workdir=workdir,
+                      evaluations=(Evaluation(eval_spec, workdir, stage2),)))
+    finished_runs = train_runs(runs, program, dataset, runs_per_program=config.num_parallel_seeds,
+                               calibration_gamma=calibration_gamma, mesh=mesh)
+    for run, (result,) in zip(runs, finished_runs):
+      seed_results[run.seed] = result
 
     # --------------------------------------------------------------------------
     # Summary.
@@ -192,6 +150,196 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
     summary["provenance"] = provenance.describe()
     workdirs.write_summary(workdir, ordered, summary)
     return summary
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+  """One stage 2 of a run's generator.
+
+  Attributes:
+    spec: its settings.
+    workdir: where it writes seed_<s>/result.json and seed_<s>/eval/.
+    stage2: the stage-2 fingerprint stored in result.json
+      (`workdir.stage2_fingerprint`): a rerun with other settings evaluates
+      again.
+  """
+
+  spec: specs.EvalSpec
+  workdir: str
+  stage2: Dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One generator to train (or restore) and evaluate one or more times.
+
+  Attributes:
+    seed: the generator seed.
+    hyper: its stage-1 numeric settings (None for the real-only baseline).
+    workdir: where its stage 1 lives: checkpoints/seed_<s>/,
+      seed_<s>/metrics.jsonl and seed_<s>/samples.npz.
+    evaluations: its pending stage 2s.
+    setting: the label of its settings in a grid ("gm.weight=10"), or "".
+  """
+
+  seed: int
+  hyper: Optional[specs.Hyperparameters]
+  workdir: str
+  evaluations: Tuple[Evaluation, ...]
+  setting: str = ""
+
+  @property
+  def name(self) -> str:
+    """How logs and progress name the run: "seed 1", "gm.weight=10, seed 1"."""
+    return f"{self.setting}, seed {self.seed}" if self.setting else f"seed {self.seed}"
+
+
+class Stage1Program(NamedTuple):
+  """What stage 1 of a config needs, built once (fields None for real-only).
+
+  Attributes:
+    spec: the static settings (`specs.train_spec`); configs with equal specs
+      and schedules share one compiled program.
+    data: the training data.
+    schedule: iterations, calls, checkpoints and metric windows.
+    hyper: the config's traced settings.
+    sample_fn: the generators' float32 sample function for stage 2.
+  """
+
+  spec: Optional[specs.TrainSpec]
+  data: Optional[train_state.TrainData]
+  schedule: Optional[specs.Schedule]
+  hyper: Optional[specs.Hyperparameters]
+  sample_fn: Any
+
+
+def stage1_program(config: ml_collections.ConfigDict, dataset: ZSLDataset) -> Stage1Program:
+  """Stage 1's specs, data and sample function of a validated config.
+
+  Args:
+    config: the validated configuration.
+    dataset: its dataset.
+
+  Returns:
+    The `Stage1Program`; every field None when the method trains no
+    generator (real_only).
+  """
+  if not gmn_config.get_variant(config).uses_generator:
+    return Stage1Program(None, None, None, None, None)
+  spec = specs.train_spec(config, dataset)
+  # Stage 2 synthesises in float32, whatever stage 1's compute dtype.
+  return Stage1Program(spec=spec, data=train_state.make_train_data(dataset, spec),
+                       schedule=specs.schedule(config), hyper=specs.hyperparameters(config),
+                       sample_fn=models.sample_fn(spec.generator.clone(dtype=jnp.float32)))
+
+
+def train_runs(runs: Sequence[Run], program: Stage1Program, dataset: ZSLDataset, *,
+               runs_per_program: int, calibration_gamma: Optional[float] = None,
+               mesh: Optional[jax.sharding.Mesh] = None) -> List[List[Dict[str, Any]]]:
+  """Both stages of runs that share stage 1's program, `runs_per_program` at a time.
+
+  The runs of a group may differ in seed and in `hyper` (a hyperparameter
+  grid, `gmn_jax.sweep`): stage 1 trains them as one vmapped program. Each
+  run's evaluations go to stage 2 together with the group's other ones:
+  those whose specs differ only in `specs.EVAL_TRACED_FIELDS` train their
+  final classifiers as one program, the others one program per spec. Every
+  evaluation's seed_<s>/result.json is written as soon as its program ends.
+
+  Args:
+    runs: the runs, in the order they are grouped.
+    program: stage 1's program (`stage1_program`; its hyper is ignored, each
+      run has its own).
+    dataset: the dataset stage 2 measures.
+    runs_per_program: the most runs in one stage-1 program.
+    calibration_gamma: see `train_and_evaluate`.
+    mesh: see `train_and_evaluate`.
+
+  Returns:
+    For each run, the result dicts (`results.seed_result`) of its
+    evaluations, in order.
+
+  Raises:
+    NonFiniteLossError: training diverged.
+    preemption.Interrupted: a stop signal arrived; it names the runs still
+      to run.
+  """
+  finished = []
+  with preemption.StopOnSignal():
+    for first in range(0, len(runs), runs_per_program):
+      group = runs[first:first + runs_per_program]
+      labelled = any(run.setting for run in group)
+      named = ("; ".join(run.name for run in group) if labelled else
+               _name_seeds([run.seed for run in group]))
+      try:
+        _stop_if_requested(f"before {named}")
+
+        # Stage 1: the generators.
+        generators, timings = None, [{} for _ in group]
+        if program.spec is not None:
+          hypers = [run.hyper for run in group]
+          # One shared setting keeps the seeds' program of a plain run.
+          shared = all(h == hypers[0] for h in hypers)
+          trained = stage1.train_generators(
+              program.spec, program.data, hypers[0] if shared else hypers,
+              seeds=[run.seed for run in group], schedule=program.schedule,
+              checkpoint_dirs=[workdirs.checkpoint_dir(run.workdir, run.seed) for run in group],
+              metrics_dirs=[workdirs.seed_dir(run.workdir, run.seed) for run in group],
+              mesh=mesh, names=[run.name for run in group] if labelled else None)
+          generators = [t.state.generator for t in trained]
+          timings = [_stage1_timings(t) for t in trained]
+          _stop_if_requested(f"after stage 1 of {named} (final checkpoints saved)")
+          if parallel.is_primary():
+            for run, params in zip(group, generators):
+              workdirs.write_samples(
+                  os.path.join(workdirs.seed_dir(run.workdir, run.seed), workdirs.SAMPLES_FILE),
+                  program.sample_fn, params, dataset,
+                  jax.random.fold_in(train_state.seed_keys(run.seed).eval, 1))
+
+        # Stage 2: synthesis and final classifiers, one program per shape.
+        outputs = [[None] * len(run.evaluations) for run in group]
+        for shape, pairs in _stage2_programs(group).items():
+          started = time.perf_counter()
+          evaluated = evaluate.evaluate_generators(
+              program.sample_fn, None if generators is None else [generators[i] for i, _ in pairs],
+              dataset, [group[i].evaluations[j].spec for i, j in pairs],
+              [train_state.seed_keys(group[i].seed).eval for i, _ in pairs],
+              calibration_gamma=calibration_gamma,
+              label=f"{named}: stage 2{shape}" if parallel.is_primary() else None)
+          share = (time.perf_counter() - started) / len(pairs)
+          for (i, j), result in zip(pairs, evaluated):
+            run, evaluation = group[i], group[i].evaluations[j]
+            seed_result = results.seed_result(run.seed, result, {**timings[i], "stage2_s": share})
+            seed_result["stage2"] = evaluation.stage2
+            workdirs.write_seed_outputs(evaluation.workdir, seed_result,
+                                        results.mean_curves(result))
+            outputs[i][j] = seed_result
+            logging.info("%s: %s", run.name, ", ".join(
+                f"{k}={v:.2f}" for k, v in seed_result["metrics"].items()
+                if k in results.METRIC_NAMES))
+      except preemption.Interrupted as interrupted:
+        raise interrupted.with_unfinished([run.name for run in runs[first:]]) from None
+      finished.extend(outputs)
+  return finished
+
+
+def _stage2_programs(group: Sequence[Run]) -> Dict[str, List[Tuple[int, int]]]:
+  """The group's (run, evaluation) pairs by stage-2 program, labelled for logs.
+
+  Specs that differ only in traced fields share a program; the label names
+  the untraced fields that tell programs apart ("" when there is one).
+  """
+  programs: Dict[specs.EvalSpec, List[Tuple[int, int]]] = {}
+  for i, run in enumerate(group):
+    for j, evaluation in enumerate(run.evaluations):
+      untraced = dataclasses.replace(
+          evaluation.spec, **{name: 0.0 for name in specs.EVAL_TRACED_FIELDS})
+      programs.setdefault(untraced, []).append((i, j))
+  if len(programs) == 1:
+    return {"": next(iter(programs.values()))}
+  differing = [f.name for f in dataclasses.fields(specs.EvalSpec)
+               if len({getattr(spec, f.name) for spec in programs}) > 1]
+  return {" (" + ", ".join(f"eval.{name}={getattr(spec, name)}" for name in differing) + ")": pairs
+          for spec, pairs in programs.items()}
 
 
 def _name_seeds(seeds: List[int]) -> str:

@@ -15,9 +15,10 @@ from gmn_jax.errors import ConfigError
 from gmn_jax.errors import DataError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Every absl binary under experiments/ except train and ablation (tested with theirs).
+# Every absl binary under experiments/ except train, ablation and sweep (tested with theirs).
 BINARIES = ("benchmark", "benchmarking.bench_gm", "benchmarking.gpu_aot", "check_data",
-            "download_data", "make_synthetic", "plot", "synthesize", "synthetic_baseline")
+            "benchmarking.bench_sweep", "download_data", "make_synthetic", "plot", "synthesize",
+            "synthetic_baseline")
 
 
 def _run(module, *args):

@@ -100,7 +100,7 @@ def test_heartbeat_then_a_stop_within_seconds_then_an_exact_resume(tmp_path):
   assert "at generator iteration " in lines[0], stderr[-3000:]
   stopped_at = int(lines[0].split("at generator iteration ")[1].split()[0])
   assert 1 <= stopped_at < ITERATIONS  # inside the one call, not at its end
-  assert "seeds still to run: 1;" in lines[0]
+  assert "still to run: seed 1;" in lines[0]
   assert stop_s < 30, stop_s
 
   # The rerun resumes there; a second Ctrl-C then exits at once (one line,

@@ -118,7 +118,7 @@ def test_a_stop_checkpoints_at_the_chunk_boundary_and_resumes_exactly(
   assert stopped.value.exit_code == 130 and stopped.value.signum == signal.SIGINT
   # Call 2 (iterations 2-4) stopped after its first iteration, in the call.
   assert "SIGINT at generator iteration 3 of 8 (seed 3)" in str(stopped.value)
-  assert "seeds still to run: 3;" in str(stopped.value)
+  assert "still to run: seed 3;" in str(stopped.value)
   assert len(calls) == 2  # nothing ran after the stop
   with checkpoint.Checkpointer(tmp_path / "checkpoints" / f"seed_{SEED}") as ckpt:
     assert ckpt.latest_step() == 3
