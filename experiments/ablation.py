@@ -27,10 +27,8 @@ from ml_collections import config_flags
 from experiments import cli
 from gmn_jax import config as gmn_config
 from gmn_jax import plotting
-from gmn_jax import preemption
 from gmn_jax import train
 from gmn_jax.errors import ConfigError
-from gmn_jax.errors import GMNError
 
 _CONFIG = None
 _WORKDIR = None
@@ -143,18 +141,10 @@ def run_ablation(config, workdir: str, methods: Sequence[str], *, overwrite: boo
 def main(argv: Sequence[str]) -> None:
   cli.reject_arguments(argv)
   cli.quiet_checkpoint_logs()
-  try:
-    config = cli.load_config(_CONFIG)
-    if not _WORKDIR.value:
-      raise ConfigError("--workdir: expected a directory for the runs, found nothing")
-    results = run_ablation(config, _WORKDIR.value, _METHODS.value,
-                           overwrite=_OVERWRITE.value)
-  except GMNError as error:
-    fail(error)
-  except preemption.Interrupted as interrupted:
-    cli.stop(interrupted)
-  except KeyboardInterrupt:
-    cli.stop_at_once()
+  config = cli.run_guarded(lambda: cli.load_config(_CONFIG))
+  results = cli.run_guarded(lambda: run_ablation(
+      config, cli.require_workdir(_WORKDIR.value, "the runs"), _METHODS.value,
+      overwrite=_OVERWRITE.value))
   command = command_line(sys.argv)
   table = format_ablation_table(
       results, title=f"Ablation on {config.dataset}", command=command)

@@ -14,7 +14,7 @@ import os
 import re
 import sys
 import traceback
-from typing import TYPE_CHECKING, Any, Dict, List, NoReturn, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, NoReturn, Optional, Sequence, Tuple
 
 from absl import flags
 from absl import logging
@@ -75,6 +75,77 @@ def stop_at_once() -> NoReturn:
   sys.stderr.flush()
   sys.stdout.flush()
   os._exit(130)  # pylint: disable=protected-access
+
+
+def run_guarded(fn: Callable[[], Any]) -> Any:
+  """fn(), ended the binaries' way: a GMNError in one line (status 2), a stop
+  signal with `stop`, a second Ctrl-C with `stop_at_once`.
+
+  Args:
+    fn: the binary's work.
+
+  Returns:
+    What fn returned.
+  """
+  from gmn_jax import preemption  # pylint: disable=g-import-not-at-top
+  from gmn_jax.errors import GMNError  # pylint: disable=g-import-not-at-top
+  try:
+    return fn()
+  except GMNError as error:
+    fail(error)
+  except preemption.Interrupted as interrupted:
+    stop(interrupted)
+  except KeyboardInterrupt:
+    stop_at_once()
+
+
+def require_workdir(value: Optional[str], what: str) -> str:
+  """The --workdir flag's value, or a ConfigError naming what it is for.
+
+  Args:
+    value: the flag's value.
+    what: e.g. "the sweep".
+
+  Returns:
+    The value.
+  """
+  if not value:
+    raise ConfigError(f"--workdir: expected a directory for {what}, found nothing")
+  return value
+
+
+def define_device_flags() -> Tuple[flags.FlagHolder, flags.FlagHolder]:
+  """--num_devices and --multihost, for the binaries that train.
+
+  Returns:
+    (num_devices, multihost) flag holders; give them to `mesh_from_flags`.
+  """
+  num_devices = flags.DEFINE_integer(
+      "num_devices", 1, "Devices that stage 1 splits its batches over (data parallelism); "
+      "0 uses every device. Ignored with --multihost, which uses all of them.")
+  multihost = flags.DEFINE_bool(
+      "multihost", None, "Join a multi-host run with jax.distributed.initialize() (default: "
+      "the GMN_MULTIHOST environment variable).")
+  return num_devices, multihost
+
+
+def mesh_from_flags(num_devices: flags.FlagHolder, multihost: flags.FlagHolder):
+  """Joins a multi-host run when asked, and the ('data',) mesh the flags ask for.
+
+  Called before anything touches a device.
+
+  Args:
+    num_devices: the --num_devices holder.
+    multihost: the --multihost holder.
+
+  Returns:
+    A mesh (`parallel.make_mesh`), or None for the default device.
+  """
+  from gmn_jax import parallel  # pylint: disable=g-import-not-at-top
+  joined = parallel.initialize_multihost(multihost.value)
+  if joined or num_devices.value != 1:
+    return parallel.make_mesh(None if joined else (num_devices.value or None))
+  return None
 
 
 def parse_flags(argv: Sequence[str]) -> Sequence[str]:

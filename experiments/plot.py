@@ -21,7 +21,8 @@ from absl import app
 from absl import flags
 
 from experiments import cli
-from gmn_jax import plotting
+from gmn_jax import workdir_plots
+from gmn_jax.errors import ConfigError
 from gmn_jax.errors import GMNError
 
 _WORKDIR = None
@@ -46,12 +47,13 @@ def main(argv: Sequence[str]) -> None:
   cli.reject_arguments(argv)
   try:
     if not _WORKDIR.value:
-      raise plotting.errors.ConfigError("--workdir: expected a run's directory, found nothing")
+      raise ConfigError("--workdir: expected a run's directory, found nothing")
     unknown = [p for p in _PROJECTIONS.value if p not in ("pca", "tsne")]
     if unknown:
-      raise plotting.errors.ConfigError(
+      raise ConfigError(
           f"--projections: expected names among pca, tsne, found {unknown}")
-    written, skipped = plotting.plot_workdir(_WORKDIR.value, projections=_PROJECTIONS.value)
+    written, skipped = workdir_plots.plot_workdir(_WORKDIR.value,
+                                                  projections=_PROJECTIONS.value)
   except GMNError as error:
     cli.fail(error)
   for path in written:

@@ -15,6 +15,7 @@ Writes W/sweep.md (printed at the end), W/sweep.json and W/plots/sweep.png.
 labelled as an oracle. A rerun resumes (finished combinations are read
 back). Bad input prints one line to stderr and exits with status 2;
 SIGTERM / SIGINT stop at the next checkpoint with status 143 / 130.
+--num_devices and --multihost are those of experiments.train.
 """
 
 import os
@@ -27,12 +28,11 @@ from absl import flags
 from ml_collections import config_flags
 
 from experiments import cli
-from gmn_jax import preemption
+from gmn_jax import parallel
 from gmn_jax import sweep as sweeps
 from gmn_jax import sweep_grid
 from gmn_jax import sweep_report
 from gmn_jax.errors import ConfigError
-from gmn_jax.errors import GMNError
 
 _CONFIG = None
 _WORKDIR = None
@@ -41,11 +41,16 @@ _METRIC = None
 _ORACLE = None
 _RUNS_PER_PROGRAM = None
 _OVERWRITE = None
+_NUM_DEVICES = None
+_MULTIHOST = None
 
 
 def define_flags() -> None:
   """Defines the command-line flags (only when the module runs as a program)."""
+  # pylint: disable=global-statement
   global _CONFIG, _WORKDIR, _SWEEP, _METRIC, _ORACLE, _RUNS_PER_PROGRAM, _OVERWRITE
+  global _NUM_DEVICES, _MULTIHOST
+  # pylint: enable=global-statement
   _CONFIG = config_flags.DEFINE_config_file(
       "config", None, "A config file, e.g. experiments/configs/cub.py; override fields with "
       "--config.<field>=<value> (the split is set by the sweep).", lock_config=False)
@@ -62,6 +67,7 @@ def define_flags() -> None:
       "default: num_parallel_seeds seeds of every setting sharing the program.")
   _OVERWRITE = flags.DEFINE_bool("overwrite", False,
                                  "Delete the sweep's outputs in --workdir and start afresh.")
+  _NUM_DEVICES, _MULTIHOST = cli.define_device_flags()
 
 
 def describe_grid(grid: sweep_grid.Grid) -> str:
@@ -83,24 +89,25 @@ def describe_grid(grid: sweep_grid.Grid) -> str:
 def main(argv: Sequence[str]) -> None:
   cli.reject_arguments(argv)
   cli.quiet_checkpoint_logs()
-  try:
+
+  def run():
+    mesh = cli.mesh_from_flags(_NUM_DEVICES, _MULTIHOST)  # before anything touches a device
     config = cli.load_config(_CONFIG)
-    if not _WORKDIR.value:
-      raise ConfigError("--workdir: expected a directory for the sweep, found nothing")
+    cli.require_workdir(_WORKDIR.value, "the sweep")
     if _RUNS_PER_PROGRAM.value is not None and _RUNS_PER_PROGRAM.value < 1:
       raise ConfigError(f"--runs_per_program: expected a positive integer, found "
                         f"{_RUNS_PER_PROGRAM.value}")
     grid = sweep_grid.parse_grid(_SWEEP.value, config)
-    print(describe_grid(grid), flush=True)
+    if parallel.is_primary():
+      print(describe_grid(grid), flush=True)
     sweeps.sweep(config, grid, _WORKDIR.value, metric=_METRIC.value, oracle=_ORACLE.value,
                  runs_per_program=_RUNS_PER_PROGRAM.value, overwrite=_OVERWRITE.value,
-                 command=shlex.join(["python", "-m", "experiments.sweep", *sys.argv[1:]]))
-  except GMNError as error:
-    cli.fail(error)
-  except preemption.Interrupted as interrupted:
-    cli.stop(interrupted)
-  except KeyboardInterrupt:
-    cli.stop_at_once()
+                 command=shlex.join(["python", "-m", "experiments.sweep", *sys.argv[1:]]),
+                 mesh=mesh)
+
+  cli.run_guarded(run)
+  if not parallel.is_primary():
+    return
   path = os.path.join(_WORKDIR.value, sweep_report.MARKDOWN_FILE)
   with open(path, encoding="utf-8") as f:
     print(f.read())

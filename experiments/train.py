@@ -34,11 +34,8 @@ from ml_collections import config_flags
 
 from experiments import cli
 from gmn_jax import parallel
-from gmn_jax import preemption
 from gmn_jax import train
 from gmn_jax import workdir
-from gmn_jax.errors import ConfigError
-from gmn_jax.errors import GMNError
 
 _CONFIG = None
 _WORKDIR = None
@@ -73,38 +70,24 @@ def define_flags() -> None:
   _CALIBRATION_FROM = flags.DEFINE_string(
       "calibration_gamma_from", None, "Workdir of a finished run with "
       "--config.split=validation; its best-H calibration gamma is applied to this run.")
-  _NUM_DEVICES = flags.DEFINE_integer(
-      "num_devices", 1, "Devices that stage 1 splits its batches over (data parallelism); "
-      "0 uses every device. Ignored with --multihost, which uses all of them.")
-  _MULTIHOST = flags.DEFINE_bool(
-      "multihost", None, "Join a multi-host run with jax.distributed.initialize() (default: "
-      "the GMN_MULTIHOST environment variable).")
+  _NUM_DEVICES, _MULTIHOST = cli.define_device_flags()
 
 
 def main(argv: Sequence[str]) -> None:
   cli.reject_arguments(argv)
   cli.quiet_checkpoint_logs()
-  try:
-    # Before anything touches a device.
-    multihost = parallel.initialize_multihost(_MULTIHOST.value)
-    mesh = None
-    if multihost or _NUM_DEVICES.value != 1:
-      mesh = parallel.make_mesh(None if multihost else (_NUM_DEVICES.value or None))
+
+  def run():
+    mesh = cli.mesh_from_flags(_NUM_DEVICES, _MULTIHOST)  # before anything touches a device
     config = cli.load_config(_CONFIG)
-    if not _WORKDIR.value:
-      raise ConfigError("--workdir: expected a directory for the run's outputs, found nothing")
+    cli.require_workdir(_WORKDIR.value, "the run's outputs")
     gamma = None
     if _CALIBRATION_FROM.value:
       gamma = workdir.calibration_gamma_from(_CALIBRATION_FROM.value)
-    results = train.train_and_evaluate(config, _WORKDIR.value,
-                                       overwrite=_OVERWRITE.value, calibration_gamma=gamma,
-                                       mesh=mesh)
-  except GMNError as error:
-    fail(error)
-  except preemption.Interrupted as interrupted:
-    stop(interrupted)
-  except KeyboardInterrupt:
-    cli.stop_at_once()
+    return train.train_and_evaluate(config, _WORKDIR.value, overwrite=_OVERWRITE.value,
+                                    calibration_gamma=gamma, mesh=mesh)
+
+  results = cli.run_guarded(run)
   if parallel.is_primary():
     print(cli.format_results_table(results))
     print(f"results: {_WORKDIR.value}/{workdir.RESULTS_FILE}")

@@ -2,9 +2,9 @@
 
 Each `plot_*` function takes plain Python data (what the run files hold) and
 writes one PNG (with `return_figure=True` it also returns the matplotlib
-Figure, e.g. to inspect what was drawn); `plot_workdir` reads a workdir
-written by `gmn_jax.train.train_and_evaluate` and draws every figure its
-files allow.
+Figure, e.g. to inspect what was drawn); `gmn_jax.workdir_plots` reads a
+workdir and draws every figure its files allow, and `save_figure` /
+`legend_below` are shared with the other figures (`gmn_jax.sweep_report`).
 Matplotlib is used through its object API with the Agg canvas, so importing
 this module changes no global backend and needs no display.
 
@@ -14,15 +14,8 @@ line through one point is invisible; step and epoch axes have integer ticks;
 legends sit outside the axes (below the panels, or right of them), so they
 never cover data; paper-row names ("WGAN^{S+U} + GM") are drawn as mathtext
 superscripts (`mathtext_label`).
-
-Workdir inputs (see gmn_jax.train):
-  seed_<s>/metrics.jsonl       stage 1 scalars ("train/<name>") per log step
-  seed_<s>/eval/metrics.jsonl  stage 2 metrics ("eval/<name>") per epoch
-  seed_<s>/result.json         the seed's metrics and seen-unseen curves
-  seed_<s>/samples.npz         real and generated unseen features
 """
 
-import glob
 import os
 import re
 from typing import Any, List, Mapping, Optional, Sequence, Tuple
@@ -33,7 +26,6 @@ from matplotlib.ticker import MaxNLocator
 import numpy as np
 
 from gmn_jax import errors
-from gmn_jax import metric_writers
 
 PLOTS_DIR = "plots"
 METRIC_LABELS = {"zsl_t1": "ZSL T1", "gzsl_u": "GZSL u", "gzsl_s": "GZSL s",
@@ -444,118 +436,3 @@ def plot_ablation_bars(rows: Sequence[Mapping[str, Any]], path: str, *,
   legend_below(figure, handles, labels, columns=columns)
   axes.set_title(title or "Ablation: mean ± std over generator seeds")
   return save_figure(figure, path, return_figure)
-
-
-# --------------------------------------------------------------------------
-# A whole workdir.
-
-
-def _seed_dirs(workdir: str) -> List[Tuple[int, str]]:
-  found = []
-  for path in glob.glob(os.path.join(workdir, "seed_*")):
-    match = re.fullmatch(r"seed_(-?\d+)", os.path.basename(path))
-    if match and os.path.isdir(path):
-      found.append((int(match.group(1)), path))
-  return sorted(found)
-
-
-def _num_unseen_classes(workdir: str) -> Optional[int]:
-  """The dataset's unseen-class count from results.json ("data"), when written."""
-  path = os.path.join(workdir, "results.json")
-  if not os.path.isfile(path):
-    return None
-  count = metric_writers.read_json(path).get("data", {}).get("num_unseen")
-  return int(count) if isinstance(count, int) else None
-
-
-def plot_workdir(workdir, *, out_dir: Optional[str] = None,
-                 projections: Sequence[str] = ("pca", "tsne")
-                 ) -> Tuple[List[str], List[str]]:
-  """Draws every figure the files of a run's workdir allow.
-
-  Figures (in `out_dir`, default workdir/plots): training.png,
-  evaluation.png, seen_unseen.png, projection_seed_<s>.png (its title counts
-  the unseen classes drawn, of the dataset's total from the samples file or
-  results.json; before results.json exists, the drawn count alone). For an ablation
-  workdir (rows in sub-directories with results.json) also ablation.png,
-  and each row's figures in its own plots/ directory.
-
-  Args:
-    workdir: the run's directory.
-    out_dir: where the PNGs go.
-    projections: the 2-D projections of the feature figure.
-
-  Returns:
-    (written PNG paths, notes on figures that were skipped and why).
-
-  Raises:
-    DataError: when workdir is not a directory.
-  """
-  workdir = os.fspath(workdir)
-  if not os.path.isdir(workdir):
-    raise errors.DataError(workdir, None, "a run's workdir", "no such directory")
-  out_dir = out_dir or os.path.join(workdir, PLOTS_DIR)
-  written, skipped = [], []
-  rows = sorted(d for d in glob.glob(os.path.join(workdir, "*", "results.json")))
-  if rows and not os.path.isfile(os.path.join(workdir, "results.json")):
-    results = [metric_writers.read_json(p) for p in rows]
-    written.append(plot_ablation_bars(results, os.path.join(out_dir, "ablation.png")))
-    for row_path in rows:
-      row_written, row_skipped = plot_workdir(os.path.dirname(row_path),
-                                              projections=projections)
-      written += row_written
-      skipped += row_skipped
-    return written, skipped
-  seeds = _seed_dirs(workdir)
-  if not seeds:
-    return written, [f"{workdir}: no seed_<s> directories yet; nothing to plot"]
-
-  training = {}
-  for seed, path in seeds:
-    file = os.path.join(path, metric_writers.METRICS_FILE)
-    if os.path.isfile(file):
-      training[seed] = metric_writers.read_jsonl(file)
-  target = os.path.join(out_dir, "training.png")
-  if any(any(k.startswith("train/") for r in recs for k in r) for recs in training.values()):
-    written.append(plot_training_curves(training, target))
-  else:
-    skipped.append(f"{target}: no stage 1 metrics (seed_<s>/metrics.jsonl; real_only "
-                   "runs train no generator)")
-
-  curves = {}
-  for seed, path in seeds:
-    file = os.path.join(path, "eval", metric_writers.METRICS_FILE)
-    if os.path.isfile(file):
-      records = metric_writers.read_jsonl(file)
-      curves[seed] = {name: [r[f"eval/{name}"] for r in records if f"eval/{name}" in r]
-                      for name in EVAL_KEYS}
-  target = os.path.join(out_dir, "evaluation.png")
-  if curves:
-    written.append(plot_evaluation_curves(curves, target))
-  else:
-    skipped.append(f"{target}: no finished stage 2 yet (seed_<s>/eval/metrics.jsonl)")
-
-  seed_results = [metric_writers.read_json(os.path.join(p, "result.json")) for _, p in seeds
-                  if os.path.isfile(os.path.join(p, "result.json"))]
-  target = os.path.join(out_dir, "seen_unseen.png")
-  if any(r.get("seen_unseen_curves") for r in seed_results):
-    written.append(plot_seen_unseen_curves(seed_results, target))
-  else:
-    skipped.append(f"{target}: no seed result with seen_unseen_curves yet "
-                   "(seed_<s>/result.json)")
-
-  num_unseen = _num_unseen_classes(workdir)
-  for seed, path in seeds:
-    file = os.path.join(path, "samples.npz")
-    target = os.path.join(out_dir, f"projection_seed_{seed}.png")
-    if os.path.isfile(file):
-      with np.load(file) as samples:
-        samples = dict(samples)
-      written.append(plot_feature_projections(
-          samples, target, methods=projections, title=f"Seed {seed}",
-          num_unseen_classes=None if "num_unseen_classes" in samples else num_unseen))
-    else:
-      skipped.append(f"{target}: missing {file} (written at the end of stage 2; "
-                     "real_only runs have no generator)")
-  return written, skipped
-

@@ -93,7 +93,7 @@ def run_grid(config: ml_collections.ConfigDict, grid: sweep_grid.Grid, directory
 
   Returns:
     One results.json dict per combination, in grid order, each with its
-    "setting" ({field: value}) and "dir".
+    "setting" ({field: value}), "dir" and "split".
 
   Raises:
     ConfigError: a combination's config is invalid (before anything runs),
@@ -168,7 +168,7 @@ def run_grid(config: ml_collections.ConfigDict, grid: sweep_grid.Grid, directory
     summary = results.summarize(combo_config, ordered, entry["dataset"])
     summary["provenance"] = provenance.describe()
     workdirs.write_summary(stage2_dir, ordered, summary)
-    summaries.append({**summary, "setting": combo, "dir": stage2_dir})
+    summaries.append({**summary, "setting": combo, "dir": stage2_dir, "split": split})
   return summaries
 
 
@@ -185,19 +185,31 @@ def _pending(entry: Dict[str, Any], seed: int, finished: Dict) -> List[train.Eva
   return pending
 
 
-def choose(summaries: Sequence[Dict[str, Any]], metric: str) -> Dict[str, Any]:
+def choose(summaries: Sequence[Dict[str, Any]], metric: str, *,
+           oracle: bool = False) -> Dict[str, Any]:
   """The best setting by the metric's mean over seeds, with its ties and close rivals.
 
   Args:
-    summaries: the combinations' results (`run_grid`).
+    summaries: the combinations' results (`run_grid`), measured on the
+      validation split.
     metric: a name of `SELECTION_METRICS`.
+    oracle: allow results of the test split (the oracle's best, reported as
+      such, never used as a choice).
 
   Returns:
     {"index", "setting", "mean", "std", "ties": [indices equal at two
     decimals, the chosen first], "within_one_std": [indices of the others
     whose mean is within the chosen one's std]}. The first best in grid
     order is chosen.
+
+  Raises:
+    ConfigError: for results of another split than validation (unless
+      `oracle`): a choice made on test would bias the numbers reported.
   """
+  wrong = [s["split"] for s in summaries if s.get("split", "validation") != "validation"]
+  if wrong and not oracle:
+    raise ConfigError(f"sweep choice: expected results of the validation split, found split "
+                      f"{wrong[0]!r} (choosing on test biases what is reported)")
   means = np.array([s["metrics"][metric]["mean"] for s in summaries])
   best = int(np.argmax(np.round(means, 2)))  # the first of the ties
   mean, std = float(means[best]), float(summaries[best]["metrics"][metric]["std"])
@@ -269,11 +281,13 @@ def sweep(config: ml_collections.ConfigDict, grid: sweep_grid.Grid, workdir, *,
     test = train.train_and_evaluate(
         _validated(config, chosen["setting"], "test"),
         os.path.join(workdir, TEST_DIR, sweep_grid.directory_name(chosen["setting"])), mesh=mesh)
-    on_test = None
+    on_test = oracle_best = None
     if oracle:
       on_test = run_grid(config, grid, os.path.join(workdir, ORACLE_DIR), split="test",
                          runs_per_program=runs_per_program, mesh=mesh)
-    out = sweep_report.summary(grid, metric, validation, chosen, test, on_test,
+      oracle_best = choose(on_test, metric, oracle=True)
+    out = sweep_report.summary(grid, metric, validation, chosen, test,
+                               None if on_test is None else (on_test, oracle_best),
                                command=command)
     sweep_report.write(workdir, out)
   return out

@@ -6,10 +6,9 @@ report can be redrawn from sweep.json alone.
 """
 
 import os
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from matplotlib.figure import Figure
-import numpy as np
 
 from gmn_jax import metric_writers
 from gmn_jax import parallel
@@ -42,7 +41,7 @@ def _entry(summary: Dict[str, Any]) -> Dict[str, Any]:
 
 def summary(grid: sweep_grid.Grid, metric: str, validation: Sequence[Dict[str, Any]],
             chosen: Dict[str, Any], test: Dict[str, Any],
-            oracle: Optional[Sequence[Dict[str, Any]]] = None, *,
+            oracle: Optional[Tuple[Sequence[Dict[str, Any]], Dict[str, Any]]] = None, *,
             command: str = "") -> Dict[str, Any]:
   """The sweep.json dict.
 
@@ -52,7 +51,8 @@ def summary(grid: sweep_grid.Grid, metric: str, validation: Sequence[Dict[str, A
     validation: the combinations' validation results (`sweep.run_grid`).
     chosen: the choice (`sweep.choose`).
     test: the chosen setting's results.json on the test split.
-    oracle: the combinations' test results, when the oracle grid ran.
+    oracle: (the combinations' test results, their best by `sweep.choose`),
+      when the oracle grid ran.
     command: the command line.
 
   Returns:
@@ -81,12 +81,11 @@ def summary(grid: sweep_grid.Grid, metric: str, validation: Sequence[Dict[str, A
       "oracle": None, "command": command, "provenance": provenance.describe(),
   }
   if oracle is not None:
-    means = [s["metrics"][metric]["mean"] for s in oracle]
-    best = int(np.argmax(np.round(means, 2)))
-    out["oracle"] = {"entries": [_entry(s) for s in oracle],
-                     "best": {"label": labels[best], "mean": float(means[best]),
-                              "std": float(oracle[best]["metrics"][metric]["std"]),
-                              "setting": out["validation"][best]["setting"]}}
+    entries, best = oracle
+    out["oracle"] = {"entries": [_entry(s) for s in entries],
+                     "best": {"label": labels[best["index"]], "mean": best["mean"],
+                              "std": best["std"],
+                              "setting": out["validation"][best["index"]]["setting"]}}
   return out
 
 

@@ -107,7 +107,7 @@ def test_a_binary_prints_no_backend_probe_lines_unless_asked(tmp_path):
     pytest.skip("every backend JAX knows initialises on this machine")
 
 
-@pytest.mark.parametrize("module", ["ablation", "benchmark", "benchmarking.gpu_aot"])
+@pytest.mark.parametrize("module", ["ablation", "sweep", "benchmark", "benchmarking.gpu_aot"])
 def test_every_binary_with_a_config_names_a_missing_file_and_a_bad_argument(module):
   result = _run(module, "--config=experiments/configs/nope.py")
   assert result.returncode == 2, result.stderr[-2000:]

@@ -13,6 +13,11 @@ long host call of stage 1), real signals and real files:
 * a second launch on a live workdir is refused within seconds, naming the
   workdir and the live process; a lock left by a killed process blocks
   nothing (the lock a launch takes first is then granted).
+
+The first takes two minutes of real processes and is marked slow (outside
+the default run and CI: `python -m pytest -m slow`): test_preemption covers
+a stop inside a call and its exact resume in process, a real SIGTERM (then
+kill -9) and resume in subprocesses, and the second Ctrl-C.
 """
 
 import json
@@ -82,6 +87,7 @@ def _ok(result):
   return result
 
 
+@pytest.mark.slow
 def test_heartbeat_then_a_stop_within_seconds_then_an_exact_resume(tmp_path):
   straight = tmp_path / "straight"
   _ok(_run(tmp_path, straight))

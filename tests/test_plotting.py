@@ -13,6 +13,7 @@ import pytest
 from gmn_jax import config as gmn_config
 from gmn_jax import metric_writers
 from gmn_jax import plotting
+from gmn_jax import workdir_plots
 from gmn_jax.errors import ConfigError, DataError
 
 
@@ -510,7 +511,7 @@ def make_workdir(root, seeds=(1, 2), with_samples=(1,)):
 def test_plot_workdir_draws_what_exists_and_names_what_is_missing(tmp_path, monkeypatch):
   workdir = make_workdir(str(tmp_path / "run"))
   figures = record_figures(monkeypatch)
-  written, skipped = plotting.plot_workdir(workdir, projections=("pca",))
+  written, skipped = workdir_plots.plot_workdir(workdir, projections=("pca",))
   names = sorted(os.path.basename(p) for p in written)
   assert names == ["evaluation.png", "projection_seed_1.png", "seen_unseen.png",
                    "training.png"]
@@ -532,13 +533,13 @@ def test_plot_workdir_draws_what_exists_and_names_what_is_missing(tmp_path, monk
   assert projection.texts[0].get_text() == title.format(3)
   metric_writers.write_json_atomic(os.path.join(workdir, "results.json"),
                                    {"data": {"num_unseen": 50}})
-  plotting.plot_workdir(workdir, projections=("pca",))
+  workdir_plots.plot_workdir(workdir, projections=("pca",))
   assert figures["plot_feature_projections"][1].texts[0].get_text() == title.format("3 of 50")
   empty = tmp_path / "empty"
   empty.mkdir()
-  assert plotting.plot_workdir(str(empty))[0] == []
+  assert workdir_plots.plot_workdir(str(empty))[0] == []
   with pytest.raises(DataError, match="no such directory"):
-    plotting.plot_workdir(str(tmp_path / "absent"))
+    workdir_plots.plot_workdir(str(tmp_path / "absent"))
 
 
 def test_plot_workdir_of_an_ablation_draws_the_bar_chart_and_each_row(tmp_path, monkeypatch):
@@ -551,7 +552,7 @@ def test_plot_workdir_of_an_ablation_draws_the_bar_chart_and_each_row(tmp_path, 
                              for i, n in enumerate(("zsl_t1", "gzsl_u", "gzsl_s", "gzsl_h"))}})
     metric_writers.write_json_atomic(os.path.join(row, "results.json"), rows[-1])
   figures = record_figures(monkeypatch)
-  written, _ = plotting.plot_workdir(str(root), projections=("pca",))
+  written, _ = workdir_plots.plot_workdir(str(root), projections=("pca",))
   assert str(root / "plots" / "ablation.png") in written
   assert str(root / "cwgan_gm" / "plots" / "training.png") in written
   assert_png_with_content(root / "plots" / "ablation.png")

@@ -100,6 +100,15 @@ def test_the_first_best_mean_is_chosen_with_ties_and_rivals_within_one_std():
   assert chosen["ties"] == [1, 2] and chosen["within_one_std"] == [3]
 
 
+def test_a_choice_on_the_test_split_is_refused_unless_labelled_an_oracle():
+  on_test = [{**_summary({"x": 1}, [1.0]), "split": "test"},
+             {**_summary({"x": 2}, [2.0]), "split": "test"}]
+  with pytest.raises(ConfigError, match="expected results of the validation split, found "
+                     "split 'test'"):
+    sweep.choose(on_test, "gzsl_h")
+  assert sweep.choose(on_test, "gzsl_h", oracle=True)["setting"] == {"x": 2}
+
+
 def _report_entry(x, h):
   return {"setting": {"gm.weight": x}, "label": sweep_grid.label({"gm.weight": x}), "dir": "d",
           "metrics": {name: {"mean": h, "std": 1.0, "per_seed": [h - 1, h + 1]}
@@ -213,7 +222,7 @@ def test_a_rerun_trains_nothing_and_a_new_value_trains_only_itself(tmp_path, mon
 
 
 def test_a_stopped_sweep_resumes_to_the_uninterrupted_numbers(tmp_path, monkeypatch):
-  config = _config(seeds=(1, 2))
+  config = _config(seeds=(1,))
   grid = {"gm.weight": [1.0, 100.0], "generator.hidden_dims": [(8,), (6,)]}
   whole = sweep.run_grid(config, grid, str(tmp_path / "whole"), split="validation")
   calls = _count_stage1_calls(monkeypatch)
@@ -223,7 +232,7 @@ def test_a_stopped_sweep_resumes_to_the_uninterrupted_numbers(tmp_path, monkeypa
     compiled = original(spec, num_iterations, num_seeds)
 
     def call(*args):
-      if len(calls) == 5:  # in the second program (hidden_dims=(6,))
+      if len(calls) == 3:  # in the second program's last call (hidden_dims=(6,))
         preemption.request_stop()
       return compiled(*args)
 
@@ -265,14 +274,26 @@ TINY_FLAGS = ["--config=experiments/configs/digits.py:smoke", "--config.train.nu
               "--config.critic.hidden_dims=(8,)", "--config.eval.epochs=2"]
 
 
+def test_the_binary_lists_how_each_field_trains():
+  from experiments import sweep as binary  # pylint: disable=g-import-not-at-top
+  lines = binary.describe_grid({"gm.weight": [1.0, 100.0], "eval.lr": [0.1, 0.01],
+                                "eval.n_synth_unseen": [10, 20],
+                                "generator.hidden_dims": [(8,)]}).splitlines()
+  assert lines[0].startswith("gm.weight = 1, 100: stage 1, traced (vmapped with the seeds")
+  assert lines[1].startswith("eval.lr = 0.1, 0.01: stage 2, traced (the values' final "
+                             "classifiers train as one stage-2 program")
+  assert lines[2].startswith("eval.n_synth_unseen = 10, 20: stage 2 (evaluated from the same "
+                             "generators")
+  assert lines[3].startswith("generator.hidden_dims = (8,): separate programs (changes shapes")
+  assert lines[4] == "8 combinations"
+
+
 def test_the_binary_says_how_fields_train_and_writes_the_report(tmp_path):
-  result = _binary(*TINY_FLAGS, f"--workdir={tmp_path}",
-                   "--sweep=gm.weight=1,100;eval.n_synth_unseen=10,20", "--metric=zsl_t1")
+  result = _binary(*TINY_FLAGS, f"--workdir={tmp_path}", "--sweep=gm.weight=1,100",
+                   "--metric=zsl_t1")
   assert result.returncode == 0, result.stderr[-3000:]
   assert "gm.weight = 1, 100: stage 1, traced (vmapped with the seeds" in result.stdout
-  assert "eval.n_synth_unseen = 10, 20: stage 2 (evaluated from the same generators" in (
-      result.stdout)
-  assert "4 combinations" in result.stdout
+  assert "2 combinations" in result.stdout
   report = (tmp_path / sweep_report.MARKDOWN_FILE).read_text()
   assert report in result.stdout and "ZSL T1 chosen on the validation split" in report
   assert json.loads((tmp_path / sweep_report.JSON_FILE).read_text())["metric"] == "zsl_t1"

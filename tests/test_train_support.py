@@ -99,6 +99,13 @@ def test_train_spec_refuses_what_the_dataset_cannot_satisfy():
     specs.train_spec(tiny_config(**{"gm.num_classes": 7}), tiny_dataset())
 
 
+def test_zero_gm_classes_means_every_seen_class_of_the_split():
+  assert specs.train_spec(tiny_config(**{"gm.num_classes": 0}),
+                          tiny_dataset(num_seen=6)).gm_num_classes == 6
+  assert specs.train_spec(tiny_config(**{"gm.num_classes": 0}),
+                          tiny_dataset(num_seen=4)).gm_num_classes == 4
+
+
 @pytest.mark.parametrize("method, overrides, field", [
     ("wgan_su_gm", {"critic.conditional": True}, "critic.conditional"),
     ("wgan_su_gm", {"train.batch_size": 1}, "train.batch_size"),

@@ -4,22 +4,29 @@ r"""What a grid of traced settings costs as one program vs one run per setting.
       --config=experiments/configs/digits.py [--field=gm.weight] \
       [--values=1,3,10,30,100,300,1000,3000] [--workdir=/tmp/bench_sweep]
 
-Runs the same grid twice on the validation split, both stages included:
-once through `gmn_jax.sweep.run_grid` (the settings vmapped with the seeds
-into one stage-1 program, their stage 2 as one program) and once as one
-`train.train_and_evaluate` per setting, each in a fresh workdir. Prints the
-wall and process CPU seconds of each (compilation included, as a user pays
-it), their ratios, and the largest difference of any setting's per-seed
-metrics between the two ways (both are the same computation).
+Runs the same grid three times on the validation split, both stages
+included: through `gmn_jax.sweep.run_grid` (the settings vmapped with the
+seeds into one stage-1 program, their stage 2 as one program); as one
+`train.train_and_evaluate` per setting in this process (after the first,
+they reuse its compiled programs: the traced settings never recompile); and
+as one `python -m experiments.train` process per setting (what a user
+without the sweep runs: each compiles). Prints wall and CPU seconds of each
+(the children's CPU time for the processes), stage 1's steady ms per
+iteration and run, and the largest difference of any setting's per-seed
+metrics between the grid and the in-process runs (the same computation).
 """
 
+import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 from typing import Sequence
 
 from absl import app
 from absl import flags
+import numpy as np
 from ml_collections import config_flags
 
 from experiments import cli
@@ -36,8 +43,28 @@ _WORKDIR = flags.DEFINE_string("workdir", "/tmp/gmn_bench_sweep", "Scratch direc
 
 def _timed(fn):
   wall, cpu = time.perf_counter(), time.process_time()
+  children = os.times()
   out = fn()
-  return out, time.perf_counter() - wall, time.process_time() - cpu
+  after = os.times()
+  cpu_children = (after.children_user + after.children_system
+                  - children.children_user - children.children_system)
+  return out, time.perf_counter() - wall, time.process_time() - cpu + cpu_children
+
+
+def _ms_per_iteration(summary) -> float:
+  return summary["timings"]["ms_per_iteration"]
+
+
+def _process_runs(grid, workdir: str) -> None:
+  """One `experiments.train` process per setting, with this command's config flags."""
+  config_flags_given = [a for a in sys.argv[1:] if a.startswith("--config")]
+  for k, setting in enumerate(sweep_grid.combinations(grid)):
+    overrides = [f"--config.{field}={sweep_grid.format_value(value)}"
+                 for field, value in setting.items()]
+    subprocess.run([sys.executable, "-m", "experiments.train", *config_flags_given,
+                    "--config.split=validation", *overrides,
+                    f"--workdir={os.path.join(workdir, f'process_{k}')}"],
+                   check=True, capture_output=True)
 
 
 def main(argv: Sequence[str]) -> None:
@@ -60,14 +87,22 @@ def main(argv: Sequence[str]) -> None:
       if name in grouped[k]["metrics"]:
         largest = max(largest, max(abs(a - b) for a, b in zip(
             entry["per_seed"], grouped[k]["metrics"][name]["per_seed"])))
+    separate_ms = _ms_per_iteration(alone)
+  _, process_wall, process_cpu = _timed(lambda: _process_runs(grid, _WORKDIR.value))
+  process_ms = [json.load(open(os.path.join(_WORKDIR.value, f"process_{k}", "results.json"),
+                               encoding="utf-8"))["timings"]["ms_per_iteration"]
+                for k in range(len(grouped))]
   count = len(grouped)
   print(f"{count} settings of {_FIELD.value} x {len(config.seeds)} seed(s), "
         f"{config.train.num_iterations} iterations, both stages, validation split")
-  print(f"{'':<22}{'wall s':>9}{'CPU s':>9}")
-  print(f"{'grid, one program':<22}{grid_wall:>9.1f}{grid_cpu:>9.1f}")
-  print(f"{'one run per setting':<22}{separate_wall:>9.1f}{separate_cpu:>9.1f}")
-  print(f"separate / grid: wall {separate_wall / grid_wall:.2f}x, "
-        f"CPU {separate_cpu / grid_cpu:.2f}x")
+  print(f"{'':<34}{'wall s':>9}{'CPU s':>9}{'ms/it/run':>11}")
+  rows = [("grid, one program", grid_wall, grid_cpu, _ms_per_iteration(grouped[0])),
+          ("a run per setting, one process", separate_wall, separate_cpu, separate_ms),
+          ("a process per setting", process_wall, process_cpu, float(np.median(process_ms)))]
+  for name, wall, cpu, ms in rows:
+    print(f"{name:<34}{wall:>9.1f}{cpu:>9.1f}{ms:>11.3f}")
+  for name, wall, cpu, _ in rows[1:]:
+    print(f"{name} / grid: wall {wall / grid_wall:.2f}x, CPU {cpu / grid_cpu:.2f}x")
   print(f"largest per-seed metric difference between the two: {largest:.4f} points")
 
 
