@@ -151,14 +151,19 @@ def run_grid(config: ml_collections.ConfigDict, grid: sweep_grid.Grid, directory
     logging.info("sweep on the %s split: stage-1 program %d of %d, %d setting(s) x %d seed(s), "
                  "%d run(s) to train or evaluate", split, index + 1, len(programs),
                  len(members), len(seeds), len(runs))
-    if not runs:
-      continue
-    done = train.train_runs(runs, members[0]["program"], members[0]["dataset"],
-                            runs_per_program=runs_per_program or group_seeds * len(members),
-                            mesh=mesh)
-    for run, run_results in zip(runs, done):
-      for evaluation, result in zip(run.evaluations, run_results):
-        finished[(evaluation.workdir, run.seed)] = result
+    # Runs resume together only from a checkpoint step they all keep: runs at
+    # different steps (a grid extended after some runs finished stage 1)
+    # train in separate groups, so finished ones are restored, not retrained.
+    by_step = {}
+    for run in runs:
+      by_step.setdefault(_latest_step(run), []).append(run)
+    for _, step_runs in sorted(by_step.items(), reverse=True):
+      done = train.train_runs(step_runs, members[0]["program"], members[0]["dataset"],
+                              runs_per_program=runs_per_program or group_seeds * len(members),
+                              mesh=mesh)
+      for run, run_results in zip(step_runs, done):
+        for evaluation, result in zip(run.evaluations, run_results):
+          finished[(evaluation.workdir, run.seed)] = result
 
   # Summaries, one per combination.
   summaries = []
@@ -170,6 +175,14 @@ def run_grid(config: ml_collections.ConfigDict, grid: sweep_grid.Grid, directory
     workdirs.write_summary(stage2_dir, ordered, summary)
     summaries.append({**summary, "setting": combo, "dir": stage2_dir, "split": split})
   return summaries
+
+
+def _latest_step(run: train.Run) -> int:
+  """The newest checkpoint step of a run (0 when it has none)."""
+  directory = workdirs.checkpoint_dir(run.workdir, run.seed)
+  if not os.path.isdir(directory):
+    return 0
+  return max((int(name) for name in os.listdir(directory) if name.isdigit()), default=0)
 
 
 def _pending(entry: Dict[str, Any], seed: int, finished: Dict) -> List[train.Evaluation]:

@@ -216,9 +216,16 @@ def test_a_rerun_trains_nothing_and_a_new_value_trains_only_itself(tmp_path, mon
   assert again["validation"] == first["validation"] and again["test"] == first["test"]
 
   calls.clear()
-  extended = sweep.sweep(config, {"gm.weight": [1.0, 100.0, 10.0]}, tmp_path)
-  assert calls[:2] == [1, 1]  # only gm.weight=10 on validation
-  assert extended["validation"][:2] == first["validation"]
+  extended = sweep.sweep(config, {"gm.weight": [1.0, 100.0, 10.0],
+                                  "eval.n_synth_unseen": [10, 20]}, tmp_path)
+  # Only gm.weight=10 trains on validation; the other two are restored from
+  # their final checkpoints for eval.n_synth_unseen=20.
+  assert calls[:2] == [1, 1]
+  for k, before in zip((0, 2), first["validation"]):  # n_synth_unseen=10 is the config's
+    assert extended["validation"][k]["setting"]["gm.weight"] == before["setting"]["gm.weight"]
+    for name, entry in before["metrics"].items():
+      np.testing.assert_allclose(extended["validation"][k]["metrics"][name]["per_seed"],
+                                 entry["per_seed"], atol=1e-3, err_msg=name)
 
 
 def test_a_stopped_sweep_resumes_to_the_uninterrupted_numbers(tmp_path, monkeypatch):
