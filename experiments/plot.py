@@ -9,7 +9,8 @@ seen-unseen curves with their AUSUC) and projection_seed_<s>.png (PCA and
 t-SNE of real vs generated features of a few unseen classes, titled with how
 many of the dataset's unseen classes it shows). For an ablation workdir
 (experiments.ablation) it writes W/plots/ablation.png (paper rows with
-superscripts, e.g. WGAN^{S+U} + GM) and each row's figures. One-point curves
+superscripts, e.g. WGAN^{S+U} + GM) and each row's figures; for a sweep
+(experiments.sweep) W/plots/sweep.png and each of its runs' figures. One-point curves
 get markers, step and epoch axes integer ticks, and legends sit outside the
 axes (docs/reproduction.md). Figures whose inputs do not exist yet are skipped with a
 note. A missing workdir prints one line to stderr and exits with status 2.

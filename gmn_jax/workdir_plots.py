@@ -15,6 +15,8 @@ import numpy as np
 from gmn_jax import errors
 from gmn_jax import metric_writers
 from gmn_jax import plotting
+from gmn_jax import sweep_report
+from gmn_jax import workdir as workdirs
 
 
 def _seed_dirs(workdir: str) -> List[Tuple[int, str]]:
@@ -45,7 +47,11 @@ def plot_workdir(workdir, *, out_dir: Optional[str] = None,
   the unseen classes drawn, of the dataset's total from the samples file or
   results.json; before results.json exists, the drawn count alone). For an ablation
   workdir (rows in sub-directories with results.json) also ablation.png,
-  and each row's figures in its own plots/ directory.
+  and each row's figures in its own plots/ directory. For a sweep's
+  directory (`gmn_jax.sweep`: sweep.json) sweep.png, and the figures of
+  each of its runs in their own plots/: a stage-1 directory draws its
+  seeds' training and feature figures, each stage-2 setting inside it its
+  evaluation figures.
 
   Args:
     workdir: the run's directory.
@@ -63,8 +69,22 @@ def plot_workdir(workdir, *, out_dir: Optional[str] = None,
     raise errors.DataError(workdir, None, "a run's workdir", "no such directory")
   out_dir = out_dir or os.path.join(workdir, plotting.PLOTS_DIR)
   written, skipped = [], []
+  sweep_file = os.path.join(workdir, sweep_report.JSON_FILE)
+  if os.path.isfile(sweep_file):
+    written.append(sweep_report.plot(metric_writers.read_json(sweep_file),
+                                     os.path.join(out_dir, sweep_report.PLOT_FILE)))
+    # A sweep's runs split what a plain run holds (stage 1 in the stage-1
+    # directory, stage 2 in its settings' directories): the figures each part
+    # lacks by design are not listed as skipped.
+    for run in sorted(glob.glob(os.path.join(workdir, "*", "*", ""))):
+      if os.path.isfile(os.path.join(run, workdirs.CONFIG_FILE)):  # one run's directory
+        written += plot_workdir(run, projections=projections)[0]
+    skipped.append(f"{workdir}: a sweep; each stage-1 directory has its training and feature "
+                   "figures, each stage-2 setting inside it its evaluation figures")
+    return written, skipped
   rows = sorted(d for d in glob.glob(os.path.join(workdir, "*", "results.json")))
-  if rows and not os.path.isfile(os.path.join(workdir, "results.json")):
+  seeds = _seed_dirs(workdir)
+  if rows and not seeds and not os.path.isfile(os.path.join(workdir, "results.json")):
     results = [metric_writers.read_json(p) for p in rows]
     written.append(plotting.plot_ablation_bars(results, os.path.join(out_dir, "ablation.png")))
     for row_path in rows:
@@ -73,7 +93,6 @@ def plot_workdir(workdir, *, out_dir: Optional[str] = None,
       written += row_written
       skipped += row_skipped
     return written, skipped
-  seeds = _seed_dirs(workdir)
   if not seeds:
     return written, [f"{workdir}: no seed_<s> directories yet; nothing to plot"]
 
@@ -124,5 +143,10 @@ def plot_workdir(workdir, *, out_dir: Optional[str] = None,
     else:
       skipped.append(f"{target}: missing {file} (written at the end of stage 1; "
                      "real_only runs have no generator)")
+  if not os.path.isfile(os.path.join(workdir, "results.json")):
+    for row_path in rows:  # a sweep's stage-1 directory: its stage-2 settings
+      row_written, row_skipped = plot_workdir(os.path.dirname(row_path), projections=projections)
+      written += row_written
+      skipped += row_skipped
   return written, skipped
 

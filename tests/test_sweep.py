@@ -14,6 +14,7 @@ from gmn_jax import sweep
 from gmn_jax import sweep_grid
 from gmn_jax import sweep_report
 from gmn_jax import train
+from gmn_jax import workdir_plots
 from gmn_jax.errors import ConfigError
 from tests.test_train_support import tiny_config
 
@@ -303,7 +304,15 @@ def test_the_binary_says_how_fields_train_and_writes_the_report(tmp_path):
   assert "2 combinations" in result.stdout
   report = (tmp_path / sweep_report.MARKDOWN_FILE).read_text()
   assert report in result.stdout and "ZSL T1 chosen on the validation split" in report
-  assert json.loads((tmp_path / sweep_report.JSON_FILE).read_text())["metric"] == "zsl_t1"
+  written_json = json.loads((tmp_path / sweep_report.JSON_FILE).read_text())
+  assert written_json["metric"] == "zsl_t1"
+  # experiments.plot on the sweep: sweep.png and each run's figures where its files are.
+  written, _ = workdir_plots.plot_workdir(str(tmp_path), projections=("pca",))
+  relative = {os.path.relpath(p, tmp_path) for p in written}
+  chosen = sweep_grid.directory_name(written_json["choice"]["setting"])
+  assert {"plots/sweep.png", "validation/gm.weight=1/plots/training.png",
+          "validation/gm.weight=100/base/plots/evaluation.png",
+          f"test/{chosen}/plots/evaluation.png"} <= relative, sorted(relative)
 
 
 @pytest.mark.parametrize("flags,message", [
