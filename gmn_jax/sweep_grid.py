@@ -78,8 +78,12 @@ def _typed(field: str, text: str, current: Any) -> Any:
       return float(text)
     if isinstance(current, str):
       return text.strip("'\"")
+    if current is None and text.lower() in ("true", "false"):  # e.g. critic.conditional
+      return text.lower() == "true"
     value = ast.literal_eval(text)
   except (ValueError, SyntaxError):
+    if current is None:  # an unset field takes any literal, or else the text
+      return text.strip("'\"")
     raise ConfigError(f"--sweep: {field}: expected {expected} values, found {text!r}") from None
   if isinstance(current, (tuple, list)):
     if isinstance(value, int):

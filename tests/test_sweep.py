@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from gmn_jax import parallel
 from gmn_jax import preemption
 from gmn_jax import stage1
 from gmn_jax import sweep
@@ -39,6 +40,9 @@ def test_values_take_the_type_of_the_config_field():
                   "train.class_balanced": [True, False],
                   "gm.classifier": ["bilinear", "softmax"]}
   assert all(type(v) is float for v in grid["gm.weight"])  # pylint: disable=unidiomatic-typecheck
+  # A field unset in the config (None) takes booleans and literals.
+  assert sweep_grid.parse_grid("critic.conditional=true,False", _config()) == {
+      "critic.conditional": [True, False]}
 
 
 @pytest.mark.parametrize("text,message", [
@@ -177,6 +181,18 @@ def test_the_grid_program_gives_the_numbers_of_separate_runs(tmp_path, monkeypat
       np.testing.assert_allclose(summary["metrics"][name]["per_seed"],
                                  alone["metrics"][name]["per_seed"], atol=1e-3,
                                  err_msg=f"{summary['setting']} {name}")
+
+
+def test_a_grid_split_over_two_devices_gives_the_numbers_of_one(tmp_path):
+  config = _config(seeds=(1,))
+  grid = {"gm.weight": [1.0, 100.0]}
+  one = sweep.run_grid(config, grid, str(tmp_path / "one"), split="validation")
+  two = sweep.run_grid(config, grid, str(tmp_path / "two"), split="validation",
+                       mesh=parallel.make_mesh(2))
+  for a, b in zip(one, two):
+    for name in ("zsl_t1", "gzsl_u", "gzsl_s", "gzsl_h"):
+      np.testing.assert_allclose(a["metrics"][name]["per_seed"], b["metrics"][name]["per_seed"],
+                                 atol=1e-3, err_msg=f"{a['setting']} {name}")
 
 
 # --------------------------------------------------------------------------
