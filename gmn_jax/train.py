@@ -13,6 +13,9 @@ Read top to bottom, one run is:
      resumed from their checkpoints;
    - stage 2 (`gmn_jax.evaluate`): synthesis and the final classifiers;
    - each seed's result.json, written atomically, marks it finished.
+   This loop is `train_runs`, which `gmn_jax.sweep` also drives with runs
+   that differ in traced settings as well as seeds, each evaluated under
+   one or more stage-2 settings.
 4. Summary: results.json, the mean ± std over generator seeds.
 
 Rerunning the same command resumes: finished seeds are read back, an
