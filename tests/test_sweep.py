@@ -342,3 +342,13 @@ def test_the_binary_exits_2_with_one_line_on_bad_input(tmp_path, flags, message)
   assert result.returncode == 2, result.stderr[-3000:]
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith(message), result.stderr[-3000:]
+
+
+def test_overwrite_removes_only_what_a_sweep_writes(tmp_path):
+  for name in ("validation/gm.weight=1/config.json", "test/x/results.json", "oracle/a/b",
+               "sweep.json", "sweep.md", "plots/sweep.png", "plots/mine.png", "notes.txt"):
+    (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / name).write_text("x")
+  sweep._remove_outputs(str(tmp_path))  # pylint: disable=protected-access
+  left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+  assert left == ["notes.txt", "plots/mine.png"]
