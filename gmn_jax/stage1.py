@@ -267,7 +267,7 @@ def _common_steps(checkpointers) -> List[int]:
   return sorted(set.intersection(*steps), reverse=True) if all(steps) else []
 
 
-def _group_name(seeds: Sequence[int], names: Optional[Sequence[str]]) -> str:
+def group_name(seeds: Sequence[int], names: Optional[Sequence[str]]) -> str:
   """How logs name a group of runs: "seed 1", "seeds 1, 2", or the runs' names."""
   if names is not None:
     return "; ".join(names)
@@ -371,7 +371,7 @@ def train_generators(spec: TrainSpec, data: train_state.TrainData,
   """
   seeds = [int(s) for s in seeds]
   num_seeds = len(seeds)
-  named = _group_name(seeds, names)
+  named = group_name(seeds, names)
   names = list(names) if names is not None else [f"seed {seed}" for seed in seeds]
   if not isinstance(hyper, Hyperparameters):  # one setting per run
     hyper = seed_axis.stack([jax.tree.map(np.float32, h) for h in hyper])

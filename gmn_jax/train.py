@@ -270,9 +270,9 @@ def train_runs(runs: Sequence[Run], program: Stage1Program, dataset: ZSLDataset,
   with preemption.StopOnSignal():
     for first in range(0, len(runs), runs_per_program):
       group = runs[first:first + runs_per_program]
-      labelled = any(run.setting for run in group)
-      named = ("; ".join(run.name for run in group) if labelled else
-               _name_seeds([run.seed for run in group]))
+      # Plain seeds are named as a group ("seeds 1, 67"), a grid's runs one by one.
+      names = [run.name for run in group] if any(run.setting for run in group) else None
+      named = stage1.group_name([run.seed for run in group], names)
       try:
         _stop_if_requested(f"before {named}")
 
@@ -287,7 +287,7 @@ def train_runs(runs: Sequence[Run], program: Stage1Program, dataset: ZSLDataset,
               seeds=[run.seed for run in group], schedule=program.schedule,
               checkpoint_dirs=[workdirs.checkpoint_dir(run.workdir, run.seed) for run in group],
               metrics_dirs=[workdirs.seed_dir(run.workdir, run.seed) for run in group],
-              mesh=mesh, names=[run.name for run in group] if labelled else None)
+              mesh=mesh, names=names)
           generators = [t.state.generator for t in trained]
           timings = [_stage1_timings(t) for t in trained]
           _stop_if_requested(f"after stage 1 of {named} (final checkpoints saved)")
@@ -343,10 +343,6 @@ def _stage2_programs(group: Sequence[Run]) -> Dict[str, List[Tuple[int, int]]]:
                if len({getattr(spec, f.name) for spec in programs}) > 1]
   return {" (" + ", ".join(f"eval.{name}={getattr(spec, name)}" for name in differing) + ")": pairs
           for spec, pairs in programs.items()}
-
-
-def _name_seeds(seeds: List[int]) -> str:
-  return f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
 
 
 def _stop_if_requested(where: str) -> None:
