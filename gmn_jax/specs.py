@@ -201,6 +201,15 @@ class EvalSpec:
   n_synth_seen: int
   num_classifier_seeds: int
 
+  def program_key(self) -> "EvalSpec":
+    """This spec with its traced fields (`EVAL_TRACED_FIELDS`) blanked.
+
+    Returns:
+      A spec equal to another's key exactly when the two train their final
+      classifiers as one program.
+    """
+    return dataclasses.replace(self, **{name: 0.0 for name in EVAL_TRACED_FIELDS})
+
 
 @dataclasses.dataclass(frozen=True)
 class Schedule:
@@ -252,11 +261,12 @@ def eval_specs_per_set(spec, num_sets: int) -> List[EvalSpec]:
   if len(per_set) != num_sets:
     raise ConfigError(f"spec: expected one EvalSpec per generator ({num_sets}), "
                       f"found {len(per_set)}")
-  untraced = [f.name for f in dataclasses.fields(EvalSpec) if f.name not in EVAL_TRACED_FIELDS]
+  first = per_set[0].program_key()
   for other in per_set[1:]:
-    differing = sorted(name for name in untraced
-                       if getattr(other, name) != getattr(per_set[0], name))
-    if differing:
+    key = other.program_key()
+    if key != first:
+      differing = sorted(f.name for f in dataclasses.fields(EvalSpec)
+                         if getattr(key, f.name) != getattr(first, f.name))
       raise ConfigError(f"spec: the generators' EvalSpecs may differ only in "
                         f"{', '.join(EVAL_TRACED_FIELDS)}; found differing {differing}")
   return per_set

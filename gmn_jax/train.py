@@ -334,9 +334,7 @@ def _stage2_programs(group: Sequence[Run]) -> Dict[str, List[Tuple[int, int]]]:
   programs: Dict[specs.EvalSpec, List[Tuple[int, int]]] = {}
   for i, run in enumerate(group):
     for j, evaluation in enumerate(run.evaluations):
-      untraced = dataclasses.replace(
-          evaluation.spec, **{name: 0.0 for name in specs.EVAL_TRACED_FIELDS})
-      programs.setdefault(untraced, []).append((i, j))
+      programs.setdefault(evaluation.spec.program_key(), []).append((i, j))
   if len(programs) == 1:
     return {"": next(iter(programs.values()))}
   differing = [f.name for f in dataclasses.fields(specs.EvalSpec)
