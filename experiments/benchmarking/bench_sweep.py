@@ -21,7 +21,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from typing import Sequence
 
 from absl import app
@@ -30,6 +29,7 @@ import numpy as np
 from ml_collections import config_flags
 
 from experiments import cli
+from experiments.benchmarking import measure
 from gmn_jax import sweep
 from gmn_jax import sweep_grid
 from gmn_jax import train
@@ -39,16 +39,6 @@ _FIELD = flags.DEFINE_string("field", "gm.weight", "A traced stage-1 field to sw
 _VALUES = flags.DEFINE_list("values", ["1", "3", "10", "30", "100", "300", "1000", "3000"],
                             "Its values (8 by default).")
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/gmn_bench_sweep", "Scratch directory (emptied).")
-
-
-def _timed(fn):
-  wall, cpu = time.perf_counter(), time.process_time()
-  children = os.times()
-  out = fn()
-  after = os.times()
-  cpu_children = (after.children_user + after.children_system
-                  - children.children_user - children.children_system)
-  return out, time.perf_counter() - wall, time.process_time() - cpu + cpu_children
 
 
 def _ms_per_iteration(summary) -> float:
@@ -73,12 +63,12 @@ def main(argv: Sequence[str]) -> None:
   config = cli.load_config(_CONFIG)
   grid = sweep_grid.parse_grid(f"{_FIELD.value}={','.join(_VALUES.value)}", config)
   shutil.rmtree(_WORKDIR.value, ignore_errors=True)
-  grouped, grid_wall, grid_cpu = _timed(lambda: sweep.run_grid(
+  grouped, grid_wall, grid_cpu = measure.timed(lambda: sweep.run_grid(
       config, grid, os.path.join(_WORKDIR.value, "grid"), split="validation"))
   separate_wall = separate_cpu = 0.0
   largest = 0.0
   for k, setting in enumerate(sweep_grid.combinations(grid)):
-    alone, wall, cpu = _timed(lambda setting=setting, k=k: train.train_and_evaluate(
+    alone, wall, cpu = measure.timed(lambda setting=setting, k=k: train.train_and_evaluate(
         sweep_grid.apply(config, {**setting, "split": "validation"}),
         os.path.join(_WORKDIR.value, f"separate_{k}")))
     separate_wall += wall
@@ -88,7 +78,7 @@ def main(argv: Sequence[str]) -> None:
         largest = max(largest, max(abs(a - b) for a, b in zip(
             entry["per_seed"], grouped[k]["metrics"][name]["per_seed"])))
     separate_ms = _ms_per_iteration(alone)
-  _, process_wall, process_cpu = _timed(lambda: _process_runs(grid, _WORKDIR.value))
+  _, process_wall, process_cpu = measure.timed(lambda: _process_runs(grid, _WORKDIR.value))
   process_ms = [json.load(open(os.path.join(_WORKDIR.value, f"process_{k}", "results.json"),
                                encoding="utf-8"))["timings"]["ms_per_iteration"]
                 for k in range(len(grouped))]

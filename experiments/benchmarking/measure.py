@@ -4,6 +4,7 @@ A timer of wall and CPU time, the FLOP rate of a reference matrix product on
 the default device, and the peak memory in use.
 """
 
+import os
 import resource
 import statistics
 import time
@@ -17,7 +18,8 @@ import jax.numpy as jnp
 # time of everything stretches with the load; the FLOPs per CPU-second of the
 # training step and of the reference matrix product are much less affected,
 # so their ratio is the load-robust fraction (idle-spinning worker threads
-# count as CPU time, which can only lower it).
+# count as CPU time, which can only lower it). Child processes that fn waited
+# for (e.g. a binary run per setting) add their CPU time.
 
 
 def timed(fn: Callable[[], Any]):
@@ -28,11 +30,17 @@ def timed(fn: Callable[[], Any]):
 
   Returns:
     (fn()'s result once ready, wall seconds, CPU seconds of all this process's
-    threads).
+    threads and of the child processes fn waited for).
   """
-  wall, cpu = time.perf_counter(), time.process_time()
+  wall, cpu, children = time.perf_counter(), time.process_time(), _children_cpu()
   out = jax.block_until_ready(fn())
-  return out, time.perf_counter() - wall, time.process_time() - cpu
+  return (out, time.perf_counter() - wall,
+          time.process_time() - cpu + _children_cpu() - children)
+
+
+def _children_cpu() -> float:
+  times = os.times()
+  return times.children_user + times.children_system
 
 
 def matmul_rate(size: int, repeats: int = 5) -> Dict[str, float]:
