@@ -79,9 +79,11 @@ def describe_grid(grid: sweep_grid.Grid) -> str:
   Returns:
     One line per field, then the number of combinations.
   """
-  lines = [f"{field} = {', '.join(map(sweep_grid.format_value, values))}: "
-           f"{sweep_grid.classify(field)} ({sweep_grid.KIND_DESCRIPTIONS[sweep_grid.classify(field)]})"
-           for field, values in grid.items()]
+  lines = []
+  for field, values in grid.items():
+    kind = sweep_grid.classify(field)
+    lines.append(f"{field} = {', '.join(map(sweep_grid.format_value, values))}: "
+                 f"{kind} ({sweep_grid.KIND_DESCRIPTIONS[kind]})")
   lines.append(f"{len(sweep_grid.combinations(grid))} combinations")
   return "\n".join(lines)
 
