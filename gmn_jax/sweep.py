@@ -40,8 +40,10 @@ import jax
 import ml_collections
 import numpy as np
 
+from gmn_jax import checkpoint
 from gmn_jax import config as gmn_config
 from gmn_jax import config_utils
+from gmn_jax import plotting
 from gmn_jax import provenance
 from gmn_jax import results
 from gmn_jax import specs
@@ -179,10 +181,8 @@ def run_grid(config: ml_collections.ConfigDict, grid: sweep_grid.Grid, directory
 
 def _latest_step(run: train.Run) -> int:
   """The newest checkpoint step of a run (0 when it has none)."""
-  directory = workdirs.checkpoint_dir(run.workdir, run.seed)
-  if not os.path.isdir(directory):
-    return 0
-  return max((int(name) for name in os.listdir(directory) if name.isdigit()), default=0)
+  with checkpoint.Checkpointer(workdirs.checkpoint_dir(run.workdir, run.seed)) as checkpointer:
+    return checkpointer.latest_step() or 0
 
 
 def _pending(entry: Dict[str, Any], seed: int, finished: Dict) -> List[train.Evaluation]:
@@ -190,8 +190,8 @@ def _pending(entry: Dict[str, Any], seed: int, finished: Dict) -> List[train.Eva
   pending = []
   for combo_config, stage2_dir in entry["evaluations"]:
     stage2 = workdirs.stage2_fingerprint(config_utils.config_fingerprint(combo_config))
-    result = workdirs.read_seed_result(stage2_dir, seed)
-    if result is not None and not config_utils.diff_configs(result.get("stage2", {}), stage2):
+    result, _ = workdirs.read_finished(stage2_dir, seed, stage2)
+    if result is not None:
       finished[(stage2_dir, seed)] = result
       continue
     pending.append(train.Evaluation(specs.eval_spec(combo_config), stage2_dir, stage2))
@@ -234,8 +234,9 @@ def choose(summaries: Sequence[Dict[str, Any]], metric: str, *,
 
 def _remove_outputs(workdir: str) -> None:
   """Deletes what a sweep writes in workdir (and nothing else)."""
+  plot = os.path.join(plotting.PLOTS_DIR, sweep_report.PLOT_FILE)
   for name in (VALIDATION_DIR, TEST_DIR, ORACLE_DIR, sweep_report.JSON_FILE,
-               sweep_report.MARKDOWN_FILE, os.path.join("plots", sweep_report.PLOT_FILE)):
+               sweep_report.MARKDOWN_FILE, plot):
     target = os.path.join(workdir, name)
     if os.path.isdir(target):
       shutil.rmtree(target)

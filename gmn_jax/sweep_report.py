@@ -103,7 +103,8 @@ def _table(entries: Sequence[Dict[str, Any]], fields: Sequence[str], marks: Dict
   lines = ["| " + " | ".join(list(fields) + [COLUMNS[c] for c in columns]) + " | |",
            "|" + "---|" * (len(fields) + len(columns) + 1)]
   for entry in entries:
-    cells = [_format(entry["setting"][f]) for f in fields] + [_mean_std(entry["metrics"][c]) for c in columns]
+    cells = ([_format(entry["setting"][f]) for f in fields]
+             + [_mean_std(entry["metrics"][c]) for c in columns])
     lines.append("| " + " | ".join(cells) + f" | {marks.get(entry['label'], '')} |")
   return lines
 
@@ -206,7 +207,8 @@ def plot(report: Dict[str, Any], path: str) -> str:
     axes.set_ylabel(f"{COLUMNS.get(metric, metric)} (%)")
     axes.grid(alpha=0.3)
     axes.legend(fontsize="x-small")
-  figure.suptitle(f"Sweep on {report['dataset']}: mean ± std over seeds (★ chosen on validation)")
+  figure.suptitle(f"Sweep on {report['dataset']}: mean ± std over seeds "
+                  "(★ chosen on validation)")
   return plotting.save_figure(figure, path)
 
 

@@ -130,13 +130,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
     seed_results = {}
     runs = []
     for seed in map(int, config.seeds):
-      finished = workdirs.read_seed_result(workdir, seed)
+      finished, changed = workdirs.read_finished(workdir, seed, stage2, previous)
       if finished is not None:
-        changed = config_utils.diff_configs(_stage2_of(finished, previous), stage2)
-        if not changed:
-          logging.info("seed %d: already finished, reading its result.json", seed)
-          seed_results[seed] = finished
-          continue
+        logging.info("seed %d: already finished, reading its result.json", seed)
+        seed_results[seed] = finished
+        continue
+      if changed:
         logging.info("seed %d: finished with other stage-2 settings (%s): evaluating again "
                      "(stage 1 is restored from its final checkpoint)", seed, "; ".join(changed))
       runs.append(Run(seed=seed, hyper=program.hyper, workdir=workdir,
@@ -353,16 +352,3 @@ def _stage1_timings(trained: stage1.SeedResult) -> Dict[str, Any]:
   return {"stage1_s": trained.seconds, "stage1_start_iteration": trained.start_iteration,
           "ms_per_iteration": trained.ms_per_iteration,
           "stage1_first_call_s": trained.first_call_s, "parallel_seeds": trained.parallel_seeds}
-
-
-def _stage2_of(seed_result: Dict[str, Any], previous: Optional[Dict[str, Any]]):
-  """The stage-2 fingerprint a finished seed was evaluated with.
-
-  Seeds finished by an earlier version did not record it: theirs is the
-  eval fields of the config.json they were written with, and the calibration
-  gamma in their metrics.
-  """
-  if "stage2" in seed_result:
-    return seed_result["stage2"]
-  return workdirs.stage2_fingerprint(previous or {},
-                                     seed_result["metrics"].get("calibration_gamma"))

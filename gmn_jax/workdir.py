@@ -259,6 +259,34 @@ def read_seed_result(workdir: str, seed: int) -> Optional[Dict[str, Any]]:
   return metric_writers.read_json(path) if os.path.isfile(path) else None
 
 
+def read_finished(workdir: str, seed: int, stage2: Dict[str, Any],
+                  stored: Optional[Dict[str, Any]] = None):
+  """A seed's result.json when it was evaluated with these stage-2 settings.
+
+  Seeds finished by an earlier version did not record their stage-2
+  fingerprint: theirs is the eval fields of the config.json they were written
+  with (`stored`) and the calibration gamma in their metrics.
+
+  Args:
+    workdir: the directory of the seed's result.json.
+    seed: the generator seed.
+    stage2: the stage-2 fingerprint wanted (`stage2_fingerprint`).
+    stored: the fingerprint of the workdir's earlier config.json, if any.
+
+  Returns:
+    (the result, or None when the seed has not finished or must be
+    evaluated again; the differing stage-2 fields in the latter case, else
+    an empty list).
+  """
+  result = read_seed_result(workdir, seed)
+  if result is None:
+    return None, []
+  recorded = result["stage2"] if "stage2" in result else stage2_fingerprint(
+      stored or {}, result["metrics"].get("calibration_gamma"))
+  changed = config_utils.diff_configs(recorded, stage2)
+  return (None if changed else result), changed
+
+
 def write_samples(path: str, sample_fn: synthesis.SampleFn, params, dataset: ZSLDataset, key, *,
                   num_classes: int = SAMPLE_CLASSES,
                   per_class: int = SAMPLES_PER_CLASS) -> None:
