@@ -70,24 +70,6 @@ def define_flags() -> None:
   _NUM_DEVICES, _MULTIHOST = cli.define_device_flags()
 
 
-def describe_grid(grid: sweep_grid.Grid) -> str:
-  """Lines saying how each swept field trains (printed before the sweep starts).
-
-  Args:
-    grid: {field: [values]}.
-
-  Returns:
-    One line per field, then the number of combinations.
-  """
-  lines = []
-  for field, values in grid.items():
-    kind = sweep_grid.classify(field)
-    lines.append(f"{field} = {', '.join(map(sweep_grid.format_value, values))}: "
-                 f"{kind} ({sweep_grid.KIND_DESCRIPTIONS[kind]})")
-  lines.append(f"{len(sweep_grid.combinations(grid))} combinations")
-  return "\n".join(lines)
-
-
 def main(argv: Sequence[str]) -> None:
   cli.reject_arguments(argv)
   cli.quiet_checkpoint_logs()
@@ -101,7 +83,7 @@ def main(argv: Sequence[str]) -> None:
                         f"{_RUNS_PER_PROGRAM.value}")
     grid = sweep_grid.parse_grid(_SWEEP.value, config)
     if parallel.is_primary():
-      print(describe_grid(grid), flush=True)
+      print(sweep_grid.describe(grid), flush=True)
     sweeps.sweep(config, grid, _WORKDIR.value, metric=_METRIC.value, oracle=_ORACLE.value,
                  runs_per_program=_RUNS_PER_PROGRAM.value, overwrite=_OVERWRITE.value,
                  command=shlex.join(["python", "-m", "experiments.sweep", *sys.argv[1:]]),

@@ -283,9 +283,8 @@ def sweep(config: ml_collections.ConfigDict, grid: sweep_grid.Grid, workdir, *,
   with workdirs.lock(workdir):
     if overwrite:
       _remove_outputs(workdir)
-    for field, values in grid.items():
-      logging.info("sweep: %s = %s: %s", field, ", ".join(map(sweep_grid.format_value, values)),
-                   sweep_grid.KIND_DESCRIPTIONS[sweep_grid.classify(field)])
+    for line in sweep_grid.describe(grid).splitlines():
+      logging.info("sweep: %s", line)
     validation = run_grid(config, grid, os.path.join(workdir, VALIDATION_DIR),
                           split="validation", runs_per_program=runs_per_program, mesh=mesh)
     chosen = choose(validation, metric)

@@ -154,6 +154,24 @@ def classify(field: str) -> str:
   return PROGRAM
 
 
+def describe(grid: Grid) -> str:
+  """Lines saying how each swept field trains, then the number of combinations.
+
+  Args:
+    grid: {field: [values]}.
+
+  Returns:
+    e.g. "gm.weight = 10, 100: stage 1, traced (vmapped with the seeds: ...)".
+  """
+  lines = []
+  for field, values in grid.items():
+    kind = classify(field)
+    lines.append(f"{field} = {', '.join(map(format_value, values))}: "
+                 f"{kind} ({KIND_DESCRIPTIONS[kind]})")
+  lines.append(f"{len(combinations(grid))} combinations")
+  return "\n".join(lines)
+
+
 def combinations(grid: Grid) -> List[Dict[str, Any]]:
   """Every combination of the grid, the last field fastest.
 

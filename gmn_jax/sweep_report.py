@@ -39,6 +39,12 @@ def _entry(summary: Dict[str, Any]) -> Dict[str, Any]:
                       for name, entry in summary["metrics"].items() if name in COLUMNS}}
 
 
+def _field_entry(field: str, values: Sequence[Any]) -> Dict[str, Any]:
+  kind = sweep_grid.classify(field)
+  return {"field": field, "values": [_jsonable(v) for v in values], "kind": kind,
+          "how": sweep_grid.KIND_DESCRIPTIONS[kind]}
+
+
 def summary(grid: sweep_grid.Grid, metric: str, validation: Sequence[Dict[str, Any]],
             chosen: Dict[str, Any], test: Dict[str, Any],
             oracle: Optional[Tuple[Sequence[Dict[str, Any]], Dict[str, Any]]] = None, *,
@@ -67,10 +73,7 @@ def summary(grid: sweep_grid.Grid, metric: str, validation: Sequence[Dict[str, A
   out = {
       "metric": metric, "dataset": test["dataset"], "method": test["method"],
       "seeds": test["seeds"],
-      "fields": [{"field": field, "values": [_jsonable(v) for v in values],
-                  "kind": sweep_grid.classify(field),
-                  "how": sweep_grid.KIND_DESCRIPTIONS[sweep_grid.classify(field)]}
-                 for field, values in grid.items()],
+      "fields": [_field_entry(field, values) for field, values in grid.items()],
       "validation": [_entry(s) for s in validation],
       "choice": {"label": labels[chosen["index"]],
                  "setting": {f: _jsonable(v) for f, v in chosen["setting"].items()},

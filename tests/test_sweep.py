@@ -299,8 +299,7 @@ TINY_FLAGS = ["--config=experiments/configs/digits.py:smoke", "--config.train.nu
 
 
 def test_the_binary_lists_how_each_field_trains():
-  from experiments import sweep as binary  # pylint: disable=g-import-not-at-top
-  lines = binary.describe_grid({"gm.weight": [1.0, 100.0], "eval.lr": [0.1, 0.01],
+  lines = sweep_grid.describe({"gm.weight": [1.0, 100.0], "eval.lr": [0.1, 0.01],
                                 "eval.n_synth_unseen": [10, 20],
                                 "generator.hidden_dims": [(8,)]}).splitlines()
   assert lines[0].startswith("gm.weight = 1, 100: stage 1, traced (vmapped with the seeds")
