@@ -13,6 +13,12 @@ The reported numbers are those of the LAST epoch (`.last`); the per-epoch
 curves are kept (`.curves`), and calibrated stacking is measured at the
 final parameters (`scoring.calibration`).
 
+The kinds (`FINAL_CLASSIFIER_KINDS`): "bilinear" (compatibility scores
+(x W + b) . a_c) and "softmax" (a linear softmax classifier) are trained with
+softmax cross-entropy; "ale" and "devise" are the bilinear model trained with
+ALE's weighted approximate ranking loss and DeViSE's hinge rank loss
+(`gmn_jax.ranking_losses`), the compatibility baselines of Xian et al.
+
 Nothing here is ever chosen on the data it reports: the evaluation sets
 only feed the metrics, and the trained parameters do not depend on them.
 """
@@ -33,15 +39,62 @@ from gmn_jax import metrics
 from gmn_jax import models
 from gmn_jax import preemption
 from gmn_jax import progress
+from gmn_jax import ranking_losses
 from gmn_jax import scoring
 from gmn_jax import seed_axis
 from gmn_jax import specs
 from gmn_jax.data.dataset import ZSLDataset
-from gmn_jax.errors import DataError
+from gmn_jax.errors import ConfigError, DataError
 from gmn_jax.metrics import METRIC_NAMES
 from gmn_jax.specs import EvalSpec
 
 CURVE_NAMES = METRIC_NAMES + ("train_loss",)
+
+# The final classifiers (eval.classifier): a model of gmn_jax.models and its
+# training loss. The compatibility kinds score a class from its embedding, so
+# they also score classes they were never trained on.
+FINAL_CLASSIFIER_KINDS = ("bilinear", "softmax", "ale", "devise")
+COMPATIBILITY_KINDS = ("bilinear", "ale", "devise")
+_RANKING_KINDS = ("ale", "devise")
+
+
+def model_kind(kind: str) -> str:
+  """The `models.get_classifier` kind of a final-classifier kind.
+
+  Args:
+    kind: one of `FINAL_CLASSIFIER_KINDS`.
+
+  Returns:
+    "bilinear" for "ale" and "devise" (the model they train), else kind.
+
+  Raises:
+    ConfigError: for an unknown kind.
+  """
+  if kind not in FINAL_CLASSIFIER_KINDS:
+    raise ConfigError(f"final classifier kind: expected one of {FINAL_CLASSIFIER_KINDS}, "
+                      f"found {kind!r}")
+  return "bilinear" if kind in _RANKING_KINDS else kind
+
+
+def per_example_loss(kind: str, logits, labels, hyper):
+  """The training loss of each example of a batch.
+
+  Args:
+    kind: one of `FINAL_CLASSIFIER_KINDS`.
+    logits: (B, C) scores of the trained classes.
+    labels: (B,) int indices into the logits' last axis.
+    hyper: the traced settings (`specs.EVAL_TRACED_FIELDS`); "devise" reads
+      "margin".
+
+  Returns:
+    (B,) losses: softmax cross-entropy, or ALE's or DeViSE's ranking loss.
+  """
+  if kind == "ale":
+    return ranking_losses.ale_loss(logits, labels)
+  if kind == "devise":
+    return ranking_losses.devise_loss(logits, labels, hyper["margin"])
+  # One-example means of the shared cross-entropy are per-example losses.
+  return jax.vmap(losses.cross_entropy)(logits[:, None, :], labels[:, None])
 
 
 # --------------------------------------------------------------------------
@@ -123,8 +176,8 @@ class FinalClassifierResult:
   Attributes:
     last: {name: (num_seeds,) np.ndarray} at the last epoch (the reference
       protocol): "zsl_t1", "gzsl_u", "gzsl_s", "gzsl_h" (percent; absent when
-      no evaluation sets were given) and "train_loss" (mean cross-entropy
-      over the last epoch's steps). With evaluation sets also calibrated
+      no evaluation sets were given) and "train_loss" (the mean training
+      loss of the kind over the last epoch's examples). With evaluation sets also calibrated
       stacking: `scoring.ORACLE_CALIBRATION_NAMES` ("ausuc" in [0, 100]; u, s, H and
       gamma at the best-H gamma of these very sets, an oracle) and, when a
       calibration gamma was given, `scoring.CALIBRATION_NAMES`.
@@ -168,7 +221,7 @@ def _optimizer(hyper, steps_per_epoch):
 def _epoch_of_one_classifier(carry, shuffle_key, features, epoch_index, hyper, labels,
                              class_embeddings, train_columns, eval_data, *, kind, batch_size):
   """One epoch of one classifier: ((params, opt_state), the epoch's record)."""
-  _, apply_fn = models.get_classifier(kind)
+  _, apply_fn = models.get_classifier(model_kind(kind))
   num_examples = features.shape[0]
   optimizer = _optimizer(hyper, max(1, -(-num_examples // batch_size)))
 
@@ -176,10 +229,8 @@ def _epoch_of_one_classifier(carry, shuffle_key, features, epoch_index, hyper, l
     logits = apply_fn(params, x, class_embeddings)
     if train_columns is not None:
       logits = logits[:, train_columns]
-    # One-example means of the shared cross-entropy are per-example losses;
-    # the padded slots of the remainder batch are then dropped.
-    per_example = jax.vmap(losses.cross_entropy)(logits[:, None, :], y[:, None])
-    per_example = jnp.where(mask, per_example, 0.0)
+    # The padded slots of the remainder batch are dropped.
+    per_example = jnp.where(mask, per_example_loss(kind, logits, y, hyper), 0.0)
     return per_example.sum() / jnp.maximum(mask.sum(), 1)
 
   def step(carry, batch):
@@ -287,7 +338,8 @@ def train_final_classifiers(seed_keys, train_features, train_labels, class_embed
       one per set, differing only in `specs.EVAL_TRACED_FIELDS` (the
       optimiser's settings, traced: G settings train as one program).
     train_classes: optional global ids; when given, the training loss only
-      sees these logit columns (the reference's seen-only real baseline).
+      sees these logit columns (the reference's seen-only real baseline):
+      the softmax and the ranking losses run over these classes only.
       Evaluation always scores all classes.
     eval_chunk_size: the most evaluation rows scored at once.
     calibration_gamma: optional calibrated-stacking constant (a float, or
@@ -391,7 +443,7 @@ def _training_labels(train_labels, num_examples, num_classes, train_classes):
 
 def _initial_classifiers(kind, seed_keys, feature_dim, embedding_dim, num_classes):
   """(initial parameters, shuffle keys), stacked over the seeds of seed_keys."""
-  init_fn, _ = models.get_classifier(kind)
+  init_fn, _ = models.get_classifier(model_kind(kind))
   init_keys, shuffle_keys = jax.vmap(jax.random.split, out_axes=1)(seed_keys)
   init_params = jax.vmap(lambda k: init_fn(
       k, feature_dim=feature_dim, embedding_dim=embedding_dim,
@@ -415,8 +467,8 @@ def _final_result(params, curves, class_embeddings, eval_data, kind, gammas,
   last = {name: values[:, -1] for name, values in curves.items()}
   seen_unseen_curves = None
   if eval_data is not None:
-    calibration, seen_unseen_curves = scoring.calibration(params, class_embeddings, eval_data,
-                                                          kind, gammas)
+    calibration, seen_unseen_curves = scoring.calibration(
+        params, class_embeddings, eval_data, model_kind(kind), gammas)
     last.update(calibration)
   return FinalClassifierResult(last=last, curves=curves, params=params, split=split,
                                seen_unseen_curves=seen_unseen_curves)

@@ -263,7 +263,8 @@ def calibration(params, class_embeddings, eval_data, kind, gammas):
     params: classifier parameters stacked on a leading seed axis.
     class_embeddings: (C, K) embeddings of all classes.
     eval_data: from `prepare_eval_data`.
-    kind: the classifier kind.
+    kind: the model kind of `models.get_classifier` ("bilinear" or
+      "softmax"; a final classifier's is `final_classifier.model_kind`).
     gammas: (S,) gammas chosen elsewhere (`calibration_gammas`), or None.
 
   Returns:
