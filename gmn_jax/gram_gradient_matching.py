@@ -18,6 +18,11 @@ classifier loss `head_loss_fn(theta, X @ theta["kernel"], targets)`, with the
 same cosine rule and zero-safe norms, but the per-class work drops from
 thin D × O products contracted over the n examples (and their second-order
 counterparts) to n × n' Gram matrices and n × O products.
+
+Padded batches: with per-row weights w (a mask), the head loss is a weighted
+mean, so dH of a row of weight 0 is exactly 0 and that row drops out of every
+quadratic form above; a padded batch thus gives exactly (to rounding) the
+loss of its valid rows.
 """
 
 from collections.abc import Mapping
@@ -47,7 +52,7 @@ def _check_thetas(thetas):
   losses.sample_count(thetas)
 
 
-def _check_batch(name, batch, feature_dim):
+def _check_batch(name, batch, feature_dim, mask):
   if not isinstance(batch, (tuple, list)) or len(batch) != 2:
     raise ConfigError(f"linear_head_gradient_matching {name}: expected a pair (features, "
                       f"targets), found {type(batch).__name__}")
@@ -55,6 +60,9 @@ def _check_batch(name, batch, feature_dim):
   if len(shape) != 2 or shape[1] != feature_dim:
     raise ConfigError(f"linear_head_gradient_matching {name}: expected features of shape "
                       f"(n, {feature_dim}), found {shape}")
+  if mask is not None and jnp.shape(mask) != shape[:1]:
+    raise ConfigError(f"linear_head_gradient_matching {name} mask: expected shape "
+                      f"{shape[:1]}, found {jnp.shape(mask)}")
 
 
 def _unsharded(features):
@@ -98,7 +106,7 @@ def _distance(kernel_terms, real_rest_grads, fake_rest_grads, granularity, eps):
 
 
 def linear_head_gradient_matching(head_loss_fn: Callable, thetas, real_batch, fake_batch, *,
-                                  granularity="row", eps=1e-8):
+                                  granularity="row", eps=1e-8, real_mask=None, fake_mask=None):
   """`losses.gradient_matching` for a loss that sees the features through a kernel.
 
   For a classifier loss of the form
@@ -123,20 +131,29 @@ def linear_head_gradient_matching(head_loss_fn: Callable, thetas, real_batch, fa
     granularity: "row", "tensor" or "global" (see `losses.gradient_matching`);
       the kernel's rows are its last axis, one cosine per output j.
     eps: lower bound on each gradient norm in the cosine's denominator.
+    real_mask: optional (n_r,) bool or float row weights of a padded real
+      batch. When given, the head loss on it is called as
+      `head_loss_fn(theta, projected, targets, real_mask)` and must return the
+      masked mean of its per-example losses (e.g. `losses.cross_entropy(...,
+      mask=mask)`); padded rows must hold finite features.
+    fake_mask: the same for the fake batch ((n_s,)).
 
   Returns:
     The scalar mean of the distance over the M samples.
 
   Raises:
     ConfigError: for an unknown granularity, a non-positive eps, thetas
-      without a (M, D, O) kernel or a common leading axis, or batches that are
-      not (features (n, D), targets) pairs.
+      without a (M, D, O) kernel or a common leading axis, batches that are
+      not (features (n, D), targets) pairs, or a mask not shaped (n,).
   """
   losses.check_gradient_matching_settings(granularity, eps)
   _check_thetas(thetas)
   feature_dim = jnp.shape(thetas[KERNEL])[1]
-  _check_batch("real_batch", real_batch, feature_dim)
-  _check_batch("fake_batch", fake_batch, feature_dim)
+  _check_batch("real_batch", real_batch, feature_dim, real_mask)
+  _check_batch("fake_batch", fake_batch, feature_dim, fake_mask)
+  # Without a mask the head gets exactly the three arguments it always got.
+  real_args = () if real_mask is None else (_unsharded(lax.stop_gradient(real_mask)),)
+  fake_args = () if fake_mask is None else (_unsharded(fake_mask),)
   real_features, real_targets = jax.tree_util.tree_map(
       _unsharded, lax.stop_gradient(tuple(real_batch)))
   fake_features, fake_targets = jax.tree_util.tree_map(_unsharded, tuple(fake_batch))
@@ -150,8 +167,9 @@ def linear_head_gradient_matching(head_loss_fn: Callable, thetas, real_batch, fa
     kernel, rest = _split_kernel(theta)
     constant_kernel, constant_rest = lax.stop_gradient((kernel, rest))
     real_rest_grads, real_dh = lax.stop_gradient(
-        head_grads(constant_rest, real_features @ constant_kernel, real_targets))
-    fake_rest_grads, fake_dh = head_grads(rest, fake_features @ kernel, fake_targets)
+        head_grads(constant_rest, real_features @ constant_kernel, real_targets, *real_args))
+    fake_rest_grads, fake_dh = head_grads(rest, fake_features @ kernel, fake_targets,
+                                          *fake_args)
     kernel_terms = (_quadratic_forms(real_dh, cross_gram, fake_dh),
                     _quadratic_forms(real_dh, real_gram, real_dh),
                     _quadratic_forms(fake_dh, fake_gram, fake_dh))
@@ -161,7 +179,8 @@ def linear_head_gradient_matching(head_loss_fn: Callable, thetas, real_batch, fa
 
 
 def per_class_linear_head_gradient_matching(head_loss_fn: Callable, thetas, real_batches,
-                                            fake_batches, **kwargs):
+                                            fake_batches, *, real_mask=None, fake_mask=None,
+                                            **kwargs):
   """Sum over classes of `linear_head_gradient_matching` (cf. `losses.per_class_gradient_matching`).
 
   Args:
@@ -171,6 +190,9 @@ def per_class_linear_head_gradient_matching(head_loss_fn: Callable, thetas, real
     real_batches: (features (n_classes, n_r, D), targets with a leading class
       axis); slice c is class c's real batch.
     fake_batches: the same for the fake batches (n_s may differ from n_r).
+    real_mask: optional (n_classes, n_r) row masks or weights of padded real
+      batches (row c for class c; see `linear_head_gradient_matching`).
+    fake_mask: the same for the fake batches, (n_classes, n_s).
     **kwargs: granularity and eps.
 
   Returns:
@@ -180,9 +202,13 @@ def per_class_linear_head_gradient_matching(head_loss_fn: Callable, thetas, real
     ConfigError: when the batches disagree on the number of classes, or for
       the reasons `linear_head_gradient_matching` gives.
   """
-  def one_class(real_batch, fake_batch):
+  def one_class(real, fake):
+    (real_batch, one_real_mask), (fake_batch, one_fake_mask) = real, fake
     return linear_head_gradient_matching(head_loss_fn, thetas, real_batch, fake_batch,
+                                         real_mask=one_real_mask, fake_mask=one_fake_mask,
                                          **kwargs)
 
-  return losses.sum_over_classes(one_class, tuple(real_batches), tuple(fake_batches),
-                                 caller="per_class_linear_head_gradient_matching")
+  # A None mask is an empty pytree: vmap passes it through as None.
+  return losses.sum_over_classes(
+      one_class, (tuple(real_batches), real_mask), (tuple(fake_batches), fake_mask),
+      caller="per_class_linear_head_gradient_matching")

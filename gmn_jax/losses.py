@@ -3,6 +3,13 @@
 All functions are pure and jittable. `gradient_matching` is the drop-in: it
 needs nothing from the rest of the package except `ConfigError` and works with
 any classifier loss written in JAX.
+
+Batch means take an optional `mask`: (B,) bool (or non-negative float
+weights) over the rows, for batches padded to a fixed size (the reference's
+short epoch-remainder batches, `gmn_jax.reference_sampling`). A masked mean
+is sum(w * value) / sum(w), so a padded batch gives the loss of its valid rows
+alone; padded rows must still hold finite values (e.g. any real example).
+`mask=None` runs exactly the unmasked code.
 """
 
 import numbers
@@ -17,28 +24,58 @@ GRANULARITIES = ("row", "tensor", "global")
 
 
 # --------------------------------------------------------------------------
+# Masked means.
+
+
+def masked_mean(values, mask=None):
+  """The mean of `values` over the rows that `mask` keeps.
+
+  Args:
+    values: (B,) per-row values.
+    mask: None (the plain mean), or (B,) bool or non-negative float weights
+      w; the result is sum(w * values) / sum(w), and 0 when sum(w) is 0.
+      Rows of weight 0 do not reach the value even when they are NaN.
+
+  Returns:
+    The scalar (weighted) mean.
+  """
+  if mask is None:
+    return jnp.mean(values)
+  weights = jnp.asarray(mask).astype(values.dtype)
+  # A select rather than a product alone, so that padding never leaks NaN.
+  weighted = jnp.where(weights != 0, values * weights, 0.0)
+  total = jnp.sum(weights)
+  return jnp.sum(weighted) / jnp.where(total != 0, total, 1.0)
+
+
+# --------------------------------------------------------------------------
 # Classification.
 
 
-def cross_entropy(logits, labels):
+def cross_entropy(logits, labels, mask=None):
   """Mean softmax cross-entropy.
 
   Args:
     logits: (B, C) scores.
     labels: (B,) int class indices into the logits' last axis. An index
       outside [0, C) makes the result NaN rather than silently wrong.
+    mask: optional (B,) bool or float row weights (see `masked_mean`); None
+      is the plain mean.
 
   Returns:
-    The scalar mean over the batch of -log softmax(logits)[label].
+    The scalar mean over the batch (its valid rows) of
+    -log softmax(logits)[label].
   """
   log_probs = jax.nn.log_softmax(logits, axis=-1)
   picked = jnp.take_along_axis(
       log_probs, labels[..., None].astype(jnp.int32), axis=-1, mode="fill",
       fill_value=jnp.nan)
-  return -jnp.mean(picked)
+  if mask is None:
+    return -jnp.mean(picked)
+  return -masked_mean(picked[..., 0], mask)
 
 
-def classifier_loss(apply_fn, params, features, labels, class_embeddings):
+def classifier_loss(apply_fn, params, features, labels, class_embeddings, mask=None):
   """Mean cross-entropy of a classifier from `models.get_classifier`.
 
   Args:
@@ -47,14 +84,16 @@ def classifier_loss(apply_fn, params, features, labels, class_embeddings):
     features: (B, D).
     labels: (B,) int indices into the rows of class_embeddings.
     class_embeddings: (C, K), the classes the logits run over.
+    mask: optional (B,) row mask or weights (see `masked_mean`).
 
   Returns:
     The scalar mean cross-entropy.
   """
-  return cross_entropy(apply_fn(params, features, class_embeddings), labels)
+  return cross_entropy(apply_fn(params, features, class_embeddings), labels, mask)
 
 
-def frozen_classifier_loss(apply_fn, classifier_params, features, labels, class_embeddings):
+def frozen_classifier_loss(apply_fn, classifier_params, features, labels, class_embeddings,
+                           mask=None):
   """L_CLS: cross-entropy of a pretrained classifier that is not trained.
 
   The classifier parameters and class embeddings are held constant, so the
@@ -66,13 +105,14 @@ def frozen_classifier_loss(apply_fn, classifier_params, features, labels, class_
     features: (B, D) generated features.
     labels: (B,) int indices into the rows of class_embeddings.
     class_embeddings: (C, K).
+    mask: optional (B,) row mask or weights (see `masked_mean`).
 
   Returns:
     The scalar mean cross-entropy.
   """
   frozen = lax.stop_gradient(classifier_params)
   return classifier_loss(apply_fn, frozen, features, labels,
-                         lax.stop_gradient(class_embeddings))
+                         lax.stop_gradient(class_embeddings), mask)
 
 
 # --------------------------------------------------------------------------
@@ -90,7 +130,7 @@ def _safe_norm(x, axis=None):
   return _safe_sqrt(jnp.sum(jnp.square(x), axis=axis))
 
 
-def gradient_penalty(critic_fn, critic_params, real, fake, embeddings, key):
+def gradient_penalty(critic_fn, critic_params, real, fake, embeddings, key, mask=None):
   """WGAN-GP penalty mean_i (||grad_x D(x_i, a_i)|| - 1)^2 on interpolates.
 
   x_i = e_i real_i + (1 - e_i) fake_i with one e_i ~ U[0, 1] per example; the
@@ -107,7 +147,9 @@ def gradient_penalty(critic_fn, critic_params, real, fake, embeddings, key):
     real: (B, D) real features.
     fake: (B, D) generated features.
     embeddings: (B, K) class embeddings, or None for an unconditional critic.
-    key: PRNG key for the interpolation weights.
+    key: PRNG key for the interpolation weights (one per row of the padded
+      batch, so row i's weight does not depend on the padding).
+    mask: optional (B,) row mask or weights (see `masked_mean`).
 
   Returns:
     The scalar penalty (not yet multiplied by its weight).
@@ -119,10 +161,11 @@ def gradient_penalty(critic_fn, critic_params, real, fake, embeddings, key):
     return jnp.sum(critic_fn(critic_params, features, embeddings))
 
   input_grads = jax.grad(total_score)(interpolates)
-  return jnp.mean(jnp.square(_safe_norm(input_grads, axis=1) - 1.0))
+  return masked_mean(jnp.square(_safe_norm(input_grads, axis=1) - 1.0), mask)
 
 
-def critic_loss(critic_fn, critic_params, real, fake, embeddings, key, *, gp_weight=10.0):
+def critic_loss(critic_fn, critic_params, real, fake, embeddings, key, *, gp_weight=10.0,
+                mask=None):
   """WGAN-GP critic loss mean D(fake) - mean D(real) + gp_weight * penalty.
 
   Args:
@@ -135,19 +178,21 @@ def critic_loss(critic_fn, critic_params, real, fake, embeddings, key, *, gp_wei
       unconditional critic.
     key: PRNG key for the penalty's interpolation weights.
     gp_weight: lambda, the penalty weight.
+    mask: optional (B,) row mask or weights shared by the real and fake
+      batches (see `masked_mean`); every mean runs over the valid rows.
 
   Returns:
     (loss, aux) with aux = {"wasserstein": mean D(real) - mean D(fake),
     "gradient_penalty": the unweighted penalty}.
   """
-  wasserstein = (jnp.mean(critic_fn(critic_params, real, embeddings))
-                 - jnp.mean(critic_fn(critic_params, fake, embeddings)))
-  penalty = gradient_penalty(critic_fn, critic_params, real, fake, embeddings, key)
+  wasserstein = (masked_mean(critic_fn(critic_params, real, embeddings), mask)
+                 - masked_mean(critic_fn(critic_params, fake, embeddings), mask))
+  penalty = gradient_penalty(critic_fn, critic_params, real, fake, embeddings, key, mask)
   loss = -wasserstein + gp_weight * penalty
   return loss, {"wasserstein": wasserstein, "gradient_penalty": penalty}
 
 
-def generator_adversarial_loss(critic_fn, critic_params, fake, embeddings):
+def generator_adversarial_loss(critic_fn, critic_params, fake, embeddings, mask=None):
   """The generator's WGAN loss -mean D(fake).
 
   Args:
@@ -155,11 +200,12 @@ def generator_adversarial_loss(critic_fn, critic_params, fake, embeddings):
     critic_params: the critic's parameters.
     fake: (B, D) generated features.
     embeddings: (B, K) class embeddings, or None for an unconditional critic.
+    mask: optional (B,) row mask or weights (see `masked_mean`).
 
   Returns:
     The scalar loss.
   """
-  return -jnp.mean(critic_fn(critic_params, fake, embeddings))
+  return -masked_mean(critic_fn(critic_params, fake, embeddings), mask)
 
 
 # --------------------------------------------------------------------------
@@ -272,7 +318,8 @@ def sample_count(thetas):
   return leading.pop()
 
 
-def gradient_matching(loss_fn, thetas, real_batch, fake_batch, *, granularity="row", eps=1e-8):
+def gradient_matching(loss_fn, thetas, real_batch, fake_batch, *, granularity="row", eps=1e-8,
+                      real_mask=None, fake_mask=None):
   """Gradient matching loss: E_theta[cosine distance(g_real(theta), g_fake(theta))].
 
   For each sampled classifier theta, g_r = grad_theta loss_fn(theta,
@@ -335,6 +382,12 @@ def gradient_matching(loss_fn, thetas, real_batch, fake_batch, *, granularity="r
     fake_batch: a pytree loss_fn accepts, typically generated features.
     granularity: "row", "tensor" or "global" (see above).
     eps: lower bound on each gradient norm in the cosine's denominator.
+    real_mask: optional (n_r,) bool or float row weights of a padded real
+      batch. When given, loss_fn is called on that batch as
+      `loss_fn(theta, real_batch, real_mask)` and must return the masked mean
+      of its per-example losses (e.g. `classifier_loss(..., mask=mask)`), so
+      that the gradient is that of the valid rows alone.
+    fake_mask: the same for the fake batch ((n_s,)).
 
   Returns:
     The scalar mean of the distance over the M samples.
@@ -347,19 +400,24 @@ def gradient_matching(loss_fn, thetas, real_batch, fake_batch, *, granularity="r
   sample_count(thetas)
   loss_grad = jax.grad(loss_fn)
   constant_real_batch = lax.stop_gradient(real_batch)
+  # Without a mask loss_fn gets exactly the two arguments it always got.
+  real_args = () if real_mask is None else (lax.stop_gradient(real_mask),)
+  fake_args = () if fake_mask is None else (fake_mask,)
 
   def distance_at(theta):
     # Cutting the inputs gives them symbolic-zero tangents, so autodiff does
     # not trace a second-order graph for g_r; the outer stop_gradient also cuts
     # whatever loss_fn closes over.
-    real_grads = lax.stop_gradient(loss_grad(lax.stop_gradient(theta), constant_real_batch))
-    fake_grads = loss_grad(theta, fake_batch)
+    real_grads = lax.stop_gradient(
+        loss_grad(lax.stop_gradient(theta), constant_real_batch, *real_args))
+    fake_grads = loss_grad(theta, fake_batch, *fake_args)
     return gradient_distance(real_grads, fake_grads, granularity, eps)
 
   return jnp.mean(jax.vmap(distance_at)(thetas))
 
 
-def per_class_gradient_matching(loss_fn, thetas, real_batches, fake_batches, **kwargs):
+def per_class_gradient_matching(loss_fn, thetas, real_batches, fake_batches, *, real_mask=None,
+                                fake_mask=None, **kwargs):
   """Sum over classes of `gradient_matching`, one (real, fake) pair per class.
 
   As in the reference, each class c contributes the GM loss between a real
@@ -374,6 +432,10 @@ def per_class_gradient_matching(loss_fn, thetas, real_batches, fake_batches, **k
       ...); slice c is class c's real batch.
     fake_batches: the same for the fake batches (their batch size may differ
       from the real one).
+    real_mask: optional (n_classes, n_r) row masks of padded real batches
+      (row c for class c; see `gradient_matching`), e.g. the reference's
+      short per-class batches from `reference_sampling.next_gm_batches`.
+    fake_mask: the same for the fake batches, (n_classes, n_s).
     **kwargs: granularity and eps, passed to `gradient_matching`.
 
   Returns:
@@ -383,10 +445,13 @@ def per_class_gradient_matching(loss_fn, thetas, real_batches, fake_batches, **k
     ConfigError: when the batches disagree on the number of classes, or for
       the reasons `gradient_matching` gives.
   """
-  def one_class(real_batch, fake_batch):
-    return gradient_matching(loss_fn, thetas, real_batch, fake_batch, **kwargs)
+  def one_class(real, fake):
+    (real_batch, one_real_mask), (fake_batch, one_fake_mask) = real, fake
+    return gradient_matching(loss_fn, thetas, real_batch, fake_batch, real_mask=one_real_mask,
+                             fake_mask=one_fake_mask, **kwargs)
 
-  return sum_over_classes(one_class, real_batches, fake_batches,
+  # A None mask is an empty pytree: vmap passes it through as None.
+  return sum_over_classes(one_class, (real_batches, real_mask), (fake_batches, fake_mask),
                           caller="per_class_gradient_matching")
 
 

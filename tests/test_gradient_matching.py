@@ -426,3 +426,78 @@ def test_docs_show_the_docstring_example():
   docstring_example = example_lines(losses.gradient_matching.__doc__)
   doc_example = example_lines(doc.read_text())
   assert docstring_example and docstring_example == doc_example
+
+
+# --------------------------------------------------------------------------
+# Masks: padded batches with their padding masked out are the unpadded batches.
+
+
+def _masked_bilinear_loss_fn(attributes):
+  def loss_fn(theta, batch, mask=None):
+    features, labels = batch
+    return losses.classifier_loss(_APPLY_BILINEAR, theta, features, labels, attributes, mask)
+  return loss_fn
+
+
+def test_masked_gradient_matching_equals_the_unpadded_batches():
+  with _x64():
+    attributes, thetas, real, fake = _problem(11, jnp.float64)
+    n_real, n_fake = 5, 11
+    loss_fn = _masked_bilinear_loss_fn(attributes)
+    cut = lambda batch, n: jax.tree_util.tree_map(lambda a: a[:n], batch)
+
+    @jax.jit
+    def padded_and_unpadded(fake_x):
+      out = {}
+      for g in GRANULARITIES:
+        masked = lambda x, g=g: losses.gradient_matching(
+            loss_fn, thetas, real, (x, fake[1]), granularity=g,
+            real_mask=jnp.arange(N_REAL) < n_real, fake_mask=jnp.arange(N_FAKE) < n_fake)
+        plain = lambda x, g=g: losses.gradient_matching(
+            loss_fn, thetas, cut(real, n_real), cut((x, fake[1]), n_fake), granularity=g)
+        out[g] = (jax.value_and_grad(masked)(fake_x), jax.value_and_grad(plain)(fake_x))
+      return out
+
+    out = padded_and_unpadded(fake[0])
+    to_np = lambda t: jax.tree_util.tree_map(np.asarray, t)
+    for g, ((value, grads), (want, want_grads)) in out.items():
+      np.testing.assert_allclose(value, want, rtol=1e-10, err_msg=g)
+      np.testing.assert_allclose(grads, want_grads, rtol=1e-8, atol=1e-14, err_msg=g)
+      np.testing.assert_array_equal(grads[n_fake:], 0.0)
+      independent = _np_gradient_matching(to_np(thetas), to_np(cut(real, n_real)),
+                                          to_np(cut(fake, n_fake)), np.asarray(attributes), g)
+      np.testing.assert_allclose(value, independent, rtol=1e-10, err_msg=g)
+
+
+def test_masked_per_class_gradient_matching_sums_the_unpadded_classes():
+  with _x64():
+    attributes, thetas, _, _ = _problem(12, jnp.float64)
+    rng = np.random.default_rng(13)
+    classes = np.array([2, 0, 3])
+    real_counts, repeat = np.array([N_REAL, 5, 1]), 2
+    real = (jnp.asarray(rng.uniform(size=(3, N_REAL, D))),
+            jnp.asarray(np.repeat(classes[:, None], N_REAL, axis=1), jnp.int32))
+    fake_labels = jnp.asarray(np.repeat(classes[:, None], N_FAKE, axis=1), jnp.int32)
+    fake_x = jnp.asarray(rng.uniform(size=(3, N_FAKE, D)))
+    real_mask = jnp.arange(N_REAL) < real_counts[:, None]
+    fake_mask = jnp.arange(N_FAKE) < repeat * real_counts[:, None]
+    loss_fn = _masked_bilinear_loss_fn(attributes)
+
+    @jax.jit
+    def padded_and_unpadded(fake_x):
+      masked = lambda x: losses.per_class_gradient_matching(
+          loss_fn, thetas, real, (x, fake_labels), real_mask=real_mask, fake_mask=fake_mask)
+      plain = lambda x: sum(
+          losses.gradient_matching(
+              loss_fn, thetas, (real[0][c, :n], real[1][c, :n]),
+              (x[c, :repeat * n], fake_labels[c, :repeat * n]))
+          for c, n in enumerate(real_counts))
+      return jax.value_and_grad(masked)(fake_x), jax.value_and_grad(plain)(fake_x)
+
+    (value, grads), (want, want_grads) = padded_and_unpadded(fake_x)
+    np.testing.assert_allclose(value, want, rtol=1e-10)
+    np.testing.assert_allclose(grads, want_grads, rtol=1e-8, atol=1e-14)
+    assert np.abs(np.asarray(want_grads)).max() > 1e-3
+    with pytest.raises(ConfigError, match="leading class axis"):
+      losses.per_class_gradient_matching(loss_fn, thetas, real, (fake_x, fake_labels),
+                                         real_mask=real_mask[:2], fake_mask=fake_mask)

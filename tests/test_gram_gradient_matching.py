@@ -1,5 +1,7 @@
 """The Gram-matrix gradient matching against the autodiff path it replaces."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding
@@ -281,3 +283,67 @@ def test_config_accepts_the_two_implementations_only():
   with pytest.raises(ConfigError, match=r"gm\.implementation.*symbolic") as error:
     gmn_config.validate(config, check_data_dir=False)
   assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("kind, bias", [CLASSIFIERS[0], CLASSIFIERS[2]])
+def test_masked_classes_equal_the_unpadded_classes_and_masked_autodiff(kind, bias):
+  """Short real batches (and f× as many fakes), padded and masked, as in the reference."""
+  real_counts = np.array([N_REAL, 2, 1])
+  repeat = N_FAKE // N_REAL
+  real_mask = jnp.arange(N_REAL) < real_counts[:, None]
+  fake_mask = jnp.arange(N_FAKE) < repeat * real_counts[:, None]
+  with _x64():
+    embeddings, thetas, generator, real, fake_labels, noise, apply_fn = _problem(
+        kind, bias, 3, jnp.float64, seed=3)
+    head = models.get_classifier_head(kind)
+
+    def head_loss_fn(theta, projected, labels, mask=None):
+      return losses.cross_entropy(head(theta, projected, embeddings), labels, mask)
+
+    def loss_fn(theta, batch, mask=None):
+      return losses.classifier_loss(apply_fn, theta, batch[0], batch[1], embeddings, mask)
+
+    @functools.partial(jax.jit, compiler_options=_FAST_COMPILE)
+    def every_case(fake_x, thetas):
+      out = {}
+      for g in losses.GRANULARITIES:
+        def gram(x, t, g=g):
+          return gram_gm.per_class_linear_head_gradient_matching(
+              head_loss_fn, t, real, (x, fake_labels), real_mask=real_mask,
+              fake_mask=fake_mask, granularity=g)
+
+        def autodiff(x, t, g=g):
+          return losses.per_class_gradient_matching(
+              loss_fn, t, real, (x, fake_labels), real_mask=real_mask, fake_mask=fake_mask,
+              granularity=g)
+
+        def unpadded(x, t, g=g):
+          return sum(gram_gm.linear_head_gradient_matching(
+              head_loss_fn, t, (real[0][c, :n], real[1][c, :n]),
+              (x[c, :repeat * n], fake_labels[c, :repeat * n]), granularity=g)
+                     for c, n in enumerate(real_counts))
+
+        out[g] = [jax.value_and_grad(fn, argnums=(0, 1))(fake_x, thetas)
+                  for fn in (gram, autodiff, unpadded)]
+      return out
+
+    results = every_case(_fakes(generator, embeddings, fake_labels, noise), thetas)
+  for granularity, (gram, autodiff, unpadded) in results.items():
+    for want, name in ((unpadded, "unpadded"), (autodiff, "autodiff")):
+      case = f"{granularity} vs {name}"
+      np.testing.assert_allclose(gram[0], want[0], rtol=1e-11, err_msg=case)
+      _assert_trees_close(gram[1], want[1], rtol=1e-9, atol=1e-14, err_msg=case)
+    fake_grads = np.asarray(gram[1][0])
+    assert np.abs(fake_grads).max() > 1e-4
+    np.testing.assert_array_equal(fake_grads[~np.asarray(fake_mask)], 0.0)
+
+
+def test_a_mask_of_the_wrong_shape_raises_a_config_error():
+  embeddings, thetas, _, real, _, _, _ = _problem("bilinear", "vector", 2)
+  head = models.get_classifier_head("bilinear")
+  head_loss_fn = lambda theta, h, y, mask: losses.cross_entropy(
+      head(theta, h, embeddings), y, mask)
+  batch = (real[0][0], real[1][0])
+  with pytest.raises(ConfigError, match=r"real_batch mask: expected shape \(4,\)"):
+    gram_gm.linear_head_gradient_matching(head_loss_fn, thetas, batch, batch,
+                                          real_mask=jnp.ones(3, bool))

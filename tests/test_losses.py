@@ -204,3 +204,99 @@ def test_jitted_critic_step_does_not_retrace():
     params, aux = step(params, jax.random.normal(k_real, (B, D)),
                        jax.random.normal(k_fake, (B, D)), jax.random.normal(k_emb, (B, K)), k_gp)
     assert np.isfinite(aux["wasserstein"])
+
+
+# --------------------------------------------------------------------------
+# Masks: a padded batch with its padding masked out is the unpadded batch.
+
+VALID = 4  # Valid rows of a padded batch of B.
+
+
+def _padded_mask():
+  return jnp.arange(B) < VALID
+
+
+def _assert_trees_close(got, want, **tolerances):
+  for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+    np.testing.assert_allclose(g, w, **tolerances)
+
+
+def test_masked_mean_weights_rows_and_ignores_padding():
+  values = jnp.array([1.0, 2.0, 3.0, jnp.nan])
+  np.testing.assert_allclose(losses.masked_mean(values, values == values), 2.0)
+  np.testing.assert_allclose(losses.masked_mean(values, jnp.array([2.0, 1.0, 1.0, 0.0])), 1.75)
+  assert losses.masked_mean(values, jnp.zeros(4, bool)) == 0.0
+  np.testing.assert_array_equal(losses.masked_mean(values[:3]), jnp.mean(values[:3]))
+
+
+def test_masked_cross_entropy_and_classifier_losses_equal_the_unpadded_batch():
+  x, a, y = _data(11)
+  mask = _padded_mask()
+  _, apply_fn = models.get_classifier("bilinear")
+  rng = np.random.default_rng(12)
+  params = {"kernel": jnp.asarray(rng.normal(size=(D, K)), jnp.float32),
+            "bias": jnp.asarray(rng.normal(size=(K,)), jnp.float32)}
+  for loss in (losses.classifier_loss, losses.frozen_classifier_loss):
+    value_and_grad = jax.jit(jax.value_and_grad(
+        functools.partial(loss, apply_fn), argnums=(0, 1)))
+    padded = value_and_grad(params, x, y, a, mask)
+    unpadded = value_and_grad(params, x[:VALID], y[:VALID], a)
+    np.testing.assert_allclose(padded[0], unpadded[0], rtol=1e-6)
+    param_grads, feature_grads = padded[1]
+    _assert_trees_close(param_grads, unpadded[1][0], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(feature_grads[:VALID], unpadded[1][1], rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(feature_grads[VALID:], 0.0)
+  # Float weights: weight 2 on a row is that row twice; NaN padding stays out.
+  logits = jnp.asarray(rng.normal(size=(B, C)), jnp.float32)
+  weights = jnp.array([2.0, 1.0, 1.0, 1.0, 0.0, 0.0])
+  doubled = jnp.concatenate([logits[:1], logits[:VALID]])
+  np.testing.assert_allclose(
+      losses.cross_entropy(logits.at[VALID:].set(jnp.nan), y, weights),
+      losses.cross_entropy(doubled, jnp.concatenate([y[:1], y[:VALID]])), rtol=1e-6)
+  # A bad label on a valid row is still flagged.
+  assert np.isnan(losses.cross_entropy(logits, jnp.full(B, C), mask))
+
+
+@pytest.mark.parametrize("conditional", [True, False])
+def test_masked_wgan_losses_equal_the_unpadded_batch(conditional):
+  critic_fn, params = _critic(conditional, (8,), seed=3)
+  rng = np.random.default_rng(13)
+  real = jnp.asarray(rng.normal(size=(B, D)), jnp.float32)
+  fake = jnp.asarray(rng.normal(size=(B, D)), jnp.float32)
+  emb = jnp.asarray(rng.normal(size=(B, K)), jnp.float32) if conditional else None
+  cut = lambda e: None if e is None else e[:VALID]
+  mask = _padded_mask()
+  key = jax.random.key(4)
+  # The penalty draws one weight per row; the valid rows lead, and JAX's
+  # random draws are prefix-stable, so both batches interpolate alike.
+  np.testing.assert_array_equal(jax.random.uniform(key, (B, 1))[:VALID],
+                                jax.random.uniform(key, (VALID, 1)))
+
+  critic = jax.jit(jax.value_and_grad(
+      functools.partial(losses.critic_loss, critic_fn, gp_weight=3.0), argnums=(0, 2),
+      has_aux=True))
+  (loss, aux), (param_grads, fake_grads) = critic(params, real, fake, emb, key, mask=mask)
+  (want_loss, want_aux), (want_param_grads, want_fake_grads) = critic(
+      params, real[:VALID], fake[:VALID], cut(emb), key)
+  np.testing.assert_allclose(loss, want_loss, rtol=1e-5, atol=1e-6)
+  _assert_trees_close(aux, want_aux, rtol=1e-5, atol=1e-6)
+  _assert_trees_close(param_grads, want_param_grads, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(fake_grads[:VALID], want_fake_grads, rtol=1e-4, atol=1e-6)
+  np.testing.assert_array_equal(fake_grads[VALID:], 0.0)
+
+  penalty = jax.jit(jax.value_and_grad(functools.partial(losses.gradient_penalty, critic_fn)))
+  got, got_grads = penalty(params, real, fake, emb, key, mask)
+  want, want_grads = penalty(params, real[:VALID], fake[:VALID], cut(emb), key)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  _assert_trees_close(got_grads, want_grads, rtol=1e-4, atol=1e-6)
+
+  adversarial = jax.jit(jax.value_and_grad(
+      functools.partial(losses.generator_adversarial_loss, critic_fn), argnums=1))
+  got, got_grads = adversarial(params, fake, emb, mask)
+  want, want_grads = adversarial(params, fake[:VALID], cut(emb))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(got_grads[:VALID], want_grads, rtol=1e-5, atol=1e-7)
+  np.testing.assert_array_equal(got_grads[VALID:], 0.0)
+  # An all-valid mask is the unmasked loss.
+  np.testing.assert_allclose(adversarial(params, fake, emb, jnp.ones(B, bool))[0],
+                             adversarial(params, fake, emb)[0], rtol=1e-6)
