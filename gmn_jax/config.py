@@ -8,7 +8,7 @@ code's CUB configuration (see docs/configuration.md for each field's meaning).
 
 import dataclasses
 import os
-from typing import List
+from typing import List, Optional
 
 import ml_collections
 from ml_collections import config_dict
@@ -17,21 +17,35 @@ from gmn_jax import config_utils
 from gmn_jax import errors
 
 
+# What trains a generator: a WGAN-GP critic, a per-class maximum mean
+# discrepancy (no critic), or a conditional VAE's evidence bound (its encoder
+# takes the critic's place in the training state).
+OBJECTIVES = ("wgan", "mmd", "cvae")
+
+
 @dataclasses.dataclass(frozen=True)
 class Variant:
   """What a training method switches on.
 
   Attributes:
     name: the method name used on the command line and in results.
-    uses_generator: False only for `real_only` (final classifier on real seen
-      features alone).
+    uses_generator: False only for `real_only` (a compatibility classifier on
+      real seen features alone, `eval.real_only`).
     conditional_critic: whether the critic sees [x, a] (cWGAN) or x (WGAN).
     gradient_matching: whether the generator loss has the β·L_GM term.
     classification_loss: whether the generator loss has the c·L_CLS term
       (a seen-class classifier pretrained and frozen).
     transductive: whether the critic also sees unlabelled unseen test
       features and the generator produces seen and unseen classes.
-    paper_row: the row label in the paper's ablation table.
+    paper_row: the row label in the paper's tables.
+    objective: one of `OBJECTIVES`, what trains the generator besides the
+      terms above ("wgan": the critic's adversarial loss).
+    regression_loss: whether the generator loss has the R·L_REG term: the
+      squared error of a frozen, pretrained linear regressor from generated
+      features back to their class embedding (cycle-WGAN; SE-GZSL's
+      feedback).
+    cls_classifier: the frozen L_CLS classifier the method prescribes
+      ("softmax" for f-CLSWGAN), or None for `cls.classifier`.
   """
 
   name: str
@@ -41,6 +55,14 @@ class Variant:
   classification_loss: bool
   transductive: bool
   paper_row: str
+  objective: str = "wgan"
+  regression_loss: bool = False
+  cls_classifier: Optional[str] = None
+
+  @property
+  def has_critic(self) -> bool:
+    """Whether stage 1 trains a WGAN-GP critic (n_critic steps per iteration)."""
+    return self.objective == "wgan"
 
 
 VARIANTS = {
@@ -54,7 +76,20 @@ VARIANTS = {
         Variant("wgan_su_gm", True, False, True, False, True,
                 "WGAN^{S+U} + GM"),
         Variant("cwgan_cls", True, True, False, True, False,
-                "cWGAN^S + CLS (f-CLSWGAN-like)"),
+                "cWGAN^S + CLS (the reference repository's f-CLSWGAN variant)"),
+        # Table 2's generators (docs/generators.md).
+        Variant("fclswgan", True, True, False, True, False,
+                "f-CLSWGAN (Xian et al. '18)", cls_classifier="softmax"),
+        Variant("cyclewgan", True, True, False, False, False,
+                "cycle-WGAN (Felix et al. '18)", regression_loss=True),
+        Variant("cycle_clswgan", True, True, False, True, False,
+                "cycle-CLSWGAN (Felix et al. '18)", regression_loss=True,
+                cls_classifier="softmax"),
+        Variant("gmmn", True, False, False, False, False,
+                "GMMN (Bucher et al. '17)", objective="mmd"),
+        Variant("cvae", True, False, False, False, False,
+                "CVAE + regressor (Verma et al. '18)", objective="cvae",
+                regression_loss=True),
     )
 }
 
@@ -171,17 +206,52 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.cls.pretrain_epochs = 50
   c.cls.pretrain_lr = 1e-3
 
+  # The frozen regressor of cycle-WGAN / SE-GZSL (methods with regression_loss).
+  c.regressor = ml_collections.ConfigDict()
+  # Defaults: the reference repository's scripts (cyclewgan_*.sh, regg_*.sh,
+  # which take them from Felix et al.'s release).
+  c.regressor.weight = 0.01  # R, the L_REG weight
+  c.regressor.pretrain_epochs = 40
+  c.regressor.pretrain_batch_size = 64
+  c.regressor.pretrain_lr = 1e-4
+
+  # The per-class maximum mean discrepancy of the gmmn method.
+  c.mmd = ml_collections.ConfigDict()
+  # The Gaussian kernels' sigmas, in units of the training features' RMS
+  # distance to their mean (docs/generators.md): Bucher et al.'s fixed
+  # variances 2..80 assume min-max scaled features, these carry over to any
+  # feature scale.
+  c.mmd.bandwidths = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0)
+  c.mmd.num_classes = 5  # seen classes per generator iteration; 0: every one
+  c.mmd.real_per_class = 60
+  c.mmd.fake_per_class = 60
+
+  # The conditional VAE of the cvae method (the decoder is the generator).
+  c.cvae = ml_collections.ConfigDict()
+  c.cvae.encoder_hidden_dims = (1024,)
+  c.cvae.kl_weight = 1.0
+
   c.eval = ml_collections.ConfigDict()
-  c.eval.classifier = "bilinear"  # bilinear | softmax
+  c.eval.classifier = "bilinear"  # bilinear | softmax | ale | devise
   c.eval.epochs = 200
   c.eval.batch_size = 256
   c.eval.lr = 0.01
   c.eval.lr_decay = 0.97  # per epoch
   c.eval.weight_decay = 1e-3
   c.eval.momentum = 0.9
+  c.eval.margin = 1.0  # the hinge margin of the devise ranking loss
   c.eval.n_synth_unseen = 250
   c.eval.n_synth_seen = 0  # seen classes topped up to this many samples
   c.eval.num_classifier_seeds = 5
+  # real_only's final classifier: a compatibility model, which scores unseen
+  # classes from their embeddings although it never saw one (a softmax
+  # classifier trained on seen classes alone cannot). Its optimiser settings,
+  # None: those of eval.
+  c.eval.real_only = ml_collections.ConfigDict()
+  c.eval.real_only.classifier = "bilinear"
+  c.eval.real_only.lr = config_dict.placeholder(float)
+  c.eval.real_only.lr_decay = config_dict.placeholder(float)
+  c.eval.real_only.weight_decay = config_dict.placeholder(float)
 
   c.precision = "float32"  # float32 | bfloat16 (matrix products only)
   return c
@@ -205,6 +275,7 @@ def config_rules() -> List[config_utils.Rule]:
   """
   # pylint: disable=g-import-not-at-top
   from gmn_jax import classifier_sampling
+  from gmn_jax import final_classifier
   from gmn_jax import gram_gradient_matching
   from gmn_jax import losses
   from gmn_jax import models
@@ -256,13 +327,30 @@ def config_rules() -> List[config_utils.Rule]:
       u.one_of("cls.classifier", models.CLASSIFIER_KINDS),
       u.positive_int("cls.pretrain_epochs"),
       u.positive("cls.pretrain_lr"),
-      u.one_of("eval.classifier", models.CLASSIFIER_KINDS),
+      u.one_of("eval.classifier", final_classifier.FINAL_CLASSIFIER_KINDS),
       u.positive_int("eval.epochs"),
       u.positive_int("eval.batch_size"),
       u.positive("eval.lr"),
       u.Rule("eval.lr_decay", lambda v: _is_real(v) and 0 < v <= 1, "a number in (0, 1]"),
       u.non_negative("eval.weight_decay"),
       unit_interval_open("eval.momentum"),
+      u.positive("eval.margin"),
+      u.one_of("eval.real_only.classifier", final_classifier.COMPATIBILITY_KINDS),
+      u.positive("eval.real_only.lr"),
+      u.Rule("eval.real_only.lr_decay", lambda v: _is_real(v) and 0 < v <= 1,
+             "a number in (0, 1]"),
+      u.non_negative("eval.real_only.weight_decay"),
+      u.non_negative("regressor.weight"),
+      u.positive_int("regressor.pretrain_epochs"),
+      u.positive_int("regressor.pretrain_batch_size"),
+      u.positive("regressor.pretrain_lr"),
+      u.Rule("mmd.bandwidths", lambda v: len(v) > 0 and all(_is_real(b) and b > 0 for b in v),
+             "a non-empty sequence of positive numbers"),
+      u.non_negative_int("mmd.num_classes"),
+      u.positive_int("mmd.real_per_class"),
+      u.positive_int("mmd.fake_per_class"),
+      u.each_positive_int("cvae.encoder_hidden_dims"),
+      u.non_negative("cvae.kl_weight"),
       u.non_negative_int("eval.n_synth_unseen"),
       u.non_negative_int("eval.n_synth_seen"),
       u.positive_int("eval.num_classifier_seeds"),
@@ -272,6 +360,10 @@ def config_rules() -> List[config_utils.Rule]:
       u.Rule(("method", "critic.conditional"),
              lambda method, conditional: not (_transductive(method) and conditional),
              "no conditional critic for a transductive method", skip_none=True),
+      # A critic type means nothing to a method without a critic.
+      u.Rule(("method", "critic.conditional"),
+             lambda method, conditional: method not in VARIANTS or VARIANTS[method].has_critic,
+             "no critic.conditional for a method without a critic (gmmn, cvae)"),
       u.Rule(("method", "train.batch_size"),
              lambda method, batch_size: not _transductive(method) or batch_size >= 2,
              "a batch of at least 2 for a transductive method (seen and unseen examples)"),

@@ -15,6 +15,7 @@ with `select_on_validation`, which refuses results measured on the test
 split.
 """
 
+import dataclasses
 import math
 from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -31,9 +32,10 @@ from gmn_jax.data.dataset import ZSLDataset
 from gmn_jax.errors import ConfigError
 from gmn_jax.specs import EvalSpec
 
-# The most bytes of pooled training sets (N x D float32 per generator) that
-# `evaluate_generators` holds at once; more generators are split into batches.
-# 2 GiB holds five pooled sets of any xlsa17 benchmark (0.15-0.4 GB each).
+# The most bytes of pooled training sets (N x D float32 per generator and
+# classifier seed) that `evaluate_generators` holds at once; more generators
+# are split into batches. 2 GiB holds one generator's five pooled sets of any
+# xlsa17 benchmark (0.15-0.4 GB each).
 MAX_POOLED_BYTES = 2 ** 31
 
 
@@ -47,7 +49,8 @@ def generator_batches(num_generators: int, bytes_per_generator: int,
 
   Args:
     num_generators: G.
-    bytes_per_generator: the size of one pooled training set (N x D x 4).
+    bytes_per_generator: the size of one generator's pooled training sets
+      (N x D x 4 per classifier seed).
     max_pooled_bytes: the most bytes of pooled training sets at once (>= 1).
 
   Returns:
@@ -65,22 +68,28 @@ def evaluate_generators(sample_fn: synthesis.SampleFn, generator_params: Optiona
                         ) -> List[final_classifier.FinalClassifierResult]:
   """Stage 2 of G generators (or of the real-only baseline), their classifiers at once.
 
-  Generator g splits keys[g] into (synthesis key, classifier key), draws its
-  synthetic set with the first and its `spec.num_classifier_seeds`
-  classifier keys as jax.random.split(classifier key, seeds). So generator
-  g's result does not depend on the others beside it (to float tolerance).
+  Generator g splits keys[g] into (synthesis key, classifier key); its S =
+  `spec.num_classifier_seeds` classifier keys are jax.random.split(
+  classifier key, S) and classifier seed s trains on its own synthetic set,
+  drawn with jax.random.split(synthesis key, S)[s] (the real-only baseline
+  has one training set for all its seeds). So generator g's result does not
+  depend on the others beside it (to float tolerance), and its spread over
+  classifier seeds includes the synthesis noise.
 
-  The G pooled training sets (N x D float32 each) live in memory together;
-  when they would exceed `max_pooled_bytes`, the generators are evaluated in
-  consecutive batches (`generator_batches`), one program per batch.
+  The G x S pooled training sets (N x D float32 each) live in memory
+  together; when they would exceed `max_pooled_bytes`, the generators are
+  evaluated in consecutive batches (`generator_batches`), one program per
+  batch.
 
   Args:
     sample_fn: `sample_fn(params, embeddings, key) -> features` (see
       `synthesis.synthesize`); ignored for the real-only baseline.
     generator_params: G generator parameter pytrees, or None for the
       real-only baseline: each key then trains classifiers on the real seen
-      features alone, a bilinear one with logits over the seen classes (as
-      the reference), a softmax one over all classes.
+      features alone, a compatibility model (`final_classifier.
+      COMPATIBILITY_KINDS`, what `specs.eval_spec` gives real_only) with
+      logits over the seen classes (as the reference), a softmax one over
+      all classes (which can never predict an unseen class).
     dataset: the dataset; its test_unseen / test_seen sets are measured (pass
       a validation-split dataset to compare candidates).
     spec: stage 2's settings: one `EvalSpec` for every generator, or one per
@@ -110,38 +119,67 @@ def evaluate_generators(sample_fn: synthesis.SampleFn, generator_params: Optiona
   per_generator = specs.eval_specs_per_set(spec, num_generators)
   spec = per_generator[0]  # the fields that decide shapes are the same in all
   train_classes = None
-  if generator_params is None and spec.classifier == "bilinear":
+  if generator_params is None and spec.classifier in final_classifier.COMPATIBILITY_KINDS:
+    # The reference's baseline: logits over the seen classes while training.
     train_classes = dataset.seen_classes
   plan = synthesis.synthetic_plan(dataset, spec)
   num_examples = int(np.shape(dataset.train_labels)[0])
+  seeds = spec.num_classifier_seeds
+  # Every classifier seed of a generator gets its own synthetic pool, so the
+  # spread over them includes the synthesis noise (the reference's
+  # train_classifier.py synthesises anew per seed); the real features alone
+  # are one pool.
+  pools = seeds if generator_params is not None else 1
   if generator_params is not None:
     num_examples += int(plan[1].sum())
-  bytes_per_generator = num_examples * int(dataset.feature_dim) * 4
+  bytes_per_generator = pools * num_examples * int(dataset.feature_dim) * 4
   results = []
   for start, stop in generator_batches(num_generators, bytes_per_generator, max_pooled_bytes):
-    features, seed_keys = [], []
+    features, seed_keys, set_specs = [], [], []
     for g in range(start, stop):
       synth_key, train_key = jax.random.split(keys[g])
+      classifier_keys = jax.random.split(train_key, seeds)
+      pool_keys = jax.random.split(synth_key, pools)
       params = None if generator_params is None else generator_params[g]
-      pooled, labels = synthesis.pooled_training_set(sample_fn, params, dataset, plan, synth_key)
-      features.append(pooled)
-      seed_keys.append(jax.random.split(train_key, spec.num_classifier_seeds))
+      per_pool = seeds // pools
+      for p in range(pools):
+        pooled, labels = synthesis.pooled_training_set(sample_fn, params, dataset, plan,
+                                                       pool_keys[p])
+        features.append(pooled)
+        seed_keys.append(classifier_keys[p * per_pool:(p + 1) * per_pool])
+        set_specs.append(per_generator[g])
     features = jnp.stack(features)  # the pieces are freed when the list goes
     live = None
     if label is not None:
       live = progress.LiveProgress(
-          f"{label} ({stop - start} x {spec.num_classifier_seeds} final classifiers)",
-          spec.epochs, unit="epoch")
+          f"{label} ({stop - start} x {seeds} final classifiers)", spec.epochs, unit="epoch")
     try:
-      results.extend(final_classifier.train_final_classifiers(
+      trained = final_classifier.train_final_classifiers(
           jnp.stack(seed_keys), features, labels, dataset.class_embeddings,
-          scoring.EvalSets.from_dataset(dataset), per_generator[start:stop],
-          train_classes=train_classes,
-          eval_chunk_size=eval_chunk_size, calibration_gamma=calibration_gamma, live=live))
+          scoring.EvalSets.from_dataset(dataset), set_specs, train_classes=train_classes,
+          eval_chunk_size=eval_chunk_size, calibration_gamma=calibration_gamma, live=live)
     finally:
       if live is not None:
         live.close()
+    results.extend(_concatenate_seeds(trained[i:i + pools])
+                   for i in range(0, len(trained), pools))
   return results
+
+
+def _concatenate_seeds(parts: Sequence[final_classifier.FinalClassifierResult]
+                       ) -> final_classifier.FinalClassifierResult:
+  """One generator's result from those of its pools (classifier seeds in order)."""
+  if len(parts) == 1:
+    return parts[0]
+  concatenate = lambda *values: np.concatenate(values, axis=0)
+  first = parts[0]
+  return dataclasses.replace(
+      first,
+      last={name: concatenate(*(p.last[name] for p in parts)) for name in first.last},
+      curves={name: concatenate(*(p.curves[name] for p in parts)) for name in first.curves},
+      params=jax.tree_util.tree_map(concatenate, *(p.params for p in parts)),
+      seen_unseen_curves=(None if first.seen_unseen_curves is None else
+                          [c for p in parts for c in p.seen_unseen_curves]))
 
 
 def select_on_validation(results: Mapping[Any, final_classifier.FinalClassifierResult],

@@ -15,6 +15,7 @@ from gmn_jax import config_utils
 from gmn_jax import final_classifier
 from gmn_jax import metrics
 from gmn_jax import scoring
+from gmn_jax import specs
 from gmn_jax.data.dataset import ZSLDataset
 
 METRIC_NAMES = metrics.METRIC_NAMES  # zsl_t1, gzsl_u, gzsl_s, gzsl_h
@@ -66,6 +67,23 @@ def mean_curves(result: final_classifier.FinalClassifierResult) -> Dict[str, np.
   return {name: np.mean(values, axis=0) for name, values in result.curves.items()}
 
 
+def final_classifier_description(config: ml_collections.ConfigDict) -> Dict[str, Any]:
+  """What stage 2 of a validated config trains, as results.json records it.
+
+  Args:
+    config: the configuration.
+
+  Returns:
+    {"kind", "lr", "lr_decay", "weight_decay", "trained_on"}: "trained_on" is
+    "seen classes (real features only)" for real_only, else "all classes".
+  """
+  spec = specs.eval_spec(config)
+  baseline = not gmn_config.get_variant(config).uses_generator
+  return {"kind": spec.classifier, "lr": spec.lr, "lr_decay": spec.lr_decay,
+          "weight_decay": spec.weight_decay,
+          "trained_on": "seen classes (real features only)" if baseline else "all classes"}
+
+
 def summarize(config: ml_collections.ConfigDict, seed_results: Sequence[Dict[str, Any]],
               dataset: Optional[ZSLDataset] = None) -> Dict[str, Any]:
   """The results.json dict from per-seed results.
@@ -78,7 +96,10 @@ def summarize(config: ml_collections.ConfigDict, seed_results: Sequence[Dict[str
   Returns:
     {"dataset", "method", "paper_row", "seeds", "metrics": {name: {"mean",
     "std", "per_seed"}} in percent (std over generator seeds, ddof 0),
-    "per_seed", "timings", "config"}.
+    "final_classifier", "per_seed", "timings", "config"}; "final_classifier"
+    says what stage 2 trained: its kind and optimiser settings (real_only's
+    compatibility model, `eval.real_only`, may differ from eval.classifier)
+    and the classes whose logits it was trained on.
   """
   variant = gmn_config.get_variant(config)
   summary_metrics = {}
@@ -102,6 +123,7 @@ def summarize(config: ml_collections.ConfigDict, seed_results: Sequence[Dict[str
       "paper_row": variant.paper_row,
       "seeds": [int(s) for s in config.seeds],
       "metrics": summary_metrics,
+      "final_classifier": final_classifier_description(config),
       "per_seed": list(seed_results),
       "timings": timings,
       "config": config_utils.config_fingerprint(config),

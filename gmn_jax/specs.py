@@ -28,6 +28,7 @@ import optax
 from gmn_jax import classifier_sampling
 from gmn_jax import config as gmn_config
 from gmn_jax import models
+from gmn_jax import vae
 from gmn_jax.data.dataset import ZSLDataset
 from gmn_jax.errors import ConfigError, DataError
 
@@ -59,9 +60,21 @@ class TrainSpec:
     theta_sampling: "random_init" | "trajectory".
     num_theta_samples: M.
     trajectory_reset_every: R.
-    cls_classifier: "bilinear" | "softmax" (the frozen L_CLS classifier).
+    cls_classifier: "bilinear" | "softmax" (the frozen L_CLS classifier;
+      the method's own where it prescribes one, `Variant.cls_classifier`).
     cls_pretrain_epochs: epochs of the L_CLS classifier's pretraining.
     cls_pretrain_lr: its Adam learning rate.
+    regressor_pretrain_epochs: epochs of the L_REG regressor's pretraining.
+    regressor_pretrain_batch_size: its mini-batch size.
+    regressor_pretrain_lr: its Adam learning rate.
+    mmd_bandwidths: the Gaussian kernels' sigmas of the gmmn objective, in
+      feature units (`mmd.bandwidths` times the training features' RMS
+      distance to their mean).
+    mmd_num_classes: seen classes per iteration of the MMD (resolved: 0 in
+      the config means every seen class).
+    mmd_real_per_class: real examples per MMD class.
+    mmd_fake_per_class: generated examples per MMD class.
+    encoder_hidden: the cvae encoder's hidden widths.
     precision: "float32" | "bfloat16", the compute dtype of the generator's
       and critic's matrix products (`models.PRECISIONS`; parameters, losses
       and gradient matching stay float32).
@@ -93,6 +106,14 @@ class TrainSpec:
   cls_classifier: str
   cls_pretrain_epochs: int
   cls_pretrain_lr: float
+  regressor_pretrain_epochs: int = 40
+  regressor_pretrain_batch_size: int = 64
+  regressor_pretrain_lr: float = 1e-4
+  mmd_bandwidths: Tuple[float, ...] = ()
+  mmd_num_classes: int = 0
+  mmd_real_per_class: int = 0
+  mmd_fake_per_class: int = 0
+  encoder_hidden: Tuple[int, ...] = ()
   precision: str = "float32"
   gm_implementation: str = "gram"
 
@@ -108,6 +129,13 @@ class TrainSpec:
     """The critic module: conditional or not as the variant says."""
     return models.Critic(self.feature_dim, self.embedding_dim, self.critic_hidden,
                          self.variant.conditional_critic, models.PRECISIONS[self.precision])
+
+  @property
+  def encoder(self) -> vae.Encoder:
+    """The cvae objective's encoder q(z | x, a) (its latent is the generator's noise)."""
+    return vae.Encoder(self.feature_dim, self.embedding_dim, self.noise_dim,
+                       self.encoder_hidden, conditional=True,
+                       dtype=models.PRECISIONS[self.precision])
 
   @property
   def num_generated_classes(self) -> int:
@@ -148,6 +176,8 @@ class Hyperparameters(NamedTuple):
     gp_weight: λ of the gradient penalty.
     gm_weight: β, the L_GM weight.
     cls_weight: c, the L_CLS weight.
+    regression_weight: R, the L_REG weight.
+    kl_weight: the cvae objective's weight of the KL divergence.
     trajectory_lr: SGD learning rate of the θ trajectory.
     trajectory_momentum: its momentum.
     trajectory_weight_decay: its weight decay.
@@ -160,6 +190,8 @@ class Hyperparameters(NamedTuple):
   gp_weight: jax.Array
   gm_weight: jax.Array
   cls_weight: jax.Array
+  regression_weight: jax.Array
+  kl_weight: jax.Array
   trajectory_lr: jax.Array
   trajectory_momentum: jax.Array
   trajectory_weight_decay: jax.Array
@@ -178,7 +210,7 @@ class EvalSpec:
   """Stage 2's settings: the synthetic set and the final classifier.
 
   Attributes:
-    classifier: "bilinear" or "softmax".
+    classifier: one of `final_classifier.FINAL_CLASSIFIER_KINDS`.
     epochs: passes over the pooled training set.
     batch_size: mini-batch size; the last batch of an epoch is smaller.
     lr: initial learning rate.
@@ -188,6 +220,8 @@ class EvalSpec:
     n_synth_unseen: synthetic features per unseen class.
     n_synth_seen: seen classes are topped up to this many samples.
     num_classifier_seeds: final classifiers trained per generator.
+    margin: the hinge margin of the `devise` ranking loss (read by no other
+      classifier).
   """
 
   classifier: str
@@ -200,6 +234,7 @@ class EvalSpec:
   n_synth_unseen: int
   n_synth_seen: int
   num_classifier_seeds: int
+  margin: float = 1.0
 
   def program_key(self) -> "EvalSpec":
     """This spec with its traced fields (`EVAL_TRACED_FIELDS`) blanked.
@@ -234,13 +269,15 @@ class Schedule:
 HYPERPARAMETER_FIELDS = {
     "train.lr_generator": "lr_generator", "train.lr_critic": "lr_critic",
     "train.adam_b1": "adam_b1", "train.adam_b2": "adam_b2", "train.gp_weight": "gp_weight",
-    "gm.weight": "gm_weight", "cls.weight": "cls_weight", "gm.trajectory_lr": "trajectory_lr",
+    "gm.weight": "gm_weight", "cls.weight": "cls_weight",
+    "regressor.weight": "regression_weight", "cvae.kl_weight": "kl_weight",
+    "gm.trajectory_lr": "trajectory_lr",
     "gm.trajectory_momentum": "trajectory_momentum",
     "gm.trajectory_weight_decay": "trajectory_weight_decay",
 }
 # The `EvalSpec` fields that the final classifiers' program takes as traced
 # arguments (one value per pooled training set); the others decide shapes.
-EVAL_TRACED_FIELDS = ("lr", "lr_decay", "weight_decay", "momentum")
+EVAL_TRACED_FIELDS = ("lr", "lr_decay", "weight_decay", "momentum", "margin")
 
 
 def eval_specs_per_set(spec, num_sets: int) -> List[EvalSpec]:
@@ -298,7 +335,15 @@ def eval_spec(config: ml_collections.ConfigDict) -> EvalSpec:
     The `EvalSpec`.
   """
   fields = {f.name for f in dataclasses.fields(EvalSpec)}
-  return EvalSpec(**{name: config.eval[name] for name in fields})
+  spec = EvalSpec(**{name: config.eval[name] for name in fields})
+  if gmn_config.get_variant(config).uses_generator:
+    return spec
+  # real_only: a compatibility model, the only kind that can score the unseen
+  # classes it was never trained on, whatever the generator rows use.
+  baseline = config.eval.real_only
+  return dataclasses.replace(spec, classifier=baseline.classifier, **{
+      name: baseline[name] for name in ("lr", "lr_decay", "weight_decay")
+      if baseline[name] is not None})
 
 
 def schedule(config: ml_collections.ConfigDict) -> Schedule:
@@ -314,6 +359,20 @@ def schedule(config: ml_collections.ConfigDict) -> Schedule:
   return Schedule(num_iterations=train.num_iterations,
                   iterations_per_call=train.iterations_per_call,
                   checkpoint_every=train.checkpoint_every, log_every=train.log_every)
+
+
+def feature_scale(dataset: ZSLDataset) -> float:
+  """The training features' RMS distance to their mean (the unit of `mmd.bandwidths`).
+
+  Args:
+    dataset: the loaded dataset.
+
+  Returns:
+    sqrt(mean over examples of ||x - mean x||²), at least 1e-6.
+  """
+  features = np.asarray(dataset.train_features, np.float64)
+  centred = features - features.mean(axis=0)
+  return float(max(np.sqrt(np.mean(np.sum(centred ** 2, axis=1))), 1e-6))
 
 
 def train_spec(config: ml_collections.ConfigDict, dataset: ZSLDataset) -> TrainSpec:
@@ -342,6 +401,10 @@ def train_spec(config: ml_collections.ConfigDict, dataset: ZSLDataset) -> TrainS
   if variant.gradient_matching and gm_num_classes > num_seen:
     raise ConfigError(f"config.gm.num_classes: expected at most the {num_seen} seen classes, "
                       f"found {gm.num_classes}")
+  mmd_num_classes = config.mmd.num_classes or num_seen
+  if variant.objective == "mmd" and mmd_num_classes > num_seen:
+    raise ConfigError(f"config.mmd.num_classes: expected at most the {num_seen} seen classes, "
+                      f"found {config.mmd.num_classes}")
   transductive_seen_count = 0
   if variant.transductive:
     if dataset.test_unseen_features.shape[0] == 0:
@@ -373,9 +436,18 @@ def train_spec(config: ml_collections.ConfigDict, dataset: ZSLDataset) -> TrainS
       theta_sampling=gm.theta_sampling,
       num_theta_samples=gm.num_theta_samples,
       trajectory_reset_every=gm.trajectory_reset_every,
-      cls_classifier=cls.classifier,
+      cls_classifier=variant.cls_classifier or cls.classifier,
       cls_pretrain_epochs=cls.pretrain_epochs,
       cls_pretrain_lr=float(cls.pretrain_lr),
+      regressor_pretrain_epochs=config.regressor.pretrain_epochs,
+      regressor_pretrain_batch_size=config.regressor.pretrain_batch_size,
+      regressor_pretrain_lr=float(config.regressor.pretrain_lr),
+      mmd_bandwidths=tuple(float(b) * feature_scale(dataset) for b in config.mmd.bandwidths)
+      if variant.objective == "mmd" else (),
+      mmd_num_classes=mmd_num_classes,
+      mmd_real_per_class=config.mmd.real_per_class,
+      mmd_fake_per_class=config.mmd.fake_per_class,
+      encoder_hidden=tuple(config.cvae.encoder_hidden_dims),
       precision=config.precision,
       gm_implementation=gm.implementation,
   )

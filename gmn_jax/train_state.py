@@ -23,6 +23,8 @@ import optax
 
 from gmn_jax import losses
 from gmn_jax import models
+from gmn_jax import regressor
+from gmn_jax import vae
 from gmn_jax.data import samplers
 from gmn_jax.data.dataset import ZSLDataset
 from gmn_jax.specs import TrainSpec
@@ -113,12 +115,15 @@ class TrainState(NamedTuple):
   Attributes:
     iteration: int32 scalar, generator iterations done so far.
     generator: generator params.
-    critic: critic params.
+    critic: the critic's params; for the cvae objective the encoder's (the
+      network trained beside the generator); {} for the mmd objective.
     generator_opt: the generator's Adam state.
-    critic_opt: the critic's Adam state.
+    critic_opt: the critic's (or encoder's) Adam state.
     theta_sampler: the θ sampler's state (an empty dict for random_init).
     cls_classifier: the frozen, pretrained seen-class classifier of L_CLS (an
       empty dict when the variant has no L_CLS).
+    regressor: the frozen, pretrained feature-to-embedding regressor of
+      L_REG (`gmn_jax.regressor`; an empty dict when the variant has none).
   """
 
   iteration: jax.Array
@@ -128,31 +133,57 @@ class TrainState(NamedTuple):
   critic_opt: Any
   theta_sampler: Any
   cls_classifier: Any
+  regressor: Any
+
+
+def _fit_with_adam(params, loss_fn, rows, key, *, epochs: int, batch_size: int,
+                   learning_rate):
+  """Adam on `loss_fn(params, *batch_rows)` over shuffled mini-batches of `rows`.
+
+  The pretraining of the frozen networks (L_CLS classifier, L_REG regressor):
+  `epochs` passes, batches of min(batch_size, N) rows, the last incomplete
+  batch dropped.
+
+  Returns:
+    The trained parameters.
+  """
+  n = rows[0].shape[0]
+  optimizer = optax.adam(learning_rate)
+
+  def step(carry, indices):
+    p, opt_state = carry
+    grads = jax.grad(loss_fn)(p, *(r[indices] for r in rows))
+    updates, opt_state = optimizer.update(grads, opt_state, p)
+    return (optax.apply_updates(p, updates), opt_state), None
+
+  def epoch(carry, epoch_key):
+    batches = samplers.epoch_batches(epoch_key, n, min(batch_size, n), drop_remainder=True)
+    return lax.scan(step, carry, batches.indices)[0], None
+
+  keys = jax.random.split(key, epochs)
+  return lax.scan(epoch, (params, optimizer.init(params)), keys)[0][0]
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _pretrain(spec: TrainSpec, key, features, labels, seen_embeddings):
   init_fn, apply_fn = models.get_classifier(spec.cls_classifier)
-  n = features.shape[0]
-  batch_size = min(spec.batch_size, n)
   init_key, shuffle_key = jax.random.split(key)
   params = init_fn(init_key, feature_dim=spec.feature_dim, embedding_dim=spec.embedding_dim,
                    num_classes=spec.num_seen)
-  optimizer = optax.adam(spec.cls_pretrain_lr)
+  loss_fn = lambda p, x, y: losses.classifier_loss(apply_fn, p, x, y, seen_embeddings)
+  return _fit_with_adam(params, loss_fn, (features, labels), shuffle_key,
+                        epochs=spec.cls_pretrain_epochs, batch_size=spec.batch_size,
+                        learning_rate=spec.cls_pretrain_lr)
 
-  def step(carry, indices):
-    p, opt_state = carry
-    grads = jax.grad(losses.classifier_loss, argnums=1)(
-        apply_fn, p, features[indices], labels[indices], seen_embeddings)
-    updates, opt_state = optimizer.update(grads, opt_state, p)
-    return (optax.apply_updates(p, updates), opt_state), None
 
-  def epoch(carry, epoch_key):
-    batches = samplers.epoch_batches(epoch_key, n, batch_size, drop_remainder=True)
-    return lax.scan(step, carry, batches.indices)[0], None
-
-  keys = jax.random.split(shuffle_key, spec.cls_pretrain_epochs)
-  return lax.scan(epoch, (params, optimizer.init(params)), keys)[0][0]
+@functools.partial(jax.jit, static_argnums=0)
+def _pretrain_regressor(spec: TrainSpec, key, features, labels, seen_embeddings):
+  init_key, shuffle_key = jax.random.split(key)
+  params = regressor.init_regressor(init_key, spec.feature_dim, spec.embedding_dim)
+  return _fit_with_adam(params, regressor.regression_loss, (features, seen_embeddings[labels]),
+                        shuffle_key, epochs=spec.regressor_pretrain_epochs,
+                        batch_size=spec.regressor_pretrain_batch_size,
+                        learning_rate=spec.regressor_pretrain_lr)
 
 
 def pretrain_seen_classifier(key, spec: TrainSpec, data: TrainData):
@@ -179,7 +210,11 @@ def _init_networks(spec: TrainSpec, key):
   """Generator, critic, their Adam states and the θ-sampler state (one program)."""
   gen_key, critic_key, theta_key = jax.random.split(key, 3)
   generator = models.init_generator(spec.generator, gen_key)
-  critic = models.init_critic(spec.critic, critic_key)
+  critic = {}  # the mmd objective trains no second network
+  if spec.variant.has_critic:
+    critic = models.init_critic(spec.critic, critic_key)
+  elif spec.variant.objective == "cvae":
+    critic = vae.init_encoder(spec.encoder, critic_key)
   theta_state = spec.theta_sampler().init(theta_key) if spec.variant.gradient_matching else {}
   # Adam's state does not depend on its settings, which come later as
   # (traced) `Hyperparameters`.
@@ -200,10 +235,16 @@ def init_train_state(key, spec: TrainSpec, data: TrainData) -> TrainState:
     The initial `TrainState`.
   """
   network_key, cls_key = jax.random.split(key)
+  # Its own stream: adding L_REG leaves the other networks' draws unchanged.
+  regressor_key = jax.random.fold_in(key, 2)
   generator, critic, generator_opt, critic_opt, theta_state = _init_networks(spec, network_key)
   cls_classifier = {}
   if spec.variant.classification_loss:
     cls_classifier = pretrain_seen_classifier(cls_key, spec, data)
+  regressor_params = {}
+  if spec.variant.regression_loss:
+    regressor_params = _pretrain_regressor(spec, regressor_key, data.features, data.labels,
+                                           data.seen_embeddings)
   return TrainState(
       iteration=jnp.zeros((), jnp.int32),
       generator=generator,
@@ -212,4 +253,5 @@ def init_train_state(key, spec: TrainSpec, data: TrainData) -> TrainState:
       critic_opt=critic_opt,
       theta_sampler=theta_state,
       cls_classifier=cls_classifier,
+      regressor=regressor_params,
   )

@@ -8,13 +8,19 @@ resumed run repeats an uninterrupted one bit for bit):
    proportion S:U), fakes from the generator on the real batch's class
    embeddings, WGAN-GP loss, Adam.
 2. One generator step on
-   `-mean D(G(a_y)) + β·L_GM + c·L_CLS`, labels y uniform over the generated
-   classes (seen, or seen ∪ unseen when transductive); L_GM over
+   `-mean D(G(a_y)) + R·L_REG + β·L_GM + c·L_CLS`, labels y uniform over the
+   generated classes (seen, or seen ∪ unseen when transductive); L_GM over
    `gm_num_classes` distinct seen classes, each with a real batch of that
    class and `gm_fake_repeat`× as many fakes, summed over classes, θ from the
-   θ sampler, logits over all seen classes; L_CLS from the frozen seen-class
-   classifier on the adversarial fakes. Adam.
+   θ sampler, logits over all seen classes; L_CLS and L_REG from the frozen
+   seen-class classifier and regressor on the adversarial fakes. Adam.
 3. The θ sampler advances (the trajectory takes its SGD step).
+
+Methods without a critic (`Variant.objective`) skip step 1 and replace the
+adversarial term: "mmd" by the per-class maximum mean discrepancy between
+real and generated features (GMMN), "cvae" by a conditional VAE's loss on a
+real batch, whose encoder takes the critic's place in the state and is
+updated with the generator (SE-GZSL).
 
 Everything is a pure function of (state, data, hyper, key), where `hyper`
 holds the numeric settings as traced scalars (changing a learning rate or a
@@ -42,9 +48,12 @@ import optax
 
 from gmn_jax import gram_gradient_matching
 from gmn_jax import losses
+from gmn_jax import mmd
 from gmn_jax import models
 from gmn_jax import parallel
+from gmn_jax import regressor
 from gmn_jax import seed_axis
+from gmn_jax import vae
 from gmn_jax.data import samplers
 from gmn_jax.specs import Hyperparameters, TrainSpec
 from gmn_jax.train_state import TrainData, TrainState
@@ -167,8 +176,14 @@ class GeneratorBatch(NamedTuple):
     gm_noise_key: PRNG key of the GM fakes' noise: the fakes are
       `models.generate(spec.generator, params, repeat(seen_embeddings[
       gm_classes], f·r), gm_noise_key)` reshaped to (n, f·r, D) (see
-      `gm_fake_features`).
+      `per_class_fakes`).
     thetas: the sampled classifier parameters, leading axis M.
+    mmd_classes: (n,) distinct local seen classes of the MMD objective.
+    mmd_real_features: (n, r, D) their real features (the MMD's fakes are
+      drawn with `gm_noise_key`, which GM and MMD never both use).
+    vae_real_features: (B, D) the cvae objective's real batch (drawn as the
+      critic's, class-balanced or uniform); (0, D) otherwise.
+    vae_real_embeddings: (B, K) their class embeddings.
   """
 
   labels: jax.Array
@@ -177,6 +192,10 @@ class GeneratorBatch(NamedTuple):
   gm_real_features: jax.Array
   gm_noise_key: jax.Array
   thetas: Any
+  mmd_classes: Any = ()
+  mmd_real_features: Any = ()
+  vae_real_features: Any = ()
+  vae_real_embeddings: Any = ()
 
 
 def draw_generator_batch(spec: TrainSpec, data: TrainData, key, thetas) -> GeneratorBatch:
@@ -193,33 +212,42 @@ def draw_generator_batch(spec: TrainSpec, data: TrainData, key, thetas) -> Gener
   """
   label_key, noise_key, class_key, real_key, gm_noise_key = jax.random.split(key, 5)
   labels = jax.random.randint(label_key, (spec.batch_size,), 0, spec.num_generated_classes)
-  if spec.variant.gradient_matching:
-    classes = samplers.distinct_classes(class_key, jnp.arange(spec.num_seen),
-                                        spec.gm_num_classes)
-    indices = samplers.per_class_batch(real_key, data.class_index, classes,
-                                       spec.gm_real_per_class)
+
+  def per_class_real(num_classes, per_class):
+    classes = samplers.distinct_classes(class_key, jnp.arange(spec.num_seen), num_classes)
+    indices = samplers.per_class_batch(real_key, data.class_index, classes, per_class)
     # Split over devices along the examples of each class.
-    real = parallel.constrain_batch(data.features[indices], axis=1)
-  else:
-    classes = jnp.zeros((0,), jnp.int32)
-    real = jnp.zeros((0, 0, spec.feature_dim), jnp.float32)
-  return GeneratorBatch(labels, noise_key, classes, real, gm_noise_key, thetas)
+    return classes, parallel.constrain_batch(data.features[indices], axis=1)
+
+  none = (jnp.zeros((0,), jnp.int32), jnp.zeros((0, 0, spec.feature_dim), jnp.float32))
+  gm = none
+  if spec.variant.gradient_matching:
+    gm = per_class_real(spec.gm_num_classes, spec.gm_real_per_class)
+  mmd = none
+  if spec.variant.objective == "mmd":
+    mmd = per_class_real(spec.mmd_num_classes, spec.mmd_real_per_class)
+  vae_batch = (jnp.zeros((0, spec.feature_dim), jnp.float32),
+               jnp.zeros((0, spec.embedding_dim), jnp.float32))
+  if spec.variant.objective == "cvae":
+    vae_batch = critic_batch(spec, data, real_key)
+  return GeneratorBatch(labels, noise_key, *gm, gm_noise_key, thetas, *mmd, *vae_batch)
 
 
-def gm_fake_features(spec: TrainSpec, generator, data: TrainData, classes, key) -> jax.Array:
-  """The fake batches of gradient matching: f·r features per class.
+def per_class_fakes(spec: TrainSpec, generator, data: TrainData, classes, per_class: int,
+                    key) -> jax.Array:
+  """Generated batches of given seen classes (GM's and the MMD's fakes).
 
   Args:
     spec: the run's settings.
     generator: generator params.
     data: the training data.
     classes: (n,) local seen classes.
+    per_class: features per class.
     key: PRNG key of the noise.
 
   Returns:
-    (n, f·r, D) generated features, row j of class classes[j].
+    (n, per_class, D) generated features, row j of class classes[j].
   """
-  per_class = spec.gm_fake_repeat * spec.gm_real_per_class
   embeddings = parallel.constrain_batch(
       jnp.repeat(data.seen_embeddings[classes], per_class, axis=0))
   fake = models.generate(spec.generator, generator, embeddings, key)
@@ -282,7 +310,8 @@ def gradient_matching_loss(spec: TrainSpec, generator, data: TrainData,
   Returns:
     The scalar GM loss summed over classes (not yet multiplied by β).
   """
-  fake = gm_fake_features(spec, generator, data, batch.gm_classes, batch.gm_noise_key)
+  fake = per_class_fakes(spec, generator, data, batch.gm_classes,
+                         spec.gm_fake_repeat * spec.gm_real_per_class, batch.gm_noise_key)
   n, real_count = batch.gm_real_features.shape[:2]
   real_labels = jnp.broadcast_to(batch.gm_classes[:, None], (n, real_count))
   fake_labels = jnp.broadcast_to(batch.gm_classes[:, None], (n, fake.shape[1]))
@@ -297,35 +326,61 @@ def gradient_matching_loss(spec: TrainSpec, generator, data: TrainData,
       granularity=spec.gm_granularity)
 
 
-def generator_loss(generator, spec: TrainSpec, hyper: Hyperparameters, critic, cls_classifier,
-                   data: TrainData, batch: GeneratorBatch) -> Tuple[jax.Array, Metrics]:
-  """The generator's objective -mean D(G(a_y)) + β·L_GM + c·L_CLS.
+def generator_loss(generator, spec: TrainSpec, hyper: Hyperparameters, critic,
+                   frozen: TrainState, data: TrainData,
+                   batch: GeneratorBatch) -> Tuple[jax.Array, Metrics]:
+  """The generator's objective L_obj + R·L_REG + β·L_GM + c·L_CLS.
+
+  L_obj is the variant's objective: -mean D(G(a_y)) (wgan), the per-class
+  MMD of `gmn_jax.mmd` (mmd), or the conditional VAE's reconstruction error
+  + w_kl·KL on a real batch (cvae, `gmn_jax.vae`, the generator as its
+  decoder); the other terms are there where the variant has them (L_REG
+  on the fakes G(z, a_y) drawn from the prior: SE-GZSL's feedback).
 
   Args:
     generator: generator params (differentiated).
     spec: the run's settings.
-    hyper: the numeric settings (β and c).
-    critic: critic params (fixed).
-    cls_classifier: the frozen L_CLS classifier ({} without L_CLS).
+    hyper: the numeric settings (R, β and c).
+    critic: critic params (fixed; {} without a critic); for the cvae
+      objective the encoder's (differentiated too).
+    frozen: the state whose frozen networks the terms read (`cls_classifier`,
+      `regressor`; {} where the variant has none).
     data: the training data.
     batch: this step's draws.
 
   Returns:
-    (loss, metrics) with "adversarial_loss" and, where the variant has them,
-    "gm_loss" (unweighted) and "cls_loss" (unweighted).
+    (loss, metrics) with, where the variant has them, "adversarial_loss",
+    "mmd_loss", "reconstruction_loss" and "kl_loss", and the unweighted
+    "regression_loss", "gm_loss" and "cls_loss".
   """
   embeddings = parallel.constrain_batch(generated_class_embeddings(spec, data)[batch.labels])
   fake = models.generate(spec.generator, generator, embeddings, batch.noise_key)
-  condition = embeddings if spec.variant.conditional_critic else None
-  adversarial = losses.generator_adversarial_loss(critic_fn(spec), critic, fake, condition)
-  loss, metrics = adversarial, {"adversarial_loss": adversarial}
+  loss, metrics = jnp.float32(0.0), {}
+  if spec.variant.objective == "wgan":
+    condition = embeddings if spec.variant.conditional_critic else None
+    adversarial = losses.generator_adversarial_loss(critic_fn(spec), critic, fake, condition)
+    loss, metrics["adversarial_loss"] = adversarial, adversarial
+  elif spec.variant.objective == "mmd":
+    mmd_fake = per_class_fakes(spec, generator, data, batch.mmd_classes,
+                               spec.mmd_fake_per_class, batch.gm_noise_key)
+    discrepancy = mmd.per_class_mmd(batch.mmd_real_features, mmd_fake, spec.mmd_bandwidths)
+    loss, metrics["mmd_loss"] = discrepancy, discrepancy
+  elif spec.variant.objective == "cvae":
+    # `critic` holds the encoder here; both are differentiated.
+    loss, vae_metrics = vae.cvae_loss(spec.encoder, critic, spec.generator, generator,
+                                      batch.vae_real_features, batch.vae_real_embeddings,
+                                      batch.gm_noise_key, kl_weight=hyper.kl_weight)
+    metrics.update({name: vae_metrics[name] for name in ("reconstruction_loss", "kl_loss")})
+  if spec.variant.regression_loss:
+    regression = regressor.regression_loss(frozen.regressor, fake, embeddings)
+    loss, metrics["regression_loss"] = loss + hyper.regression_weight * regression, regression
   if spec.variant.gradient_matching:
     gm = gradient_matching_loss(spec, generator, data, batch)
     loss, metrics["gm_loss"] = loss + hyper.gm_weight * gm, gm
   if spec.variant.classification_loss:
     _, apply_fn = models.get_classifier(spec.cls_classifier)
     # Labels are seen classes here: L_CLS variants are never transductive.
-    cls = losses.frozen_classifier_loss(apply_fn, cls_classifier, fake, batch.labels,
+    cls = losses.frozen_classifier_loss(apply_fn, frozen.cls_classifier, fake, batch.labels,
                                         data.seen_embeddings)
     loss, metrics["cls_loss"] = loss + hyper.cls_weight * cls, cls
   return loss, metrics
@@ -362,19 +417,29 @@ def train_iteration(spec: TrainSpec, state: TrainState, data: TrainData, hyper: 
                                               data, step_key)
     return (critic, critic_opt), metrics
 
-  (critic, critic_opt), critic_metrics = lax.scan(
-      one_critic_step, (state.critic, state.critic_opt),
-      jax.random.split(critic_key, spec.n_critic))
-  metrics = {name: jnp.mean(values) for name, values in critic_metrics.items()}
+  critic, critic_opt, metrics = state.critic, state.critic_opt, {}
+  if spec.variant.has_critic:
+    (critic, critic_opt), critic_metrics = lax.scan(
+        one_critic_step, (state.critic, state.critic_opt),
+        jax.random.split(critic_key, spec.n_critic))
+    metrics = {name: jnp.mean(values) for name, values in critic_metrics.items()}
 
   theta_state, thetas = state.theta_sampler, {}
   if spec.variant.gradient_matching:
     sampler = spec.theta_sampler(hyper)
     thetas, theta_state = sampler.sample(theta_state, theta_key, iteration)
   batch = draw_generator_batch(spec, data, generator_key, thetas)
-  (loss, generator_metrics), grads = jax.value_and_grad(generator_loss, has_aux=True)(
-      state.generator, spec, hyper, critic, state.cls_classifier, data, batch)
   optimizer = hyper.generator_optimizer()
+  if spec.variant.objective == "cvae":
+    # The encoder (in the critic's place) trains with the decoder, one loss.
+    (loss, generator_metrics), (grads, encoder_grads) = jax.value_and_grad(
+        generator_loss, argnums=(0, 3), has_aux=True)(
+            state.generator, spec, hyper, critic, state, data, batch)
+    updates, critic_opt = optimizer.update(encoder_grads, critic_opt, critic)
+    critic = optax.apply_updates(critic, updates)
+  else:
+    (loss, generator_metrics), grads = jax.value_and_grad(generator_loss, has_aux=True)(
+        state.generator, spec, hyper, critic, state, data, batch)
   updates, generator_opt = optimizer.update(grads, state.generator_opt, state.generator)
   generator = optax.apply_updates(state.generator, updates)
   metrics.update(generator_metrics)

@@ -20,25 +20,32 @@ from test_final_classifier import (CURVE_NAMES, EMBEDDING_DIM, EVAL_CHUNK, FEATU
                                    oracle_sampler)
 
 
-def test_evaluate_generators_pools_synthetic_features():
+def test_evaluate_generators_pools_synthetic_features_per_classifier_seed():
   dataset, truth = make_dataset()
-  spec = dataclasses.replace(SPEC, classifier="softmax", num_classifier_seeds=1)
+  spec = dataclasses.replace(SPEC, classifier="softmax", num_classifier_seeds=2)
   key = jax.random.PRNGKey(0)
   (got,) = evaluate.evaluate_generators(oracle_sampler, [truth], dataset, spec, [key],
                                         eval_chunk_size=EVAL_CHUNK)
-  # The same, step by step: the oracle's unseen features pooled with the
-  # real seen ones, every class over all class columns.
+  # The same, step by step: classifier seed s trains on the real seen
+  # features pooled with its own draw of the oracle's unseen features, every
+  # class over all class columns, from the documented keys.
   synth_key, train_key = jax.random.split(key)
-  fake, fake_labels = synthesis.synthesize(
-      oracle_sampler, truth, synth_key, UNSEEN, dataset.class_embeddings, spec.n_synth_unseen)
-  want = final_classifier.train_final_classifier(
-      train_key, np.concatenate([dataset.train_features, fake]),
-      np.concatenate([dataset.train_labels, fake_labels]), dataset.class_embeddings,
-      dataset, spec, eval_chunk_size=EVAL_CHUNK)
+  pool_keys, classifier_keys = jax.random.split(synth_key, 2), jax.random.split(train_key, 2)
+  pools = [synthesis.synthesize(oracle_sampler, truth, pool_keys[s], UNSEEN,
+                                dataset.class_embeddings, spec.n_synth_unseen) for s in range(2)]
+  assert not np.allclose(pools[0][0], pools[1][0])  # two draws, not one shared pool
   assert set(got.curves) == CURVE_NAMES
-  for name in CURVE_NAMES:
-    np.testing.assert_array_equal(got.curves[name], want.curves[name])
-  assert got.split == "test"
+  for s, (fake, fake_labels) in enumerate(pools):
+    (want,) = final_classifier.train_final_classifiers(
+        classifier_keys[s:s + 1][None], np.concatenate([dataset.train_features, fake])[None],
+        np.concatenate([dataset.train_labels, fake_labels]), dataset.class_embeddings,
+        dataset, dataclasses.replace(spec, num_classifier_seeds=1), eval_chunk_size=EVAL_CHUNK)
+    for name in CURVE_NAMES:
+      np.testing.assert_allclose(got.curves[name][s], want.curves[name][0], rtol=1e-5,
+                                 atol=1e-5, err_msg=f"{name}, classifier seed {s}")
+    for name in want.last:
+      np.testing.assert_allclose(got.last[name][s], want.last[name][0], rtol=1e-5, atol=1e-5)
+  assert got.split == "test" and len(got.seen_unseen_curves) == 2
   # Without synthetic features a softmax never predicts an unseen class.
   (real_only,) = evaluate.evaluate_generators(oracle_sampler, None, dataset, spec, [key],
                                               eval_chunk_size=EVAL_CHUNK)

@@ -105,7 +105,7 @@ def test_group_equals_each_generator_evaluated_alone(name):
   assert np.abs(swapped_key.params["kernel"] - group[0].params["kernel"]).max() > 1e-3
 
 
-def test_group_synthesises_with_each_generators_own_key(monkeypatch):
+def test_group_synthesises_with_each_generators_own_keys(monkeypatch):
   dataset, _ = make_dataset()
   spec = dataclasses.replace(SPEC, n_synth_seen=9)
   pooled = []
@@ -117,22 +117,29 @@ def test_group_synthesises_with_each_generators_own_key(monkeypatch):
     return [None] * features.shape[0]
 
   monkeypatch.setattr(final_classifier, "train_final_classifiers", spy)
+  monkeypatch.setattr(evaluate, "_concatenate_seeds", lambda parts: tuple(parts))
   generators, keys = _generators(2), _keys(2)
+  seeds = spec.num_classifier_seeds
   assert evaluate.evaluate_generators(linear_sampler, generators, dataset, spec,
-                                      keys) == [None, None]
+                                      keys) == [(None,) * seeds] * 2
   (seed_keys, features, labels), = pooled
   ids, counts = synthesis.synthetic_plan(dataset, spec)
   assert counts.sum() == 4 * 2 + 2 * spec.n_synth_unseen  # the top-up is synthesised
+  # One training set per (generator, classifier seed), generator-major.
+  assert features.shape[0] == 2 * seeds and seed_keys.shape[:2] == (2 * seeds, 1)
   for g, (params, key) in enumerate(zip(generators, keys)):
     synth_key, train_key = jax.random.split(key)
-    fake, fake_labels = synthesis.synthesize(linear_sampler, params, synth_key, ids,
-                                             dataset.class_embeddings, counts)
-    np.testing.assert_array_equal(features[g], np.concatenate([dataset.train_features, fake]))
-    np.testing.assert_array_equal(labels, np.concatenate([dataset.train_labels, fake_labels]))
-    np.testing.assert_array_equal(
-        seed_keys[g],
-        jax.random.key_data(jax.random.split(train_key, spec.num_classifier_seeds)))
+    classifier_keys = jax.random.key_data(jax.random.split(train_key, seeds))
+    for s, pool_key in enumerate(jax.random.split(synth_key, seeds)):
+      fake, fake_labels = synthesis.synthesize(linear_sampler, params, pool_key, ids,
+                                               dataset.class_embeddings, counts)
+      row = g * seeds + s
+      np.testing.assert_array_equal(features[row],
+                                    np.concatenate([dataset.train_features, fake]))
+      np.testing.assert_array_equal(labels, np.concatenate([dataset.train_labels, fake_labels]))
+      np.testing.assert_array_equal(seed_keys[row, 0], classifier_keys[s])
   assert not np.array_equal(features[0], features[1])
+  assert not np.array_equal(features[0], features[seeds])
 
 
 @pytest.mark.parametrize("num, size, bound, expected", [
@@ -156,9 +163,11 @@ def test_a_group_over_the_memory_bound_is_split_with_the_same_results(monkeypatc
     return real_train(seed_keys, features, *args, **kwargs)
 
   monkeypatch.setattr(final_classifier, "train_final_classifiers", spy)
-  pooled_bytes = (dataset.train_labels.size + 2 * spec.n_synth_unseen) * FEATURE_DIM * 4
+  # One generator's pooled sets, one per classifier seed, fit; two do not.
+  seeds = spec.num_classifier_seeds
+  pooled_bytes = seeds * (dataset.train_labels.size + 2 * spec.n_synth_unseen) * FEATURE_DIM * 4
   split = _evaluate(_generators(), dataset, spec, _keys(), max_pooled_bytes=pooled_bytes + 1)
-  assert sizes == [1, 1, 1]
+  assert sizes == [seeds] * 3
   monkeypatch.undo()
   for got, want in zip(split, _alone(dataset, spec)):
     _assert_results_close(got, want)

@@ -203,7 +203,7 @@ def time_components(spec: specs.TrainSpec, dataset: ZSLDataset, hyper, *,
       "critic_step": (functools.partial(train_step.critic_step, spec),
                       (hyper, state.critic, state.critic_opt, state.generator, data, key)),
       "generator_step": (jax.value_and_grad(train_step.generator_loss, has_aux=True),
-                         (state.generator, spec, hyper, state.critic, state.cls_classifier,
+                         (state.generator, spec, hyper, state.critic, state,
                           data, batch)),
   }
   if spec.variant.gradient_matching:
