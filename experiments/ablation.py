@@ -1,16 +1,25 @@
-r"""Runs the six rows of the paper's ablation table on one configuration.
+r"""Runs a results table of the paper on one configuration: Table 1 or Table 2.
 
   python -m experiments.ablation --config=experiments/configs/digits.py \
       --workdir=/tmp/gmn_ablation [--config.train.num_iterations=...] \
-      [--methods=real_only,cwgan_gm] [--overwrite]
+      [--table=ablation|comparison] [--methods=real_only,cwgan_gm] [--overwrite]
 
-Each method trains and evaluates all of config.seeds in W/<method> (a rerun
-resumes every row, see gmn_jax.train), with the method's own critic (any
-config.critic.conditional override is reset). Writes W/ablation.md: one row
-per variant, mean ± std over seeds of ZSL T1, GZSL u, s, H and AUSUC, and
-the command line (shell-quoted, ready to paste), and prints it; and
-W/plots/ablation.png, the same as grouped bars with std error bars
-(`python -m experiments.plot --workdir=W` adds every row's figures).
+--table=ablation (the default) runs the six rows of the paper's ablation
+table (Table 1); --table=comparison the rows of its comparison with other
+systems (Table 2) that this project implements (`gmn_jax.comparison`).
+--methods selects rows by name (default: all of the table's). Each row
+trains and evaluates all of config.seeds in W/<row> (a rerun resumes every
+row, see gmn_jax.train), with its method's own critic (any
+config.critic.conditional override is reset) and its config overrides (the
+comparison's "fclswgan_ale" is method fclswgan with eval.classifier=ale);
+every row's config is checked before the first trains. Writes W/<table>.md
+and prints it: the ablation's has one row per variant, mean ± std over
+seeds of ZSL T1, GZSL u, s, H and AUSUC; the comparison's has ZSL T1, GZSL
+u, s, H beside the numbers reported for the dataset (CUB, SUN, AWA1), with
+their sources; both end with the command line (shell-quoted, ready to
+paste). Also writes W/plots/<table>.png, the same as grouped bars with std
+error bars (the reported values marked), and `python -m experiments.plot
+--workdir=W` adds every row's figures.
 Bad input prints one line to stderr and exits with status 2; SIGTERM / SIGINT
 stop at the next checkpoint with status 143 / 130 (rerun to resume).
 """
@@ -18,13 +27,14 @@ stop at the next checkpoint with status 143 / 130 (rerun to resume).
 import os
 import shlex
 import sys
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 
 from experiments import cli
+from gmn_jax import comparison
 from gmn_jax import config as gmn_config
 from gmn_jax import plotting
 from gmn_jax import train
@@ -32,6 +42,7 @@ from gmn_jax.errors import ConfigError
 
 _CONFIG = None
 _WORKDIR = None
+_TABLE = None
 _METHODS = None
 _OVERWRITE = None
 
@@ -43,16 +54,25 @@ def define_flags() -> None:
   the tests do, several binaries into one process) defines no absl flags
   and two binaries' flags of the same name never collide.
   """
-  global _CONFIG, _WORKDIR, _METHODS, _OVERWRITE
+  global _CONFIG, _WORKDIR, _TABLE, _METHODS, _OVERWRITE
   _CONFIG = config_flags.DEFINE_config_file(
       "config", None, "A config file, e.g. experiments/configs/digits.py; override fields with "
       "--config.<field>=<value> (config.method is set per row).", lock_config=False)
-  _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the rows' runs and ablation.md.")
-  _METHODS = flags.DEFINE_list("methods", list(gmn_config.ABLATION_METHODS),
-                               "The methods (rows) to run, in order.")
+  _WORKDIR = flags.DEFINE_string("workdir", None,
+                                 "Directory of the rows' runs and of the table's .md file.")
+  # A string checked in main, not an enum: a bad value then reads like every
+  # other bad input ("--table: expected ..., found ...").
+  _TABLE = flags.DEFINE_string("table", "ablation", "The table to run: " + " or ".join(TABLES)
+                               + " (the paper's Table 1 or Table 2).")
+  _METHODS = flags.DEFINE_list(
+      "methods", None, "The rows to run, in order (default: all of the table's). Ablation: "
+      f"methods, {','.join(gmn_config.ABLATION_METHODS)}; comparison: rows, "
+      f"{','.join(row.name for row in comparison.COMPARISON_ROWS)}.")
   _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Start every row afresh.")
 
 ABLATION_FILE = "ablation.md"
+COMPARISON_FILE = comparison.COMPARISON_FILE
+TABLES = ("ablation", "comparison")
 
 
 def format_ablation_table(rows: Sequence[Dict[str, Any]], *, title: str = "",
@@ -107,6 +127,61 @@ fail = cli.fail
 parse_flags = cli.parse_flags
 
 
+def check_table(table: str) -> str:
+  """The --table value, checked.
+
+  Args:
+    table: "ablation" or "comparison".
+
+  Returns:
+    The same value.
+
+  Raises:
+    ConfigError: for any other value.
+  """
+  if table not in TABLES:
+    raise ConfigError(f"--table: expected one of {', '.join(TABLES)}, found {table!r}")
+  return table
+
+
+def run_rows(config, workdir: str, rows: Sequence[comparison.Row], *,
+             overwrite: bool = False, dataset=None) -> List[Dict[str, Any]]:
+  """Trains and evaluates each row on `config` in workdir/<row name>.
+
+  Every row's config (`comparison.row_config`) is built and validated
+  first, so that a bad row fails in one line before hours of the rows
+  ahead of it have run.
+
+  Args:
+    config: the base configuration (its method is replaced per row).
+    workdir: the table's directory.
+    rows: the rows, in table order.
+    overwrite: start every row afresh.
+    dataset: an in-memory `ZSLDataset` to use instead of config.data_dir.
+
+  Returns:
+    The results.json dicts, in `rows` order.
+
+  Raises:
+    ConfigError: a row's config is invalid (before anything runs).
+  """
+  configs = []
+  for row in rows:
+    row_config = comparison.row_config(config, row)
+    try:
+      gmn_config.validate(row_config, check_data_dir=dataset is None)
+    except ConfigError as error:
+      if not row.overrides:
+        raise
+      # Name the row: the same field may be fine in the base config.
+      overrides = ", ".join(f"{k}={v!r}" for k, v in row.overrides.items())
+      raise ConfigError(f"{error} (row {row.name}, which sets {overrides})") from error
+    configs.append(row_config)
+  return [train.train_and_evaluate(row_config, os.path.join(workdir, row.name),
+                                   overwrite=overwrite, dataset=dataset)
+          for row, row_config in zip(rows, configs)]
+
+
 def run_ablation(config, workdir: str, methods: Sequence[str], *, overwrite: bool = False,
                  dataset=None) -> list:
   """Trains and evaluates each method on `config` in workdir/<method>.
@@ -128,33 +203,68 @@ def run_ablation(config, workdir: str, methods: Sequence[str], *, overwrite: boo
   if unknown or not methods:
     raise ConfigError(f"--methods: expected names among {sorted(gmn_config.VARIANTS)}, "
                       f"found {list(methods)}")
-  results = []
-  for method in methods:
-    row_config = config.copy_and_resolve_references()
-    row_config.method = method
-    row_config.critic.conditional = None  # The row decides the critic type.
-    results.append(train.train_and_evaluate(row_config, os.path.join(workdir, method),
-                                            overwrite=overwrite, dataset=dataset))
-  return results
+  return run_rows(config, workdir, [comparison.ablation_row(m) for m in methods],
+                  overwrite=overwrite, dataset=dataset)
+
+
+def run_comparison(config, workdir: str, names: Optional[Sequence[str]], *,
+                   overwrite: bool = False, dataset=None
+                   ) -> Tuple[List[comparison.Row], List[Dict[str, Any]]]:
+  """Trains and evaluates the comparison's (Table 2's) rows in workdir/<row name>.
+
+  Args:
+    config: the base configuration (method and overrides are set per row).
+    workdir: the comparison's directory.
+    names: row names of `comparison.COMPARISON_ROWS`, in order; None for all.
+    overwrite: start every row afresh.
+    dataset: an in-memory `ZSLDataset` to use instead of config.data_dir.
+
+  Returns:
+    (the rows, their results.json dicts), in the order of `names`.
+
+  Raises:
+    ConfigError: for an unknown row or a row whose config is invalid (both
+      before anything runs).
+  """
+  rows = comparison.select_rows(names)
+  return rows, run_rows(config, workdir, rows, overwrite=overwrite, dataset=dataset)
 
 
 def main(argv: Sequence[str]) -> None:
   cli.reject_arguments(argv)
   cli.quiet_checkpoint_logs()
+  table = cli.run_guarded(lambda: check_table(_TABLE.value))
   config = cli.run_guarded(lambda: cli.load_config(_CONFIG))
-  results = cli.run_guarded(lambda: run_ablation(
-      config, cli.require_workdir(_WORKDIR.value, "the runs"), _METHODS.value,
-      overwrite=_OVERWRITE.value))
+  workdir = cli.run_guarded(lambda: cli.require_workdir(_WORKDIR.value, "the runs"))
   command = command_line(sys.argv)
-  table = format_ablation_table(
-      results, title=f"Ablation on {config.dataset}", command=command)
-  path = os.path.join(_WORKDIR.value, ABLATION_FILE)
+  if table == "comparison":
+    rows, results = cli.run_guarded(lambda: run_comparison(
+        config, workdir, _METHODS.value, overwrite=_OVERWRITE.value))
+    text = comparison.format_comparison_table(
+        rows, results, config.dataset, title=f"Comparison on {config.dataset} (the paper's "
+        "Table 2)", command=command)
+    chart_title = (f"Comparison on {config.dataset}: mean ± std over generator seeds"
+                   + (", reported values marked" if comparison.paper_numbers(config.dataset)
+                      else ""))
+    chart_options = {"metric_names": comparison.METRICS, "labels": [r.label for r in rows],
+                     "reported": comparison.reported(config.dataset, rows)}
+    path = os.path.join(workdir, COMPARISON_FILE)
+  else:
+    methods = (list(gmn_config.ABLATION_METHODS) if _METHODS.value is None
+               else _METHODS.value)
+    results = cli.run_guarded(lambda: run_ablation(
+        config, workdir, methods, overwrite=_OVERWRITE.value))
+    text = format_ablation_table(results, title=f"Ablation on {config.dataset}",
+                                 command=command)
+    chart_title = f"Ablation on {config.dataset}: mean ± std over generator seeds"
+    chart_options = {}
+    path = os.path.join(workdir, ABLATION_FILE)
   with open(path, "w", encoding="utf-8") as f:
-    f.write(table)
+    f.write(text)
   chart = plotting.plot_ablation_bars(
-      results, os.path.join(_WORKDIR.value, plotting.PLOTS_DIR, "ablation.png"),
-      title=f"Ablation on {config.dataset}: mean ± std over generator seeds")
-  print(table)
+      results, os.path.join(workdir, plotting.PLOTS_DIR, f"{table}.png"), title=chart_title,
+      **chart_options)
+  print(text)
   print(f"written: {path}")
   print(f"written: {chart}")
 

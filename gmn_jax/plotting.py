@@ -385,17 +385,26 @@ def plot_feature_projections(samples: Mapping[str, np.ndarray], path: str, *,
 
 def plot_ablation_bars(rows: Sequence[Mapping[str, Any]], path: str, *,
                        metric_names: Optional[Sequence[str]] = None,
-                       title: str = "", return_figure: bool = False) -> str | Tuple[str, Figure]:
-  """The ablation table as grouped bars: mean ± std per variant and metric.
+                       title: str = "", labels: Optional[Sequence[str]] = None,
+                       reported: Optional[Sequence[Optional[Mapping[str, Any]]]] = None,
+                       return_figure: bool = False) -> str | Tuple[str, Figure]:
+  """A results table as grouped bars: mean ± std per row and metric.
+
+  Draws the ablation (Table 1) and, with `labels` and `reported`, the
+  comparison with other systems (Table 2).
 
   Args:
-    rows: results.json dicts (one per variant) with "method", optionally
+    rows: results.json dicts (one per row) with "method", optionally
       "paper_row" (drawn through `mathtext_label`: "cWGAN^S" with a
       superscript S), and "metrics": {name: {"mean", "std", ...}}.
     path: the PNG file.
     metric_names: the metrics (groups) to draw; default ZSL T1, GZSL u, s,
       H, and AUSUC when every row has it.
     title: an optional title.
+    labels: the legend's row names (default each row's paper_row, else its
+      method), also drawn through `mathtext_label`.
+    reported: per row, {metric: a value some paper reports, or None}, or
+      None; each known value is a black line across its bar.
     return_figure: also return the matplotlib Figure.
 
   Returns:
@@ -422,17 +431,26 @@ def plot_ablation_bars(rows: Sequence[Mapping[str, Any]], path: str, *,
                            4.6 + 0.22 * -(-len(rows) // columns)),
                   layout="constrained")
   axes = figure.add_subplot(1, 1, 1)
+  marks = None  # the reported values' lines: one legend entry, after the rows
   for k, row in enumerate(rows):
     means = [row["metrics"][m]["mean"] for m in metric_names]
     stds = [row["metrics"][m].get("std", 0.0) for m in metric_names]
-    label = mathtext_label(row.get("paper_row") or row["method"])
-    axes.bar(positions + (k - (len(rows) - 1) / 2) * width, means, width, yerr=stds,
-             capsize=2, label=label, color=f"C{k % 10}")
+    label = mathtext_label(labels[k] if labels else row.get("paper_row") or row["method"])
+    centres = positions + (k - (len(rows) - 1) / 2) * width
+    axes.bar(centres, means, width, yerr=stds, capsize=2, label=label, color=f"C{k % 10}")
+    values = (reported[k] or {}) if reported else {}
+    known = [(x, values[m]) for x, m in zip(centres, metric_names) if values.get(m) is not None]
+    if known:
+      xs, ys = np.asarray(known, np.float64).T
+      marks = axes.hlines(ys, xs - width / 2, xs + width / 2, colors="black", linewidth=2,
+                          zorder=3)
   axes.set_xticks(positions, [METRIC_LABELS.get(m, m) for m in metric_names])
   axes.set_ylabel("accuracy / area (%)")
   axes.set_ylim(0, 100)
   axes.grid(axis="y", alpha=0.3)
-  handles, labels = axes.get_legend_handles_labels()
-  legend_below(figure, handles, labels, columns=columns)
+  handles, texts = axes.get_legend_handles_labels()
+  if marks is not None:
+    handles, texts = handles + [marks], texts + ["reported"]
+  legend_below(figure, handles, texts, columns=columns)
   axes.set_title(title or "Ablation: mean ± std over generator seeds")
   return save_figure(figure, path, return_figure)

@@ -4,10 +4,12 @@ import os
 import shlex
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
 from experiments import ablation
+from gmn_jax import comparison
 from gmn_jax import config as gmn_config
 from gmn_jax.errors import ConfigError
 from test_train_support import tiny_config, tiny_dataset
@@ -98,3 +100,75 @@ def test_binary_exits_2_on_a_bad_method(tmp_path):
   assert result.returncode == 2
   assert result.stderr.strip().splitlines()[-1].startswith("error: --methods")
   assert "Traceback" not in result.stderr
+
+
+def test_table_text_is_unchanged():
+  # The whole of ablation.md for two rows, as the binary wrote it before
+  # --table=comparison existed (the comparison has its own table).
+  rows = [{"method": "real_only", "paper_row": "real only", "seeds": [1, 2],
+           "metrics": {n: {"mean": 10.0 + i, "std": 0.25 * i}
+                       for i, n in enumerate(("zsl_t1", "gzsl_u", "gzsl_s", "gzsl_h"))}},
+          {"method": "cwgan_gm", "paper_row": "cWGAN^S + GM (GMN)", "seeds": [1, 2, 3],
+           "metrics": {n: {"mean": 50.0 + i, "std": 1.0 / 3}
+                       for i, n in enumerate(("zsl_t1", "gzsl_u", "gzsl_s", "gzsl_h"))}}]
+  assert ablation.format_ablation_table(rows, title="Ablation on tiny",
+                                        command="python -m experiments.ablation --x=1") == (
+      "## Ablation on tiny\n\n"
+      "| method | row | seeds | ZSL T1 | GZSL u | GZSL s | GZSL H |\n"
+      "|---|---|---|---|---|---|---|\n"
+      "| real_only | real only | 2 | 10.00 ± 0.00 | 11.00 ± 0.25 | 12.00 ± 0.50 | "
+      "13.00 ± 0.75 |\n"
+      "| cwgan_gm | cWGAN^S + GM (GMN) | 3 | 50.00 ± 0.33 | 51.00 ± 0.33 | 52.00 ± 0.33 | "
+      "53.00 ± 0.33 |\n\n"
+      "Accuracies in %, per-class mean top-1 at the last epoch of the final classifier; "
+      "mean ± std (ddof 0) over generator seeds.\n\n"
+      "```\npython -m experiments.ablation --x=1\n```\n")
+
+
+def test_the_ablations_rows_are_its_methods_with_no_overrides(monkeypatch, tmp_path):
+  for method in gmn_config.ABLATION_METHODS:
+    row = comparison.ablation_row(method)
+    assert (row.name, row.method, dict(row.overrides), row.label) == (
+        method, method, {}, gmn_config.VARIANTS[method].paper_row)
+  # Both tables train through the one loop over rows.
+  seen = []
+  monkeypatch.setattr(ablation, "run_rows",
+                      lambda config, workdir, rows, **kwargs: seen.append(list(rows)) or [])
+  ablation.run_ablation(tiny_config(), str(tmp_path), ["real_only", "cwgan"])
+  ablation.run_comparison(tiny_config(), str(tmp_path), ["fclswgan_ale"])
+  assert [[r.name for r in rows] for rows in seen] == [["real_only", "cwgan"], ["fclswgan_ale"]]
+  assert dict(seen[1][0].overrides) == {"eval.classifier": "ale"}
+
+
+_DRIVER = textwrap.dedent("""
+    import os
+    from absl import app
+    from experiments import ablation
+
+    def fake_rows(config, workdir, methods, **kwargs):
+      os.makedirs(workdir, exist_ok=True)
+      return [{"method": m, "paper_row": m, "seeds": [1],
+               "metrics": {n: {"mean": 30.0 + k, "std": 0.0, "per_seed": [30.0 + k]}
+                           for n in ("zsl_t1", "gzsl_u", "gzsl_s", "gzsl_h")}}
+              for k, m in enumerate(methods)]
+
+    ablation.run_ablation = fake_rows  # the rows' training is tested above
+    ablation.define_flags()
+    app.run(ablation.main, flags_parser=ablation.parse_flags)
+    """)
+
+
+def test_binary_without_table_or_methods_runs_the_six_ablation_rows(tmp_path):
+  driver = tmp_path / "driver.py"
+  driver.write_text(_DRIVER)
+  workdir = tmp_path / "w"
+  result = subprocess.run(
+      [sys.executable, str(driver), "--config=experiments/configs/digits.py",
+       f"--workdir={workdir}"], cwd=REPO, capture_output=True, text=True, timeout=120,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert result.returncode == 0, result.stderr[-3000:]
+  table = (workdir / ablation.ABLATION_FILE).read_text()
+  body = [l for l in table.splitlines() if l.startswith("| ") and "---" not in l][1:]
+  assert [l.split(" | ")[0][2:] for l in body] == list(gmn_config.ABLATION_METHODS)
+  assert sorted(os.listdir(workdir)) == ["ablation.md", "plots"]
+  assert os.listdir(workdir / "plots") == ["ablation.png"]
