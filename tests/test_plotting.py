@@ -401,7 +401,8 @@ PAPER_ROW_MATHTEXT = {
     "WGAN^S + GM": "WGAN$^{S}$ + GM",
     "cWGAN^S + GM (GMN)": "cWGAN$^{S}$ + GM (GMN)",
     "WGAN^{S+U} + GM": "WGAN$^{S+U}$ + GM",
-    "cWGAN^S + CLS (f-CLSWGAN-like)": "cWGAN$^{S}$ + CLS (f-CLSWGAN-like)",
+    "cWGAN^S + CLS (the reference repository's f-CLSWGAN variant)":
+        "cWGAN$^{S}$ + CLS (the reference repository's f-CLSWGAN variant)",
 }
 
 
