@@ -233,3 +233,27 @@ def test_cvae_generator_loss_is_the_vae_loss_plus_the_regressor_feedback():
   feedback = float(regressor.regression_loss(state.regressor, fake, embeddings))
   np.testing.assert_allclose(float(aux["regression_loss"]), feedback, rtol=1e-5)
   np.testing.assert_allclose(float(loss), reconstruction + 0.5 * kl + 2.0 * feedback, rtol=1e-4)
+
+
+@pytest.mark.parametrize("method", [
+    "gmmn", "cvae", pytest.param("cycle_clswgan", marks=pytest.mark.slow)])
+def test_new_methods_on_four_devices_equal_one_device(tmp_path, method):
+  # pylint: disable=g-import-not-at-top
+  from gmn_jax import parallel
+  from gmn_jax import stage1
+  from reference_training import assert_trees_close, plain_stage1
+  # pylint: enable=g-import-not-at-top
+  config = tiny_config(method, **{"mmd.real_per_class": 8, "mmd.fake_per_class": 8})
+  spec, data, _, hyper = _setup(config)
+  data = jax.device_get(data)
+  schedule = specs.Schedule(num_iterations=2, iterations_per_call=2, checkpoint_every=2,
+                            log_every=1)
+  single, _ = plain_stage1(spec, data, hyper, 3, schedule.num_iterations)
+  (sharded,) = stage1.train_generators(
+      spec, data, hyper, seeds=(3,), schedule=schedule,
+      checkpoint_dirs=[str(tmp_path / "four")], mesh=parallel.make_mesh())
+  assert jax.device_count() == 4
+  assert_trees_close(sharded.state, single, rtol=1e-3, atol=1e-4)
+  init = train_state.init_train_state(train_state.seed_keys(3).init, spec, data)
+  assert not np.allclose(jax.tree_util.tree_leaves(sharded.state.generator)[0],
+                         jax.tree_util.tree_leaves(init.generator)[0])
