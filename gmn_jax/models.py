@@ -274,18 +274,38 @@ class Critic(_HiddenDimsAsTuple, nn.Module):
         given to an unconditional one.
     """
     outer = _outer_dtype(self.dtype)
-    if self.conditional:
-      if embeddings is None:
-        raise ConfigError("critic embeddings: expected (B, K) class embeddings for a "
-                          "conditional critic, found None")
-      x = {"features": jnp.asarray(features, outer), "embedding": jnp.asarray(embeddings, outer)}
-    else:
-      if embeddings is not None:
-        raise ConfigError("critic embeddings: expected None for an unconditional critic, "
-                          f"found an array of shape {jnp.shape(embeddings)}")
-      x = features
+    x = conditional_input(features, embeddings, self.conditional, outer, "critic")
     scores = _MLP(self.hidden_dims + (1,), self.dtype, name="layers")(x)
     return scores[:, 0].astype(outer)
+
+
+def conditional_input(features, embeddings, conditional: bool, dtype, network: str):
+  """The first layer's input of a network that reads [x, a] or x alone.
+
+  Args:
+    features: (B, D).
+    embeddings: (B, K) class embeddings, or None.
+    conditional: whether the network reads both (then as the blocks of one
+      `_BlockDense` layer: one kernel per input).
+    dtype: the dtype the inputs are cast to.
+    network: its name in error messages ("critic", "encoder").
+
+  Returns:
+    {"features", "embedding"} for a conditional network, else the features.
+
+  Raises:
+    ConfigError: when embeddings are missing for a conditional network or
+      given to an unconditional one.
+  """
+  if conditional:
+    if embeddings is None:
+      raise ConfigError(f"{network} embeddings: expected (B, K) class embeddings for a "
+                        f"conditional {network}, found None")
+    return {"features": jnp.asarray(features, dtype), "embedding": jnp.asarray(embeddings, dtype)}
+  if embeddings is not None:
+    raise ConfigError(f"{network} embeddings: expected None for an unconditional {network}, "
+                      f"found an array of shape {jnp.shape(embeddings)}")
+  return jnp.asarray(features, dtype)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2))

@@ -90,16 +90,7 @@ class Encoder(_HiddenDimsAsTuple, nn.Module):
         given to an unconditional one.
     """
     outer = _outer_dtype(self.dtype)
-    if self.conditional:
-      if embeddings is None:
-        raise ConfigError("encoder embeddings: expected (B, K) class embeddings for a "
-                          "conditional encoder, found None")
-      x = {"features": jnp.asarray(features, outer), "embedding": jnp.asarray(embeddings, outer)}
-    else:
-      if embeddings is not None:
-        raise ConfigError("encoder embeddings: expected None for an unconditional encoder, "
-                          f"found an array of shape {jnp.shape(embeddings)}")
-      x = jnp.asarray(features, outer)
+    x = models.conditional_input(features, embeddings, self.conditional, outer, "encoder")
     if self.hidden_dims:
       hidden = _MLP(self.hidden_dims, self.dtype, name="layers")(x)
       x = nn.leaky_relu(hidden, models.LEAKY_RELU_SLOPE).astype(outer)
