@@ -26,18 +26,22 @@ stop at the next checkpoint with status 143 / 130 (rerun to resume).
 
 import os
 import shlex
+import shutil
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 from experiments import cli
 from gmn_jax import comparison
 from gmn_jax import config as gmn_config
+from gmn_jax import config_utils
 from gmn_jax import plotting
 from gmn_jax import train
+from gmn_jax import workdir as workdirs
 from gmn_jax.errors import ConfigError
 
 _CONFIG = None
@@ -150,7 +154,10 @@ def run_rows(config, workdir: str, rows: Sequence[comparison.Row], *,
 
   Every row's config (`comparison.row_config`) is built and validated
   first, so that a bad row fails in one line before hours of the rows
-  ahead of it have run.
+  ahead of it have run. A row that shares stage 1 with an earlier row
+  (its config differs only in eval.* fields, as f-CLSWGAN's ALE and DEVISE
+  rows) and has no workdir yet starts from a copy of that row's: its
+  generators are restored, not trained again (not with `overwrite`).
 
   Args:
     config: the base configuration (its method is replaced per row).
@@ -177,9 +184,31 @@ def run_rows(config, workdir: str, rows: Sequence[comparison.Row], *,
       overrides = ", ".join(f"{k}={v!r}" for k, v in row.overrides.items())
       raise ConfigError(f"{error} (row {row.name}, which sets {overrides})") from error
     configs.append(row_config)
-  return [train.train_and_evaluate(row_config, os.path.join(workdir, row.name),
-                                   overwrite=overwrite, dataset=dataset)
-          for row, row_config in zip(rows, configs)]
+  results = []
+  for i, (row, row_config) in enumerate(zip(rows, configs)):
+    row_dir = os.path.join(workdir, row.name)
+    donor = _stage1_donor(rows[:i], configs[:i], row_config)
+    if donor is not None and not overwrite and not os.path.exists(row_dir):
+      # The same generators as an earlier row (e.g. f-CLSWGAN with another
+      # final classifier): start from a copy of that row's run, which
+      # train_and_evaluate extends by evaluating again from the final
+      # checkpoints, as for any change of eval.* fields.
+      logging.info("%s: the generators of row %s (it differs only in eval.* fields): "
+                   "copying %s and evaluating again", row.name, donor, donor)
+      shutil.copytree(os.path.join(workdir, donor), row_dir,
+                      ignore=shutil.ignore_patterns(workdirs.LOCK_FILE, "plots"))
+    results.append(train.train_and_evaluate(row_config, row_dir, overwrite=overwrite,
+                                            dataset=dataset))
+  return results
+
+
+def _stage1_donor(rows, configs, config) -> Optional[str]:
+  """The first earlier row whose stage 1 `config` shares, or None."""
+  fingerprint = config_utils.config_fingerprint(config)
+  for row, other in zip(rows, configs):
+    if not workdirs.stage1_differences(config_utils.config_fingerprint(other), fingerprint):
+      return row.name
+  return None
 
 
 def run_ablation(config, workdir: str, methods: Sequence[str], *, overwrite: bool = False,

@@ -21,7 +21,7 @@ import shlex
 import shutil
 import socket
 import sys
-from typing import Any, Dict, Iterator, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import ml_collections
 import numpy as np
@@ -178,6 +178,23 @@ def stage2_fingerprint(fingerprint: Dict[str, Any], calibration_gamma=None) -> D
   return out
 
 
+def stage1_differences(stored, fingerprint) -> List[str]:
+  """The fields that keep a run of `fingerprint` from extending a workdir of `stored`.
+
+  Args:
+    stored: the config fingerprint a workdir was written with.
+    fingerprint: the fingerprint of the config now given
+      (`config_utils.config_fingerprint`).
+
+  Returns:
+    `config_utils.diff_configs` lines of every field that differs, except
+    `RESUME_SAFE_FIELDS`, `EXTENSION_FIELDS` and eval.* (stage 2); empty
+    when the run can reuse the workdir's generators.
+  """
+  return config_utils.diff_configs(
+      stored, fingerprint, ignore=RESUME_SAFE_FIELDS + EXTENSION_FIELDS + (STAGE2_PREFIX[:-1],))
+
+
 def prepare(config: ml_collections.ConfigDict, workdir: str, *,
             overwrite: bool = False) -> Optional[Dict[str, Any]]:
   """Creates the workdir, or checks that it holds a run this config extends.
@@ -215,8 +232,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, *,
   if stored is not None:
     stored = {field: value for field, value in stored.items()
               if RETIRED_FIELDS.get(field, object()) != value}
-    differences = config_utils.diff_configs(
-        stored, fingerprint, ignore=RESUME_SAFE_FIELDS + EXTENSION_FIELDS + (STAGE2_PREFIX[:-1],))
+    differences = stage1_differences(stored, fingerprint)
     if differences:
       raise errors.ConfigError(
           f"{os.path.join(workdir, CONFIG_FILE)}: this workdir was written with other stage-1 "

@@ -204,6 +204,43 @@ def test_run_rows_trains_each_row_with_its_config_in_its_own_workdir(tmp_path):
       "cwgan", None, "softmax")
 
 
+def test_a_row_differing_only_in_eval_fields_reuses_the_earlier_rows_generators(
+    tmp_path, monkeypatch):
+  # pylint: disable=g-import-not-at-top
+  from gmn_jax import stage1
+  from gmn_jax import train
+  # pylint: enable=g-import-not-at-top
+  config = tiny_config(seeds=(1,))
+  rows = [comparison.Row("cwgan", "cwgan"),
+          comparison.Row("cwgan_devise", "cwgan", {"eval.classifier": "devise"}),
+          comparison.Row("cwgan_gm", "cwgan_gm")]
+  trained = []
+  real_train = stage1.train_generators
+
+  def counting(spec, *args, **kwargs):
+    out = real_train(spec, *args, **kwargs)
+    trained.extend(r.start_iteration for r in out)
+    return out
+
+  monkeypatch.setattr(stage1, "train_generators", counting)
+  results = ablation.run_rows(config, str(tmp_path / "table"), rows, dataset=tiny_dataset())
+  # Three rows, stage 1 trained from iteration 0 twice: the devise row
+  # restored the cwgan row's final generators (start at the last iteration).
+  assert trained == [0, config.train.num_iterations, 0]
+  assert not os.path.exists(tmp_path / "table" / "cwgan_devise" / "plots")
+  with open(tmp_path / "table" / "cwgan_devise" / "config.json", encoding="utf-8") as f:
+    assert json.load(f)["config"]["eval.classifier"] == "devise"
+  # The same numbers as the row trained alone from scratch.
+  monkeypatch.undo()
+  alone = train.train_and_evaluate(comparison.row_config(config, rows[1]),
+                                   str(tmp_path / "alone"), dataset=tiny_dataset())
+  for name in NAMES:
+    np.testing.assert_allclose(results[1]["metrics"][name]["per_seed"],
+                               alone["metrics"][name]["per_seed"], atol=1e-3)
+  assert results[1]["final_classifier"]["kind"] == "devise"
+  assert results[0]["final_classifier"]["kind"] == "bilinear"
+
+
 def test_a_bad_row_is_rejected_before_anything_runs(tmp_path):
   rows = [comparison.Row("real_only", "real_only"),
           comparison.Row("fancy", "cwgan", {"eval.classifier": "no_such_classifier"})]
