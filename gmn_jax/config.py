@@ -22,6 +22,11 @@ from gmn_jax import errors
 # takes the critic's place in the training state).
 OBJECTIVES = ("wgan", "mmd", "cvae")
 
+# How stage 1 draws its batches (config field train.sampling): independent
+# fixed-size draws, or the reference code's epoch iterators with their short
+# remainder batches (`gmn_jax.reference_batches`).
+SAMPLING_MODES = ("iid", "reference")
+
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
@@ -180,6 +185,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.train.adam_b1 = 0.0
   c.train.adam_b2 = 0.999
   c.train.class_balanced = True  # critic's real batches weighted 1/n_class
+  # iid: fixed-size independent draws | reference: the authors' epoch
+  # iterators (short remainder batches, class cycles; reference_batches).
+  c.train.sampling = "iid"
   c.train.iterations_per_call = 500  # generator iterations per jitted call
   c.train.log_every = 1000
   c.train.checkpoint_every = 10_000
@@ -307,6 +315,7 @@ def config_rules() -> List[config_utils.Rule]:
       u.positive("train.lr_critic"),
       unit_interval_open("train.adam_b1"),
       unit_interval_open("train.adam_b2"),
+      u.one_of("train.sampling", SAMPLING_MODES),
       u.positive_int("train.iterations_per_call"),
       u.positive_int("train.log_every"),
       u.positive_int("train.checkpoint_every"),
@@ -367,11 +376,24 @@ def config_rules() -> List[config_utils.Rule]:
       u.Rule(("method", "train.batch_size"),
              lambda method, batch_size: not _transductive(method) or batch_size >= 2,
              "a batch of at least 2 for a transductive method (seen and unseen examples)"),
+      # The reference code has iterators for its WGAN methods only: none for
+      # a transductive critic batch (seen and unlabelled unseen examples) and
+      # no code at all for the gmmn and cvae objectives.
+      u.Rule(("method", "train.sampling"), _reference_sampling_allowed,
+             "a non-transductive WGAN method for train.sampling 'reference' (the reference "
+             "code has no iterators for wgan_su_gm, gmmn, cvae)"),
   ]
 
 
 def _transductive(method) -> bool:
   return method in VARIANTS and VARIANTS[method].transductive
+
+
+def _reference_sampling_allowed(method, sampling) -> bool:
+  if sampling != "reference" or method not in VARIANTS:
+    return True  # An unknown method or mode has its own message.
+  variant = VARIANTS[method]
+  return variant.objective == "wgan" and not variant.transductive
 
 
 def validate(config: ml_collections.ConfigDict, *, check_data_dir: bool = True) -> None:

@@ -63,8 +63,9 @@ class EpochIterator(NamedTuple):
 
   Attributes:
     order: (P,) int32 item of each slot of the current epoch (slots past
-      `size` hold 0); P >= size is the static capacity. (0,) for a
-      class-balanced iterator, whose draws are i.i.d.
+      `size` hold 0); P >= size is the static capacity. (1,), never read,
+      for a class-balanced iterator, whose draws are i.i.d. (not (0,):
+      orbax refuses to checkpoint an empty array).
     position: () int32 slots served so far in the current epoch (>= size:
       exhausted, the next call starts a new epoch).
     size: () int32 slots per epoch, `tiled_size(num_items, batch_size)`.
@@ -197,9 +198,9 @@ def init_critic_iterator(num_examples: int, batch_size: int,
       shuffling.
 
   Returns:
-    The `EpochIterator` (order (0,) when class-balanced).
+    The `EpochIterator` (order (1,), unused, when class-balanced).
   """
-  return init_epoch_iterator(num_examples, batch_size, 0 if class_balanced else None)
+  return init_epoch_iterator(num_examples, batch_size, 1 if class_balanced else None)
 
 
 def next_critic_batch(state: EpochIterator, key, class_index: samplers.ClassIndex,

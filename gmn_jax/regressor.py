@@ -17,6 +17,8 @@ repository's regg_*.sh).
 import jax
 import jax.numpy as jnp
 
+from gmn_jax import losses
+
 # Glorot-normal kernel, zero bias: the frozen map only has to fit the data,
 # its initialisation is not part of the method.
 _kernel_init = jax.nn.initializers.glorot_normal()
@@ -50,15 +52,21 @@ def regress(params, features) -> jax.Array:
   return features @ params["kernel"] + params["bias"]
 
 
-def regression_loss(params, features, embeddings) -> jax.Array:
+def regression_loss(params, features, embeddings, mask=None) -> jax.Array:
   """MSE(r(x), a): the mean over examples and embedding dimensions.
 
   Args:
     params: the regressor's parameters.
     features: (B, D) features (real, or generated: differentiable in them).
     embeddings: (B, K) each example's class embedding.
+    mask: optional (B,) bool or float row weights of a padded batch (see
+      `losses.masked_mean`): the mean over the valid rows of their mean over
+      the K dimensions; None is the plain mean.
 
   Returns:
     The scalar loss.
   """
-  return jnp.mean(jnp.square(regress(params, features) - embeddings))
+  squares = jnp.square(regress(params, features) - embeddings)
+  if mask is None:
+    return jnp.mean(squares)
+  return losses.masked_mean(jnp.mean(squares, axis=-1), mask)

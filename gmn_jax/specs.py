@@ -80,6 +80,9 @@ class TrainSpec:
       and gradient matching stay float32).
     gm_implementation: "gram" | "autodiff", how L_GM is computed (the same
       loss; see `gmn_jax.gram_gradient_matching`).
+    sampling: "iid" | "reference" (`config.SAMPLING_MODES`): fixed-size
+      independent draws, or the reference code's epoch iterators with padded
+      short batches and masked losses (`gmn_jax.reference_batches`).
   """
 
   variant: gmn_config.Variant
@@ -116,6 +119,7 @@ class TrainSpec:
   encoder_hidden: Tuple[int, ...] = ()
   precision: str = "float32"
   gm_implementation: str = "gram"
+  sampling: str = "iid"
 
   @property
   def generator(self) -> models.Generator:
@@ -450,4 +454,5 @@ def train_spec(config: ml_collections.ConfigDict, dataset: ZSLDataset) -> TrainS
       encoder_hidden=tuple(config.cvae.encoder_hidden_dims),
       precision=config.precision,
       gm_implementation=gm.implementation,
+      sampling=train.sampling,
   )

@@ -47,8 +47,8 @@ from gmn_jax import parallel
 from gmn_jax import preemption
 from gmn_jax import progress
 from gmn_jax import seed_axis
+from gmn_jax import train_chunk
 from gmn_jax import train_state
-from gmn_jax import train_step
 from gmn_jax.specs import Hyperparameters, Schedule, TrainSpec
 
 
@@ -228,11 +228,11 @@ def compiled_chunk(spec: TrainSpec, num_iterations: int, num_seeds: int) -> Call
 
   Returns:
     `chunk(states, data, hyper, train_keys, first_iteration, first_report)
-    -> (states, metrics, finite, done)` of `train_step.make_chunk_fn`, with
+    -> (states, metrics, finite, done)` of `train_chunk.make_chunk_fn`, with
     the device reports going to this module's `_device_report`; the states
     are donated.
   """
-  chunk = train_step.make_chunk_fn(spec, num_iterations, num_seeds, report=_device_report)
+  chunk = train_chunk.make_chunk_fn(spec, num_iterations, num_seeds, report=_device_report)
   return jax.jit(chunk, donate_argnums=0)
 
 

@@ -5,7 +5,8 @@
   of `dataset.seen_classes`, unseen classes S..S+U-1 (transductive only).
 * `TrainState`: a NamedTuple of everything that changes during training
   (generator/critic params and Adam states, the θ-sampler state, the frozen
-  L_CLS classifier, the iteration counter). A pure function of the seed.
+  L_CLS classifier, the reference iterators' state, the iteration counter).
+  A pure function of the seed.
 * `seed_keys`: the independent PRNG streams of one generator seed.
 
 The static settings and hyperparameters that go with them are in
@@ -23,6 +24,7 @@ import optax
 
 from gmn_jax import losses
 from gmn_jax import models
+from gmn_jax import reference_batches
 from gmn_jax import regressor
 from gmn_jax import vae
 from gmn_jax.data import samplers
@@ -124,6 +126,10 @@ class TrainState(NamedTuple):
       empty dict when the variant has no L_CLS).
     regressor: the frozen, pretrained feature-to-embedding regressor of
       L_REG (`gmn_jax.regressor`; an empty dict when the variant has none).
+    batch_sampler: with `train.sampling = "reference"` the state of the
+      reference's epoch iterators (`reference_sampling.ReferenceSampler`,
+      int32 arrays, checkpointed with the rest so that a resumed run
+      continues their epochs); an empty dict for i.i.d. sampling.
   """
 
   iteration: jax.Array
@@ -134,6 +140,7 @@ class TrainState(NamedTuple):
   theta_sampler: Any
   cls_classifier: Any
   regressor: Any
+  batch_sampler: Any
 
 
 def _fit_with_adam(params, loss_fn, rows, key, *, epochs: int, batch_size: int,
@@ -228,8 +235,9 @@ def init_train_state(key, spec: TrainSpec, data: TrainData) -> TrainState:
   Args:
     key: PRNG key of this generator seed's initialisation.
     spec: the run's settings.
-    data: the training data (read only when the variant has L_CLS: its
-      classifier is pretrained here).
+    data: the training data (read when the variant has L_CLS or L_REG,
+      whose networks are pretrained here, and for reference sampling, whose
+      iterators it sizes).
 
   Returns:
     The initial `TrainState`.
@@ -245,6 +253,10 @@ def init_train_state(key, spec: TrainSpec, data: TrainData) -> TrainState:
   if spec.variant.regression_loss:
     regressor_params = _pretrain_regressor(spec, regressor_key, data.features, data.labels,
                                            data.seen_embeddings)
+  # Exhausted iterators, a constant: the first iteration draws their orders.
+  batch_sampler = {}
+  if spec.sampling == "reference":
+    batch_sampler = reference_batches.init_sampler(spec, data)
   return TrainState(
       iteration=jnp.zeros((), jnp.int32),
       generator=generator,
@@ -254,4 +266,5 @@ def init_train_state(key, spec: TrainSpec, data: TrainData) -> TrainState:
       theta_sampler=theta_state,
       cls_classifier=cls_classifier,
       regressor=regressor_params,
+      batch_sampler=batch_sampler,
   )

@@ -1,4 +1,4 @@
-"""Stage 1's fused step: many generator iterations in one jitted `lax.scan`.
+"""Stage 1's step: one generator iteration, a pure function (`train_iteration`).
 
 One generator iteration t (all randomness from `fold_in(base_key, t)`, so a
 resumed run repeats an uninterrupted one bit for bit):
@@ -22,10 +22,19 @@ real and generated features (GMMN), "cvae" by a conditional VAE's loss on a
 real batch, whose encoder takes the critic's place in the state and is
 updated with the generator (SE-GZSL).
 
+With `spec.sampling == "reference"` the critic batches, the adversarial
+labels and the GM classes and real batches come from the reference code's
+epoch iterators instead (`gmn_jax.reference_batches`; their state is
+`TrainState.batch_sampler`, carried through the critic scan and the chunk's
+loop): short remainder batches are padded, and every mean over their rows
+(WGAN-GP, adversarial, L_CLS, L_REG, and GM's real and fake classifier
+losses) is masked to the valid ones.
+
 Everything is a pure function of (state, data, hyper, key), where `hyper`
 holds the numeric settings as traced scalars (changing a learning rate or a
 loss weight does not recompile); no host callbacks, so the step can be
-vmapped over seeds.
+vmapped over seeds. `gmn_jax.train_chunk` runs many iterations of S seeds
+in one jitted loop.
 
 Data parallelism: called inside `parallel.data_parallel(mesh)`, every batch
 drawn here (critic batches, the adversarial batch, the GM real and fake
@@ -38,11 +47,10 @@ their matrix products; their outputs, and so every loss, are float32.
 """
 
 import functools
-from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Tuple
 
 import jax
 from jax import lax
-from jax.experimental import io_callback
 import jax.numpy as jnp
 import optax
 
@@ -51,8 +59,8 @@ from gmn_jax import losses
 from gmn_jax import mmd
 from gmn_jax import models
 from gmn_jax import parallel
+from gmn_jax import reference_batches
 from gmn_jax import regressor
-from gmn_jax import seed_axis
 from gmn_jax import vae
 from gmn_jax.data import samplers
 from gmn_jax.specs import Hyperparameters, TrainSpec
@@ -134,7 +142,7 @@ def critic_batch(spec: TrainSpec, data: TrainData, key) -> Tuple[jax.Array, jax.
 
 
 def critic_step(spec: TrainSpec, hyper: Hyperparameters, critic, critic_opt, generator,
-                data: TrainData, key):
+                data: TrainData, key, batch=None):
   """One WGAN-GP critic update.
 
   Args:
@@ -145,18 +153,26 @@ def critic_step(spec: TrainSpec, hyper: Hyperparameters, critic, critic_opt, gen
     generator: generator params (held fixed).
     data: the training data.
     key: PRNG key.
+    batch: (real (B, D), embeddings (B, K), mask (B,)) drawn by the caller
+      (reference sampling, `reference_batches.critic_batch`), every mean of
+      the loss over the mask's rows; None draws an i.i.d. batch
+      (`critic_batch`).
 
   Returns:
     (critic, critic_opt, metrics) with metrics "critic_loss", "wasserstein",
     "gradient_penalty", "critic_grad_norm".
   """
   batch_key, noise_key, penalty_key = jax.random.split(key, 3)
-  real, embeddings = critic_batch(spec, data, batch_key)
+  mask = None
+  if batch is None:
+    real, embeddings = critic_batch(spec, data, batch_key)
+  else:
+    real, embeddings, mask = batch
   fake = lax.stop_gradient(models.generate(spec.generator, generator, embeddings, noise_key))
   condition = embeddings if spec.variant.conditional_critic else None
   loss_fn = functools.partial(losses.critic_loss, critic_fn(spec))
   (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      critic, real, fake, condition, penalty_key, gp_weight=hyper.gp_weight)
+      critic, real, fake, condition, penalty_key, gp_weight=hyper.gp_weight, mask=mask)
   updates, critic_opt = hyper.critic_optimizer().update(grads, critic_opt, critic)
   metrics = {"critic_loss": loss, "wasserstein": aux["wasserstein"],
              "gradient_penalty": aux["gradient_penalty"],
@@ -171,7 +187,9 @@ class GeneratorBatch(NamedTuple):
     labels: (B,) local classes of the adversarial fakes (indices into
       `generated_class_embeddings`).
     noise_key: PRNG key of the adversarial fakes' noise.
-    gm_classes: (n,) distinct local seen classes of gradient matching.
+    gm_classes: (n,) local seen classes of gradient matching: distinct, or
+      with reference sampling the next n of the class cycle (which repeat a
+      class when the cycle ends mid-step).
     gm_real_features: (n, r, D) real features, row j of class gm_classes[j].
     gm_noise_key: PRNG key of the GM fakes' noise: the fakes are
       `models.generate(spec.generator, params, repeat(seen_embeddings[
@@ -184,6 +202,10 @@ class GeneratorBatch(NamedTuple):
     vae_real_features: (B, D) the cvae objective's real batch (drawn as the
       critic's, class-balanced or uniform); (0, D) otherwise.
     vae_real_embeddings: (B, K) their class embeddings.
+    label_mask: None (i.i.d.), or with reference sampling the (B,) bool mask
+      of the valid rows of `labels` (an epoch's short batch is padded).
+    gm_real_mask: None, or the (n, r) bool masks of `gm_real_features`;
+      the fakes' masks follow (`reference_batches.fake_mask`).
   """
 
   labels: jax.Array
@@ -196,6 +218,8 @@ class GeneratorBatch(NamedTuple):
   mmd_real_features: Any = ()
   vae_real_features: Any = ()
   vae_real_embeddings: Any = ()
+  label_mask: Any = None
+  gm_real_mask: Any = None
 
 
 def draw_generator_batch(spec: TrainSpec, data: TrainData, key, thetas) -> GeneratorBatch:
@@ -233,6 +257,32 @@ def draw_generator_batch(spec: TrainSpec, data: TrainData, key, thetas) -> Gener
   return GeneratorBatch(labels, noise_key, *gm, gm_noise_key, thetas, *mmd, *vae_batch)
 
 
+def draw_reference_generator_batch(spec: TrainSpec, data: TrainData, key, thetas, sampler
+                                   ) -> Tuple[GeneratorBatch, Any]:
+  """`draw_generator_batch` with reference sampling: the draws of the iterators.
+
+  The labels, GM classes and GM real batches come from `sampler`
+  (`reference_batches.generator_draws`), with their masks; the noise keys
+  are those `draw_generator_batch` would use.
+
+  Args:
+    spec: the run's settings (`spec.sampling == "reference"`).
+    data: the training data.
+    key: PRNG key.
+    thetas: the θ samples of this iteration ({} without GM).
+    sampler: the `reference_sampling.ReferenceSampler` before this step.
+
+  Returns:
+    (the `GeneratorBatch`, the advanced sampler).
+  """
+  label_key, noise_key, class_key, _, gm_noise_key = jax.random.split(key, 5)
+  sampler, labels, label_mask, gm_classes, gm_real, gm_mask = reference_batches.generator_draws(
+      spec, data, sampler, label_key, class_key)
+  batch = GeneratorBatch(labels, noise_key, gm_classes, gm_real, gm_noise_key, thetas,
+                         label_mask=label_mask, gm_real_mask=gm_mask)
+  return batch, sampler
+
+
 def per_class_fakes(spec: TrainSpec, generator, data: TrainData, classes, per_class: int,
                     key) -> jax.Array:
   """Generated batches of given seen classes (GM's and the MMD's fakes).
@@ -255,7 +305,7 @@ def per_class_fakes(spec: TrainSpec, generator, data: TrainData, classes, per_cl
 
 
 def gm_classifier_loss_fn(spec: TrainSpec, data: TrainData) -> Callable:
-  """`loss_fn(theta, (features, labels))` of GM: CE with logits over all seen classes.
+  """`loss_fn(theta, (features, labels), mask=None)` of GM: CE, logits over all seen classes.
 
   Args:
     spec: the run's settings.
@@ -266,9 +316,10 @@ def gm_classifier_loss_fn(spec: TrainSpec, data: TrainData) -> Callable:
   """
   _, apply_fn = models.get_classifier(spec.gm_classifier)
 
-  def loss_fn(theta, batch):
+  def loss_fn(theta, batch, mask=None):
     features, labels = batch
-    return losses.classifier_loss(apply_fn, theta, features, labels, data.seen_embeddings)
+    return losses.classifier_loss(apply_fn, theta, features, labels, data.seen_embeddings,
+                                  mask)
 
   return loss_fn
 
@@ -281,13 +332,13 @@ def gm_head_loss_fn(spec: TrainSpec, data: TrainData) -> Callable:
     data: the training data.
 
   Returns:
-    `head_loss_fn(theta_without_kernel, features @ kernel, labels)`, equal to
-    `gm_classifier_loss_fn(spec, data)(theta, (features, labels))`.
+    `head_loss_fn(theta_without_kernel, features @ kernel, labels, mask=None)`,
+    equal to `gm_classifier_loss_fn(spec, data)(theta, (features, labels), mask)`.
   """
   head = models.get_classifier_head(spec.gm_classifier)
 
-  def head_loss_fn(theta, projected, labels):
-    return losses.cross_entropy(head(theta, projected, data.seen_embeddings), labels)
+  def head_loss_fn(theta, projected, labels, mask=None):
+    return losses.cross_entropy(head(theta, projected, data.seen_embeddings), labels, mask)
 
   return head_loss_fn
 
@@ -299,7 +350,9 @@ def gradient_matching_loss(spec: TrainSpec, generator, data: TrainData,
   `spec.gm_implementation` picks how: "gram" (exact, from the batches' Gram
   matrices, `gram_gradient_matching.per_class_linear_head_gradient_matching`)
   or "autodiff" (`losses.per_class_gradient_matching` on the classifier
-  loss). Both compute the same loss.
+  loss). Both compute the same loss. With reference sampling the real
+  batches' masks (and the fakes', `gm_fake_repeat` per valid real row) make
+  each class's classifier losses means over its valid rows.
 
   Args:
     spec: the run's settings.
@@ -317,13 +370,16 @@ def gradient_matching_loss(spec: TrainSpec, generator, data: TrainData,
   fake_labels = jnp.broadcast_to(batch.gm_classes[:, None], (n, fake.shape[1]))
   real_batches = (batch.gm_real_features, real_labels)
   fake_batches = (fake, fake_labels)
+  # None (i.i.d.) runs the unmasked losses.
+  masks = dict(real_mask=batch.gm_real_mask,
+               fake_mask=reference_batches.fake_mask(spec, batch.gm_real_mask))
   if spec.gm_implementation == "gram":
     return gram_gradient_matching.per_class_linear_head_gradient_matching(
         gm_head_loss_fn(spec, data), batch.thetas, real_batches, fake_batches,
-        granularity=spec.gm_granularity)
+        granularity=spec.gm_granularity, **masks)
   return losses.per_class_gradient_matching(
       gm_classifier_loss_fn(spec, data), batch.thetas, real_batches, fake_batches,
-      granularity=spec.gm_granularity)
+      granularity=spec.gm_granularity, **masks)
 
 
 def generator_loss(generator, spec: TrainSpec, hyper: Hyperparameters, critic,
@@ -358,7 +414,8 @@ def generator_loss(generator, spec: TrainSpec, hyper: Hyperparameters, critic,
   loss, metrics = jnp.float32(0.0), {}
   if spec.variant.objective == "wgan":
     condition = embeddings if spec.variant.conditional_critic else None
-    adversarial = losses.generator_adversarial_loss(critic_fn(spec), critic, fake, condition)
+    adversarial = losses.generator_adversarial_loss(critic_fn(spec), critic, fake, condition,
+                                                    mask=batch.label_mask)
     loss, metrics["adversarial_loss"] = adversarial, adversarial
   elif spec.variant.objective == "mmd":
     mmd_fake = per_class_fakes(spec, generator, data, batch.mmd_classes,
@@ -372,7 +429,8 @@ def generator_loss(generator, spec: TrainSpec, hyper: Hyperparameters, critic,
                                       batch.gm_noise_key, kl_weight=hyper.kl_weight)
     metrics.update({name: vae_metrics[name] for name in ("reconstruction_loss", "kl_loss")})
   if spec.variant.regression_loss:
-    regression = regressor.regression_loss(frozen.regressor, fake, embeddings)
+    regression = regressor.regression_loss(frozen.regressor, fake, embeddings,
+                                           mask=batch.label_mask)
     loss, metrics["regression_loss"] = loss + hyper.regression_weight * regression, regression
   if spec.variant.gradient_matching:
     gm = gradient_matching_loss(spec, generator, data, batch)
@@ -381,7 +439,7 @@ def generator_loss(generator, spec: TrainSpec, hyper: Hyperparameters, critic,
     _, apply_fn = models.get_classifier(spec.cls_classifier)
     # Labels are seen classes here: L_CLS variants are never transductive.
     cls = losses.frozen_classifier_loss(apply_fn, frozen.cls_classifier, fake, batch.labels,
-                                        data.seen_embeddings)
+                                        data.seen_embeddings, mask=batch.label_mask)
     loss, metrics["cls_loss"] = loss + hyper.cls_weight * cls, cls
   return loss, metrics
 
@@ -392,7 +450,8 @@ def train_iteration(spec: TrainSpec, state: TrainState, data: TrainData, hyper: 
 
   Args:
     spec: the run's settings.
-    state: the state before the iteration.
+    state: the state before the iteration (with reference sampling its
+      `batch_sampler` supplies, and is advanced by, every batch drawn).
     data: the training data.
     hyper: the numeric settings.
     base_key: the run's PRNG key; this iteration uses
@@ -410,25 +469,38 @@ def train_iteration(spec: TrainSpec, state: TrainState, data: TrainData, hyper: 
     iteration = state.iteration
   key = jax.random.fold_in(base_key, iteration)
   critic_key, generator_key, theta_key, trajectory_key = jax.random.split(key, 4)
+  reference = spec.sampling == "reference"
+  sampler = state.batch_sampler
 
   def one_critic_step(carry, step_key):
-    critic, critic_opt = carry
+    critic, critic_opt, iterator = carry
+    batch = None
+    if reference:
+      # The critic iterator advances inside the scan, one batch per step.
+      draw_key, step_key = jax.random.split(step_key)
+      iterator, batch = reference_batches.critic_batch(spec, data, iterator, draw_key)
     critic, critic_opt, metrics = critic_step(spec, hyper, critic, critic_opt, state.generator,
-                                              data, step_key)
-    return (critic, critic_opt), metrics
+                                              data, step_key, batch)
+    return (critic, critic_opt, iterator), metrics
 
   critic, critic_opt, metrics = state.critic, state.critic_opt, {}
   if spec.variant.has_critic:
-    (critic, critic_opt), critic_metrics = lax.scan(
-        one_critic_step, (state.critic, state.critic_opt),
+    # An empty carry slot ({}) in i.i.d. mode: the same program as without it.
+    (critic, critic_opt, critic_iterator), critic_metrics = lax.scan(
+        one_critic_step, (state.critic, state.critic_opt, sampler.critic if reference else {}),
         jax.random.split(critic_key, spec.n_critic))
     metrics = {name: jnp.mean(values) for name, values in critic_metrics.items()}
+    if reference:
+      sampler = sampler._replace(critic=critic_iterator)
 
   theta_state, thetas = state.theta_sampler, {}
   if spec.variant.gradient_matching:
-    sampler = spec.theta_sampler(hyper)
-    thetas, theta_state = sampler.sample(theta_state, theta_key, iteration)
-  batch = draw_generator_batch(spec, data, generator_key, thetas)
+    theta_sampler = spec.theta_sampler(hyper)
+    thetas, theta_state = theta_sampler.sample(theta_state, theta_key, iteration)
+  if reference:
+    batch, sampler = draw_reference_generator_batch(spec, data, generator_key, thetas, sampler)
+  else:
+    batch = draw_generator_batch(spec, data, generator_key, thetas)
   optimizer = hyper.generator_optimizer()
   if spec.variant.objective == "cvae":
     # The encoder (in the critic's place) trains with the decoder, one loss.
@@ -446,107 +518,16 @@ def train_iteration(spec: TrainSpec, state: TrainState, data: TrainData, hyper: 
   metrics["generator_loss"] = loss
   metrics["generator_grad_norm"] = _global_norm(grads)
 
-  if spec.variant.gradient_matching and sampler.needs_real_batches:
+  if spec.variant.gradient_matching and theta_sampler.needs_real_batches:
+    # i.i.d. in both sampling modes (`reference_batches` says why).
     m, b = spec.num_theta_samples, spec.batch_size
     indices = samplers.class_balanced_indices(trajectory_key, data.class_index, m * b)
     indices = indices.reshape(m, b)
-    theta_state = sampler.step(theta_state, data.features[indices], data.labels[indices],
-                               data.seen_embeddings)
+    theta_state = theta_sampler.step(theta_state, data.features[indices], data.labels[indices],
+                                     data.seen_embeddings)
 
   new_state = state._replace(iteration=state.iteration + 1, generator=generator,
                              critic=critic, generator_opt=generator_opt,
-                             critic_opt=critic_opt, theta_sampler=theta_state)
+                             critic_opt=critic_opt, theta_sampler=theta_state,
+                             batch_sampler=sampler)
   return new_state, metrics
-
-
-def all_finite(tree) -> jax.Array:
-  """Whether every floating-point value of a pytree is finite.
-
-  Args:
-    tree: a pytree of arrays (e.g. a `TrainState`).
-
-  Returns:
-    A boolean scalar.
-  """
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)
-            if jnp.issubdtype(x.dtype, jnp.floating)]
-  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
-
-
-def make_chunk_fn(spec: TrainSpec, num_iterations: int, num_seeds: int = 1,
-                  report: Optional[Callable] = None) -> Callable:
-  """The (unjitted) function running up to `num_iterations` iterations of S seeds.
-
-  The seeds' states are stacked on a leading seed axis (`gmn_jax.seed_axis`;
-  S = 1 is traced without vmap), and one loop runs their iterations
-  together, so that a host callback inside it sees every seed and its answer
-  can end the loop for all of them.
-
-  Args:
-    spec: the run's settings.
-    num_iterations: the most iterations per call (static).
-    num_seeds: S (static).
-    report: optional host function `report(names, iterations_done, values)
-      -> [stop, interval]`, called through an ordered `io_callback` with the
-      sorted metric names, the int32 iteration count reached and the
-      (num_metrics, S) float32 values of the iteration just done; it returns
-      int32 [1 to end the loop after this iteration (a stop request) or 0,
-      the number of iterations until its next call]. None compiles no
-      callback.
-
-  Returns:
-    `chunk(states, data, hyper, train_keys, first_iteration, first_report)
-    -> (states, metrics, finite, done)`: `hyper` holds scalars shared by
-    every seed or (S,) arrays, a setting per seed (`seed_axis.shared_or_stacked`);
-    `first_iteration` is the int32
-    iteration every seed is at (it numbers the iterations) and
-    `first_report` the int32 number of iterations before the first report
-    (traced: changing it never recompiles; more than num_iterations: none);
-    `metrics` holds {name: (num_iterations, S)} of which the first `done`
-    rows are filled, `finite` (S,) says whether each seed's final parameters
-    are all finite (so that one transfer per call brings back everything),
-    `done` is the number of iterations run (num_iterations unless a report
-    stopped the loop).
-  """
-  def chunk(states: TrainState, data: TrainData, hyper: Hyperparameters, train_keys,
-            first_iteration, first_report):
-    step = seed_axis.over_seeds(
-        lambda state, data, hyper, key, iteration: train_iteration(
-            spec, state, data, hyper, key, iteration),
-        num_seeds, (0, None, seed_axis.shared_or_stacked(hyper, num_seeds), 0, None))
-    metric_shapes = jax.eval_shape(step, states, data, hyper, train_keys, first_iteration)[1]
-    names = tuple(sorted(metric_shapes))
-    buffers = {name: jnp.zeros((num_iterations,) + leaf.shape, leaf.dtype)
-               for name, leaf in metric_shapes.items()}
-
-    def not_done(carry):
-      offset, _, _, stop, _ = carry
-      return (offset < num_iterations) & ~stop
-
-    def body(carry):
-      offset, states, buffers, _, next_report = carry
-      states, metrics = step(states, data, hyper, train_keys, first_iteration + offset)
-      buffers = {name: buffers[name].at[offset].set(value) for name, value in metrics.items()}
-      offset = offset + 1
-      stop = jnp.bool_(False)
-      if report is not None:
-        # One packed array: every callback argument costs a transfer.
-        values = jnp.stack([metrics[name].astype(jnp.float32) for name in names])
-        answer = lax.cond(
-            offset == next_report,
-            lambda: io_callback(functools.partial(report, names),
-                                jax.ShapeDtypeStruct((2,), jnp.int32),
-                                first_iteration + offset, values, ordered=True),
-            lambda: jnp.array([0, 0], jnp.int32))
-        stop = answer[0] > 0
-        next_report = jnp.where(offset == next_report,
-                                next_report + jnp.maximum(answer[1], 1), next_report)
-      return offset, states, buffers, stop, next_report
-
-    done, states, buffers, _, _ = lax.while_loop(
-        not_done, body, (jnp.int32(0), states, buffers, jnp.bool_(False),
-                         jnp.asarray(first_report, jnp.int32)))
-    finite = seed_axis.over_seeds(all_finite, num_seeds, (0,))(states)
-    return states, buffers, finite, done
-
-  return chunk

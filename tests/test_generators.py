@@ -18,6 +18,7 @@ from gmn_jax import models
 from gmn_jax import regressor
 from gmn_jax import seed_axis
 from gmn_jax import specs
+from gmn_jax import train_chunk
 from gmn_jax import train_state
 from gmn_jax import train_step
 from test_train_support import tiny_config, tiny_dataset
@@ -118,7 +119,7 @@ def test_fclswgan_freezes_a_softmax_classifier_and_the_repository_variant_a_bili
 
 
 def _chunk(spec, num_iterations, num_seeds):
-  chunk = train_step.make_chunk_fn(spec, num_iterations, num_seeds)
+  chunk = train_chunk.make_chunk_fn(spec, num_iterations, num_seeds)
   # Optimising the tiny programs costs more than running them.
   return jax.jit(lambda states, data, hyper, keys: chunk(
       states, data, hyper, keys, jnp.int32(0), jnp.int32(num_iterations + 1))[:3],

@@ -14,6 +14,7 @@ from gmn_jax import losses
 from gmn_jax import models
 from gmn_jax import seed_axis
 from gmn_jax import specs
+from gmn_jax import train_chunk
 from gmn_jax import train_state
 from gmn_jax import train_step
 from gmn_jax.errors import ConfigError
@@ -50,7 +51,7 @@ _FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 def _one_seed_chunk(spec, num_iterations):
   """The chunk on one unstacked seed: (state, data, hyper, key, first) -> (state, metrics, finite)."""
-  chunk = train_step.make_chunk_fn(spec, num_iterations)
+  chunk = train_chunk.make_chunk_fn(spec, num_iterations)
 
   def one_seed(state, data, hyper, key, first_iteration):
     states, metrics, finite, done = chunk(seed_axis.add_axis(state), data, hyper, key[None],

@@ -21,6 +21,7 @@ from experiments.benchmarking import flops
 from experiments.benchmarking import measure
 from experiments.benchmarking import profiling
 from gmn_jax import final_classifier
+from gmn_jax import reference_batches
 from gmn_jax import seed_axis
 from gmn_jax import specs
 from gmn_jax import stage1
@@ -194,14 +195,21 @@ def time_components(spec: specs.TrainSpec, dataset: ZSLDataset, hyper, *,
   thetas = {}
   if spec.variant.gradient_matching:
     thetas, _ = spec.theta_sampler(hyper).sample(state.theta_sampler, key, state.iteration)
-  batch = train_step.draw_generator_batch(spec, data, key, thetas)
+  critic_args = (hyper, state.critic, state.critic_opt, state.generator, data, key)
+  if spec.sampling == "reference":
+    # The parts as the run computes them: the iterators' draws, masked losses.
+    batch, _ = train_step.draw_reference_generator_batch(spec, data, key, thetas,
+                                                         state.batch_sampler)
+    critic_args += (reference_batches.critic_batch(spec, data, state.batch_sampler.critic,
+                                                   key)[1],)
+  else:
+    batch = train_step.draw_generator_batch(spec, data, key, thetas)
   analytic = flops.analytic_iteration_flops(spec)
   analytic_counts = {"critic_step": analytic["critic_step"],
                      "generator_step": analytic["generator_step"] + analytic["gm"],
                      "gm_only": analytic["gm"]}
   parts = {
-      "critic_step": (functools.partial(train_step.critic_step, spec),
-                      (hyper, state.critic, state.critic_opt, state.generator, data, key)),
+      "critic_step": (functools.partial(train_step.critic_step, spec), critic_args),
       "generator_step": (jax.value_and_grad(train_step.generator_loss, has_aux=True),
                          (state.generator, spec, hyper, state.critic, state,
                           data, batch)),
