@@ -26,6 +26,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 import ml_collections
 import numpy as np
 
+from gmn_jax import config as gmn_config
 from gmn_jax import config_utils
 from gmn_jax import errors
 from gmn_jax import metric_writers
@@ -232,6 +233,12 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, *,
   if stored is not None:
     stored = {field: value for field, value in stored.items()
               if RETIRED_FIELDS.get(field, object()) != value}
+    # A field added to the schema after the workdir was written counts as its
+    # default, which is chosen to mean what the code did before the field
+    # existed (e.g. train.sampling="iid").
+    defaults = config_utils.config_fingerprint(gmn_config.get_base_config())
+    stored = {**{f: defaults[f] for f in fingerprint if f not in stored and f in defaults},
+              **stored}
     differences = stage1_differences(stored, fingerprint)
     if differences:
       raise errors.ConfigError(

@@ -22,6 +22,7 @@ import pytest
 
 from experiments.configs import digits
 import gmn_jax
+from gmn_jax import config as gmn_config
 from gmn_jax import config_utils
 from gmn_jax import workdir as workdirs
 from gmn_jax.errors import ConfigError
@@ -248,6 +249,29 @@ def test_a_workdir_resumes_across_gm_implementations_and_from_before_the_field(t
   # Any other GM field still refuses.
   with pytest.raises(ConfigError, match="gm.weight"):
     workdirs.prepare(tiny_config(**{"gm.weight": 3.0}), str(tmp_path))
+
+
+def test_a_workdir_from_before_added_fields_resumes_at_their_defaults(tmp_path):
+  def is_added(field):  # the fields issue 15 added to the schema
+    return (field.split(".")[0] in ("regressor", "mmd", "cvae") or field.startswith("eval.real_only.")
+            or field in ("train.sampling", "eval.margin"))
+
+  base = gmn_config.get_base_config()
+  config = tiny_config()
+  # tiny_config shrinks some of them; an old workdir has them at no value.
+  config.update_from_flattened_dict({
+      f: base[f.split(".")[0]][f.split(".")[1]]
+      for f in config_utils.config_fingerprint(config) if is_added(f) and f.count(".") == 1})
+  workdirs.prepare(config, str(tmp_path))
+  stored = json.loads((tmp_path / "config.json").read_text())["config"]
+  old = {f: v for f, v in stored.items() if not is_added(f)}
+  assert len(old) < len(stored) and "train.sampling" not in old
+  (tmp_path / "config.json").write_text(json.dumps(old))
+  workdirs.prepare(config, str(tmp_path))  # the defaults: what the old code did
+  (tmp_path / "config.json").write_text(json.dumps(old))
+  config.train.sampling = "reference"
+  with pytest.raises(ConfigError, match=r'train\.sampling: "iid" -> "reference"'):
+    workdirs.prepare(config, str(tmp_path))
 
 
 def test_a_workdir_written_with_the_retired_selection_field_resumes(tmp_path):
