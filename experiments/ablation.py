@@ -178,10 +178,11 @@ def run_rows(config, workdir: str, rows: Sequence[comparison.Row], *,
     try:
       gmn_config.validate(row_config, check_data_dir=dataset is None)
     except ConfigError as error:
-      if not row.overrides:
+      row_overrides = row.overrides_for(config.dataset)
+      if not row_overrides:
         raise
       # Name the row: the same field may be fine in the base config.
-      overrides = ", ".join(f"{k}={v!r}" for k, v in row.overrides.items())
+      overrides = ", ".join(f"{k}={v!r}" for k, v in row_overrides.items())
       raise ConfigError(f"{error} (row {row.name}, which sets {overrides})") from error
     configs.append(row_config)
   results = []

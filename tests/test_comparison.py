@@ -100,6 +100,27 @@ def test_every_comparison_row_maps_to_its_method_and_overrides():
       assert config[section][name] == value
 
 
+def test_fclswgan_rows_take_xian_et_als_settings_on_the_papers_datasets_only():
+  for dataset, lr in (("CUB", 1e-4), ("sun", 2e-4), ("AWA1", 1e-5)):
+    base = tiny_config(dataset=dataset)
+    for name in ("fclswgan", "fclswgan_ale", "fclswgan_devise"):
+      (row,) = comparison.select_rows([name])
+      config = comparison.row_config(base, row)
+      assert (config.generator.kind, config.generator.noise_dim) == ("attribute_concat", 0)
+      assert tuple(config.generator.hidden_dims) == tuple(config.critic.hidden_dims) == (4096,)
+      assert (config.train.batch_size, config.train.adam_b1) == (64, 0.5)
+      assert config.train.lr_generator == config.train.lr_critic == lr
+      # The budget stays the table's.
+      assert config.train.num_iterations == base.train.num_iterations
+    # GMN's row keeps GMN's networks.
+    (gmn,) = comparison.select_rows(["cwgan_gm"])
+    assert tuple(comparison.row_config(base, gmn).generator.hidden_dims) == (8,)
+  # Elsewhere (digits) the config's own settings.
+  (row,) = comparison.select_rows(["fclswgan"])
+  config = comparison.row_config(tiny_config(dataset="digits"), row)
+  assert tuple(config.generator.hidden_dims) == (8,) and config.train.batch_size == 8
+
+
 def test_row_config_rejects_an_unknown_field_and_a_mistyped_value():
   with pytest.raises(ConfigError, match=r"row x: override eval\.clasifier='ale': "
                      r"config\.eval\.clasifier is not a known field"):
