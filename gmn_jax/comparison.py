@@ -50,7 +50,7 @@ class Row:
       from (or why there are none).
     dataset_overrides: {dataset (upper case): overrides} applied after
       `overrides` on that dataset: the method's own code's settings where
-      they are known (`FCLSWGAN_SETTINGS`).
+      they are known (`FCLSWGAN_SETTINGS`, `GMMN_SETTINGS`).
   """
 
   name: str
@@ -106,6 +106,13 @@ FCLSWGAN_SETTINGS = {
     for dataset, lr in (("CUB", 1e-4), ("SUN", 2e-4), ("AWA1", 1e-5))
 }
 
+# GMMN's own settings (Bucher et al.'s code, the same for every dataset):
+# Adam at 2e-4 with torch's default betas, 15-d noise. Their generator (two
+# layers of 8192 with dropout and a linear output) is not available here.
+GMMN_SETTINGS = {dataset: {"train.lr_generator": 2e-4, "train.adam_b1": 0.9,
+                           "generator.noise_dim": 15}
+                 for dataset in ("CUB", "SUN", "AWA1")}
+
 COMPARISON_ROWS = (
     Row("real_only", "real_only", {}, "Train only with real samples",
         "The reference repository's own seen-only bilinear baseline: the comments of "
@@ -137,7 +144,7 @@ COMPARISON_ROWS = (
     Row("cycle_clswgan", "cycle_clswgan", {}, "Felix et al. '18 – cycle-CLSWGAN",
         f"Not found. {_NO_TABLE2}, nor Felix et al.'s ECCV'18 paper."),
     Row("gmmn", "gmmn", {}, "Bucher et al. '17 (GMMN)",
-        f"Not found. {_NO_TABLE2}, nor Bucher et al.'s 2017 paper."),
+        f"Not found. {_NO_TABLE2}, nor Bucher et al.'s 2017 paper.", GMMN_SETTINGS),
     Row("cvae", "cvae", {}, "Verma et al. '18 (SE-GZSL)",
         f"Not found. {_NO_TABLE2}, nor Verma et al.'s CVPR'18 paper."),
     Row("cwgan_gm", "cwgan_gm", {}, "GMN (Sariyildiz & Cinbis '19)",

@@ -115,6 +115,10 @@ def test_fclswgan_rows_take_xian_et_als_settings_on_the_papers_datasets_only():
     # GMN's row keeps GMN's networks.
     (gmn,) = comparison.select_rows(["cwgan_gm"])
     assert tuple(comparison.row_config(base, gmn).generator.hidden_dims) == (8,)
+    (gmmn,) = comparison.select_rows(["gmmn"])
+    config = comparison.row_config(base, gmmn)
+    assert (config.train.lr_generator, config.train.adam_b1, config.generator.noise_dim) == (
+        2e-4, 0.9, 15)
   # Elsewhere (digits) the config's own settings.
   (row,) = comparison.select_rows(["fclswgan"])
   config = comparison.row_config(tiny_config(dataset="digits"), row)
