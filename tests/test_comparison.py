@@ -216,6 +216,7 @@ def test_chart_marks_the_reported_values_on_their_bars(tmp_path):
 
 # -- Running the rows ---------------------------------------------------------------------------
 
+@pytest.mark.slow  # run_rows' training is covered by the reuse test and the binary's
 def test_run_rows_trains_each_row_with_its_config_in_its_own_workdir(tmp_path):
   config = tiny_config(seeds=(1,), **{"critic.conditional": False})
   rows = [comparison.Row("real_only", "real_only"),

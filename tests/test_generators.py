@@ -237,7 +237,8 @@ def test_cvae_generator_loss_is_the_vae_loss_plus_the_regressor_feedback():
 
 
 @pytest.mark.parametrize("method", [
-    "gmmn", "cvae", pytest.param("cycle_clswgan", marks=pytest.mark.slow)])
+    "gmmn", pytest.param("cvae", marks=pytest.mark.slow),
+    pytest.param("cycle_clswgan", marks=pytest.mark.slow)])
 def test_new_methods_on_four_devices_equal_one_device(tmp_path, method):
   # pylint: disable=g-import-not-at-top
   from gmn_jax import parallel
