@@ -27,6 +27,7 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
+from gmn_jax import classifiers
 from gmn_jax import losses
 
 SAMPLER_KINDS = ("random_init", "trajectory")
@@ -49,7 +50,7 @@ def random_init(key, init_fn, num_samples, *, feature_dim, embedding_dim, num_cl
 
   Args:
     key: PRNG key.
-    init_fn: a classifier init function from `models.get_classifier`.
+    init_fn: a classifier init function from `classifiers.get_classifier`.
     num_samples: M, the number of θ to draw (static).
     feature_dim: D.
     embedding_dim: K.
@@ -96,8 +97,8 @@ class ThetaSampler:
 
   Attributes:
     kind: "random_init" or "trajectory".
-    init_fn: classifier init function (`models.get_classifier`).
-    apply_fn: classifier apply function (`models.get_classifier`).
+    init_fn: classifier init function (`classifiers.get_classifier`).
+    apply_fn: classifier apply function (`classifiers.get_classifier`).
     num_samples: M, θ per iteration.
     feature_dim: D.
     embedding_dim: K.

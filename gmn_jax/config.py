@@ -283,6 +283,7 @@ def config_rules() -> List[config_utils.Rule]:
   """
   # pylint: disable=g-import-not-at-top
   from gmn_jax import classifier_sampling
+  from gmn_jax import classifiers
   from gmn_jax import final_classifier
   from gmn_jax import gram_gradient_matching
   from gmn_jax import losses
@@ -320,7 +321,7 @@ def config_rules() -> List[config_utils.Rule]:
       u.positive_int("train.log_every"),
       u.positive_int("train.checkpoint_every"),
       u.non_negative("gm.weight"),
-      u.one_of("gm.classifier", models.CLASSIFIER_KINDS),
+      u.one_of("gm.classifier", classifiers.CLASSIFIER_KINDS),
       u.non_negative_int("gm.num_classes"),
       u.positive_int("gm.real_per_class"),
       u.positive_int("gm.fake_repeat"),
@@ -333,7 +334,7 @@ def config_rules() -> List[config_utils.Rule]:
       unit_interval_open("gm.trajectory_momentum"),
       u.non_negative("gm.trajectory_weight_decay"),
       u.non_negative("cls.weight"),
-      u.one_of("cls.classifier", models.CLASSIFIER_KINDS),
+      u.one_of("cls.classifier", classifiers.CLASSIFIER_KINDS),
       u.positive_int("cls.pretrain_epochs"),
       u.positive("cls.pretrain_lr"),
       u.one_of("eval.classifier", final_classifier.FINAL_CLASSIFIER_KINDS),

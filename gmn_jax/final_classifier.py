@@ -34,9 +34,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gmn_jax import classifiers
 from gmn_jax import losses
 from gmn_jax import metrics
-from gmn_jax import models
 from gmn_jax import preemption
 from gmn_jax import progress
 from gmn_jax import ranking_losses
@@ -59,7 +59,7 @@ _RANKING_KINDS = ("ale", "devise")
 
 
 def model_kind(kind: str) -> str:
-  """The `models.get_classifier` kind of a final-classifier kind.
+  """The `classifiers.get_classifier` kind of a final-classifier kind.
 
   Args:
     kind: one of `FINAL_CLASSIFIER_KINDS`.
@@ -221,7 +221,7 @@ def _optimizer(hyper, steps_per_epoch):
 def _epoch_of_one_classifier(carry, shuffle_key, features, epoch_index, hyper, labels,
                              class_embeddings, train_columns, eval_data, *, kind, batch_size):
   """One epoch of one classifier: ((params, opt_state), the epoch's record)."""
-  _, apply_fn = models.get_classifier(model_kind(kind))
+  _, apply_fn = classifiers.get_classifier(model_kind(kind))
   num_examples = features.shape[0]
   optimizer = _optimizer(hyper, max(1, -(-num_examples // batch_size)))
 
@@ -443,7 +443,7 @@ def _training_labels(train_labels, num_examples, num_classes, train_classes):
 
 def _initial_classifiers(kind, seed_keys, feature_dim, embedding_dim, num_classes):
   """(initial parameters, shuffle keys), stacked over the seeds of seed_keys."""
-  init_fn, _ = models.get_classifier(model_kind(kind))
+  init_fn, _ = classifiers.get_classifier(model_kind(kind))
   init_keys, shuffle_keys = jax.vmap(jax.random.split, out_axes=1)(seed_keys)
   init_params = jax.vmap(lambda k: init_fn(
       k, feature_dim=feature_dim, embedding_dim=embedding_dim,

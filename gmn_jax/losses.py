@@ -76,7 +76,7 @@ def cross_entropy(logits, labels, mask=None):
 
 
 def classifier_loss(apply_fn, params, features, labels, class_embeddings, mask=None):
-  """Mean cross-entropy of a classifier from `models.get_classifier`.
+  """Mean cross-entropy of a classifier from `classifiers.get_classifier`.
 
   Args:
     apply_fn: `apply_fn(params, features, class_embeddings) -> (B, C)` logits.
@@ -349,14 +349,14 @@ def gradient_matching(loss_fn, thetas, real_batch, fake_batch, *, granularity="r
   Example (a generator, a bilinear classifier, M = 4 sampled theta):
 
   >>> import jax, jax.numpy as jnp
-  >>> from gmn_jax import models
+  >>> from gmn_jax import classifiers, models
   >>> from gmn_jax.losses import classifier_loss, gradient_matching
   >>> k_gen, k_clf, k_real, k_noise = jax.random.split(jax.random.key(0), 4)
   >>> attributes = jax.random.uniform(k_real, (3, 5))     # 3 classes, K = 5
   >>> module = models.Generator("latent_noise", embedding_dim=5, feature_dim=8,
   ...                           noise_dim=4, hidden_dims=(16,))
   >>> generator = models.init_generator(module, k_gen)
-  >>> init_clf, apply_clf = models.get_classifier("bilinear")
+  >>> init_clf, apply_clf = classifiers.get_classifier("bilinear")
   >>> thetas = jax.vmap(lambda k: init_clf(
   ...     k, feature_dim=8, embedding_dim=5, num_classes=3))(
   ...     jax.random.split(k_clf, 4))

@@ -1,9 +1,9 @@
-"""Generators, critics and classifiers as `flax.linen` modules.
+"""Generators and critics as `flax.linen` modules (classifiers: `gmn_jax.classifiers`).
 
 Every network is a hashable module holding its sizes and compute dtype (so it
 can live in a static spec closed over by jitted code), used through
 `init`/`apply`; parameters are plain nested dicts of float32 arrays.
-`init_generator`, `init_critic` and `get_classifier` build them; `generate`
+`init_generator` and `init_critic` build them; `generate`
 draws the noise and applies a generator (`sample_fn` binds it to one).
 
 Layouts (a dense layer is {"kernel": (in, out), "bias": (out,)}):
@@ -16,13 +16,10 @@ Layouts (a dense layer is {"kernel": (in, out), "bias": (out,)}):
   critic: {"layers": {"layer_0": {"kernel_features": (D, H1),
     "kernel_embedding": (K, H1), "bias"} (a plain dense D->H1 when
     unconditional), ..., "layer_n": dense Hn->1}}
-  bilinear classifier: {"kernel": (D, K), "bias": (K,) or ()}
-  softmax classifier: {"kernel": (D, C), "bias": (C,)}
 
 Initialisation follows the reference: Xavier-normal kernels with gain sqrt(2)
 (a plain, untruncated normal of std sqrt(2) * sqrt(2 / (fan_in + fan_out)))
-and zero biases for the generator and the critic; N(0, 0.02^2) kernels and
-zero biases for the classifiers.
+and zero biases.
 
 Precision: a generator's or critic's `dtype` (float32 or bfloat16) is that of
 its matrix products and the activations between them. Parameters stay
@@ -31,7 +28,7 @@ point of use; outputs are float32, so WGAN-GP, the losses and gradient
 matching see float32 whatever the dtype. A latent_noise generator computes
 mu(a), logvar(a), the exp and z = mu + exp(logvar / 2) eps in float32 always
 (cheap next to the MLP; the exp would magnify bfloat16 rounding of logvar);
-only its MLP runs in `dtype`. The classifiers always run in float32. (A
+only its MLP runs in `dtype`. (A
 float64 `dtype`, under x64 in tests, computes and returns float64 throughout:
 "float32" above means `jnp.promote_types(dtype, jnp.float32)`.)
 """
@@ -49,18 +46,14 @@ from gmn_jax.errors import ConfigError
 
 LEAKY_RELU_SLOPE = 0.2
 XAVIER_GAIN = math.sqrt(2.0)
-CLASSIFIER_INIT_STD = 0.02
 
 GENERATOR_KINDS = ("latent_noise", "attribute_concat")
 # config.precision: the generator's and critic's compute dtype.
 PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-CLASSIFIER_KINDS = ("bilinear", "softmax")
-BILINEAR_BIAS_KINDS = ("vector", "scalar")
 
 # Xavier-normal with gain g has variance g^2 * 2 / (fan_in + fan_out), i.e.
 # variance_scaling's scale / fan_avg with scale = g^2.
 _xavier_init = nn.initializers.variance_scaling(XAVIER_GAIN**2, "fan_avg", "normal")
-_classifier_init = nn.initializers.normal(CLASSIFIER_INIT_STD)
 _zeros = nn.initializers.zeros_init()
 
 Dtype = Any
@@ -341,166 +334,3 @@ def init_critic(module: Critic, key):
   """
   embeddings = (1, module.embedding_dim) if module.conditional else None
   return _init_params(module, key, ((1, module.feature_dim), embeddings))
-
-
-# --------------------------------------------------------------------------
-# Classifiers.
-
-
-def bilinear_head(params, projected, class_embeddings):
-  """Bilinear logits from the projected features H = features @ kernel.
-
-  Args:
-    params: the classifier's parameters; only "bias" is read (the kernel may
-      be left out).
-    projected: (B, K) features times the kernel.
-    class_embeddings: (C, K), the classes to score.
-
-  Returns:
-    (B, C) logits: (H + b) a_c for a vector bias, H a_c + b for a scalar one.
-  """
-  if params["bias"].ndim == 0:
-    return projected @ class_embeddings.T + params["bias"]
-  return (projected + params["bias"]) @ class_embeddings.T
-
-
-def softmax_head(params, projected, class_embeddings=None):
-  """Softmax logits from the projected features H = features @ kernel.
-
-  Args:
-    params: the classifier's parameters; only "bias" is read (the kernel may
-      be left out).
-    projected: (B, C) features times the kernel.
-    class_embeddings: ignored except that, when given, its number of rows must
-      be C (the uniform classifier API).
-
-  Returns:
-    (B, C) logits H + b.
-
-  Raises:
-    ConfigError: when class_embeddings has the wrong number of rows.
-  """
-  num_classes = projected.shape[-1]
-  if class_embeddings is not None and class_embeddings.shape[0] != num_classes:
-    raise ConfigError(f"softmax classifier class_embeddings: expected {num_classes} rows "
-                      f"(one per class), found {class_embeddings.shape[0]}")
-  return projected + params["bias"]
-
-
-class BilinearClassifier(nn.Module):
-  """Bilinear compatibility classifier; params {"kernel": (D, K), "bias"}.
-
-  Attributes:
-    bias: "vector" for scores (x W + b) . a_c with b in R^K (the reference),
-      "scalar" for x W a_c + b with one scalar b.
-  """
-
-  bias: str = "vector"
-
-  @nn.compact
-  def __call__(self, features, class_embeddings):
-    """(B, C) logits of features (B, D) for class_embeddings (C, K)."""
-    feature_dim, embedding_dim = features.shape[-1], class_embeddings.shape[-1]
-    if self.bias not in BILINEAR_BIAS_KINDS:
-      raise ConfigError(
-          f"bilinear bias: expected one of {BILINEAR_BIAS_KINDS}, found {self.bias!r}")
-    kernel = self.param("kernel", _classifier_init, (feature_dim, embedding_dim))
-    bias_shape = (embedding_dim,) if self.bias == "vector" else ()
-    bias = self.param("bias", _zeros, bias_shape)
-    return bilinear_head({"bias": bias}, features @ kernel, class_embeddings)
-
-
-class SoftmaxClassifier(nn.Module):
-  """Linear softmax classifier; params {"kernel": (D, C), "bias": (C,)}.
-
-  Attributes:
-    num_classes: C.
-  """
-
-  num_classes: int
-
-  @nn.compact
-  def __call__(self, features, class_embeddings=None):
-    """(B, C) logits of features (B, D); class_embeddings as in `softmax_head`."""
-    kernel = self.param("kernel", _classifier_init, (features.shape[-1], self.num_classes))
-    bias = self.param("bias", _zeros, (self.num_classes,))
-    return softmax_head({"bias": bias}, features @ kernel, class_embeddings)
-
-
-@functools.cache
-def _bilinear_fns(bias):
-  """One (init_fn, apply_fn) pair per bias form: the same objects on every call."""
-  module = BilinearClassifier(bias=bias)
-
-  def init_fn(key, *, feature_dim, embedding_dim, num_classes=None):
-    del num_classes  # The class matrix is an input, not a parameter.
-    return _init_params(module, key, ((1, feature_dim), (1, embedding_dim)))
-
-  def apply_fn(params, features, class_embeddings):
-    return module.apply({"params": params}, features, class_embeddings)
-
-  return init_fn, apply_fn
-
-
-def _softmax_init(key, *, feature_dim, num_classes, embedding_dim=None):
-  del embedding_dim  # A softmax classifier does not read embeddings.
-  return _init_params(SoftmaxClassifier(num_classes), key, ((1, feature_dim), None))
-
-
-def _softmax_apply(params, features, class_embeddings=None):
-  module = SoftmaxClassifier(params["kernel"].shape[-1])
-  return module.apply({"params": params}, features, class_embeddings)
-
-
-def get_classifier(kind, *, bilinear_bias="vector") -> tuple[Callable, Callable]:
-  """Returns a classifier's (init_fn, apply_fn) with uniform signatures.
-
-  `init_fn(key, *, feature_dim, embedding_dim, num_classes) -> params` (sizes
-  the kind does not use are ignored) and `apply_fn(params, features,
-  class_embeddings) -> (B, C)` logits with C = class_embeddings.shape[0]. Both
-  run the flax modules and work under jit and vmap (e.g. over a leading axis
-  of sampled parameter sets).
-
-  Args:
-    kind: "bilinear" or "softmax".
-    bilinear_bias: "vector" or "scalar", the bilinear bias form.
-
-  Returns:
-    (init_fn, apply_fn).
-
-  Raises:
-    ConfigError: for an unknown kind or bias form.
-  """
-  if kind == "bilinear":
-    if bilinear_bias not in BILINEAR_BIAS_KINDS:
-      raise ConfigError(
-          f"bilinear bias: expected one of {BILINEAR_BIAS_KINDS}, found {bilinear_bias!r}")
-    return _bilinear_fns(bilinear_bias)
-  if kind == "softmax":
-    return _softmax_init, _softmax_apply
-  raise ConfigError(f"classifier kind: expected one of {CLASSIFIER_KINDS}, found {kind!r}")
-
-
-def get_classifier_head(kind) -> Callable:
-  """The part of a classifier after its kernel: logits from features @ kernel.
-
-  Every classifier kind reads the features only through H = features @
-  params["kernel"], so `apply_fn(params, x, E) == head(params, x @
-  params["kernel"], E)`; gradient matching uses that to work with the small
-  Gram matrices of the features (`gmn_jax.gram_gradient_matching`).
-
-  Args:
-    kind: "bilinear" or "softmax".
-
-  Returns:
-    `head(params, projected, class_embeddings) -> (B, C)` logits; it reads
-    every parameter except the kernel.
-
-  Raises:
-    ConfigError: for an unknown kind.
-  """
-  heads = {"bilinear": bilinear_head, "softmax": softmax_head}
-  if kind not in heads:
-    raise ConfigError(f"classifier kind: expected one of {CLASSIFIER_KINDS}, found {kind!r}")
-  return heads[kind]
-

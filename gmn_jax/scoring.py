@@ -18,8 +18,8 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
+from gmn_jax import classifiers
 from gmn_jax import metrics
-from gmn_jax import models
 from gmn_jax.data.dataset import ZSLDataset
 from gmn_jax.errors import ConfigError, DataError
 from gmn_jax.metrics import gzsl_metrics_from_predictions, predict
@@ -209,7 +209,7 @@ def epoch_metrics(apply_fn, params, class_embeddings, eval_data):
 @functools.partial(jax.jit, static_argnames=("kind",))
 def _calibration_rows_of_seeds(params, class_embeddings, eval_data, *, kind):
   """{"unseen"|"seen": CalibrationRows with a leading seed axis}."""
-  _, apply_fn = models.get_classifier(kind)
+  _, apply_fn = classifiers.get_classifier(kind)
 
   def one_seed(seed_params):
     out = {}
@@ -263,7 +263,7 @@ def calibration(params, class_embeddings, eval_data, kind, gammas):
     params: classifier parameters stacked on a leading seed axis.
     class_embeddings: (C, K) embeddings of all classes.
     eval_data: from `prepare_eval_data`.
-    kind: the model kind of `models.get_classifier` ("bilinear" or
+    kind: the model kind of `classifiers.get_classifier` ("bilinear" or
       "softmax"; a final classifier's is `final_classifier.model_kind`).
     gammas: (S,) gammas chosen elsewhere (`calibration_gammas`), or None.
 

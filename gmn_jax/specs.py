@@ -26,6 +26,7 @@ import numpy as np
 import optax
 
 from gmn_jax import classifier_sampling
+from gmn_jax import classifiers
 from gmn_jax import config as gmn_config
 from gmn_jax import models
 from gmn_jax import vae
@@ -157,7 +158,7 @@ class TrainSpec:
     Returns:
       The sampler.
     """
-    init_fn, apply_fn = models.get_classifier(self.gm_classifier)
+    init_fn, apply_fn = classifiers.get_classifier(self.gm_classifier)
     sgd = {}
     if hyper is not None:
       sgd = dict(lr=hyper.trajectory_lr, momentum=hyper.trajectory_momentum,

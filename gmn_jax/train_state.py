@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gmn_jax import classifiers
 from gmn_jax import losses
 from gmn_jax import models
 from gmn_jax import reference_batches
@@ -173,7 +174,7 @@ def _fit_with_adam(params, loss_fn, rows, key, *, epochs: int, batch_size: int,
 
 @functools.partial(jax.jit, static_argnums=0)
 def _pretrain(spec: TrainSpec, key, features, labels, seen_embeddings):
-  init_fn, apply_fn = models.get_classifier(spec.cls_classifier)
+  init_fn, apply_fn = classifiers.get_classifier(spec.cls_classifier)
   init_key, shuffle_key = jax.random.split(key)
   params = init_fn(init_key, feature_dim=spec.feature_dim, embedding_dim=spec.embedding_dim,
                    num_classes=spec.num_seen)

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 
 from gmn_jax import classifier_sampling
-from gmn_jax import models
+from gmn_jax import classifiers
 
 D, K, C = 6, 4, 5
 
 
 def _sampler(kind, **kwargs):
-  init_fn, apply_fn = models.get_classifier("bilinear")
+  init_fn, apply_fn = classifiers.get_classifier("bilinear")
   settings = dict(num_samples=1, feature_dim=D, embedding_dim=K, num_classes=C)
   settings.update(kwargs)
   return classifier_sampling.ThetaSampler(kind=kind, init_fn=init_fn, apply_fn=apply_fn,

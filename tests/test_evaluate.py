@@ -10,9 +10,9 @@ import jax
 import numpy as np
 import pytest
 
+from gmn_jax import classifiers
 from gmn_jax import evaluate
 from gmn_jax import final_classifier
-from gmn_jax import models
 from gmn_jax import synthesis
 from gmn_jax.errors import ConfigError
 from test_final_classifier import (CURVE_NAMES, EMBEDDING_DIM, EVAL_CHUNK, FEATURE_DIM,
@@ -65,7 +65,7 @@ def test_evaluate_generators_real_only_bilinear_trains_on_seen_columns():
   # key) -> split(classifier key, 1 seed) -> (init key, shuffle key).
   (seed_key,) = jax.random.split(jax.random.split(key)[1], 1)
   init_key, shuffle_key = jax.random.split(seed_key)
-  init_fn, _ = models.get_classifier("bilinear")
+  init_fn, _ = classifiers.get_classifier("bilinear")
   init = init_fn(init_key, feature_dim=FEATURE_DIM, embedding_dim=EMBEDDING_DIM,
                  num_classes=NUM_CLASSES)
   labels = dataset.train_labels

@@ -13,9 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gmn_jax import classifiers
 from gmn_jax import final_classifier
 from gmn_jax import metrics
-from gmn_jax import models
 from gmn_jax import scoring
 from gmn_jax import specs
 from gmn_jax import synthesis
@@ -247,7 +247,7 @@ def test_training_matches_numpy_loop(toy, kind, real_only):
   result = train(features, labels, dataset, seed_key[None], spec, train_classes=columns)
 
   init_key, shuffle_key = jax.random.split(seed_key)
-  init_fn, _ = models.get_classifier(kind)
+  init_fn, _ = classifiers.get_classifier(kind)
   init = init_fn(init_key, feature_dim=FEATURE_DIM, embedding_dim=EMBEDDING_DIM,
                  num_classes=NUM_CLASSES)
   batches = [tuple(np.asarray(a) for a in final_classifier.epoch_batches(
@@ -313,7 +313,7 @@ def test_last_epoch_rule_and_curves(toy, three_seeds):
 def test_calibration_metrics_are_those_of_the_final_scores(toy, three_seeds):
   dataset = toy[0]
   _, result = three_seeds
-  _, apply_fn = models.get_classifier("bilinear")
+  _, apply_fn = classifiers.get_classifier("bilinear")
   # No gamma given: the oracle calibration only.
   assert set(result.last) == CURVE_NAMES | ORACLE_CALIBRATION_NAMES
   assert len(result.seen_unseen_curves) == 3
@@ -354,7 +354,7 @@ def test_a_given_calibration_gamma_is_applied_per_seed(toy, three_seeds):
   keys, _ = three_seeds
   gammas = np.array([0.0, 2.0, -3.0])
   result = train(features, labels, dataset, keys, calibration_gamma=gammas)
-  _, apply_fn = models.get_classifier("bilinear")
+  _, apply_fn = classifiers.get_classifier("bilinear")
   is_seen = np.isin(np.arange(NUM_CLASSES), SEEN)
   assert set(result.last) == CURVE_NAMES | ORACLE_CALIBRATION_NAMES | CALIBRATION_NAMES
   np.testing.assert_array_equal(result.last["calibration_gamma"], gammas)
@@ -501,7 +501,7 @@ def test_kinds_and_their_models():
           "devise": "bilinear"}
   assert {k: final_classifier.model_kind(k)
           for k in final_classifier.FINAL_CLASSIFIER_KINDS} == want
-  assert set(models.CLASSIFIER_KINDS) == {"bilinear", "softmax"}  # gm/cls stay as they were
+  assert set(classifiers.CLASSIFIER_KINDS) == {"bilinear", "softmax"}  # gm/cls stay as they were
   with pytest.raises(ConfigError, match="final classifier kind.*'ale', 'devise'"):
     final_classifier.model_kind("sje")
 
@@ -523,7 +523,7 @@ def test_ranking_training_matches_numpy_loop(toy, kind, real_only, margin):
   result = train(features, labels, dataset, seed_key[None], spec, train_classes=columns)
 
   init_key, shuffle_key = jax.random.split(seed_key)
-  init_fn, _ = models.get_classifier("bilinear")
+  init_fn, _ = classifiers.get_classifier("bilinear")
   init = init_fn(init_key, feature_dim=FEATURE_DIM, embedding_dim=EMBEDDING_DIM)
   batches = [tuple(np.asarray(a) for a in final_classifier.epoch_batches(
       jax.random.fold_in(shuffle_key, e), len(labels), spec.batch_size))

@@ -13,6 +13,7 @@ from jax.sharding import PartitionSpec as P
 import numpy as np
 import pytest
 
+from gmn_jax import classifiers
 from gmn_jax import losses
 from gmn_jax import models
 from gmn_jax.errors import ConfigError
@@ -86,7 +87,7 @@ def _problem(seed=0, dtype=jnp.float32):
   return cast(attributes), cast(thetas), cast(real), cast(fake)
 
 
-_, _APPLY_BILINEAR = models.get_classifier("bilinear")
+_, _APPLY_BILINEAR = classifiers.get_classifier("bilinear")
 
 
 def _bilinear_loss_fn(attributes):

@@ -9,6 +9,7 @@ from jax.sharding import PartitionSpec as P
 import numpy as np
 import pytest
 
+from gmn_jax import classifiers
 from gmn_jax import config as gmn_config
 from gmn_jax import gram_gradient_matching as gram_gm
 from gmn_jax import losses
@@ -39,7 +40,7 @@ def _problem(kind, bias, num_thetas, dtype=jnp.float32, seed=0):
   """Class embeddings, M perturbed classifiers, a generator and 3 classes of batches."""
   keys = jax.random.split(jax.random.key(seed), 6)
   embeddings = jax.random.normal(keys[0], (C, K), dtype)
-  init_fn, apply_fn = models.get_classifier(kind, bilinear_bias=bias)
+  init_fn, apply_fn = classifiers.get_classifier(kind, bilinear_bias=bias)
   thetas = jax.vmap(lambda k: init_fn(k, feature_dim=D, embedding_dim=K, num_classes=C))(
       jax.random.split(keys[1], num_thetas))
   # Non-zero biases and larger kernels, so that every term matters.
@@ -74,7 +75,7 @@ def _fakes(generator, embeddings, fake_labels, noise):
 
 def _gm_functions(kind, embeddings, apply_fn, granularity):
   """(autodiff, gram), functions of (generator, offset, thetas, real, labels, noise)."""
-  head = models.get_classifier_head(kind)
+  head = classifiers.get_classifier_head(kind)
 
   def loss_fn(theta, batch):
     return losses.cross_entropy(apply_fn(theta, batch[0], embeddings), batch[1])
@@ -217,7 +218,7 @@ def test_train_iteration_matches_the_autodiff_implementation():
 
 
 def _numpy_logits(kind, bias, params, features, embeddings):
-  """float64 logits by the documented formulas (models.BilinearClassifier, SoftmaxClassifier)."""
+  """float64 logits by the documented formulas (classifiers.BilinearClassifier, SoftmaxClassifier)."""
   x, e = np.asarray(features, np.float64), np.asarray(embeddings, np.float64)
   w, b = np.asarray(params["kernel"], np.float64), np.asarray(params["bias"], np.float64)
   if kind == "softmax":
@@ -231,25 +232,25 @@ def test_head_after_the_kernel_gives_the_classifier_logits():
   features = jax.random.normal(jax.random.key(3), (6, D))
   embeddings = jax.random.normal(jax.random.key(4), (C, K))
   for kind, bias in CLASSIFIERS:
-    init_fn, apply_fn = models.get_classifier(kind, bilinear_bias=bias)
+    init_fn, apply_fn = classifiers.get_classifier(kind, bilinear_bias=bias)
     params = init_fn(jax.random.key(5), feature_dim=D, embedding_dim=K, num_classes=C)
     # Non-zero biases and kernel entries of order 1, so that every term matters.
     params = {"kernel": 50.0 * params["kernel"], "bias": params["bias"] + 0.5}
     want = _numpy_logits(kind, bias, params, features, embeddings)
     assert want.shape == (6, C)
     without_kernel = {"bias": params["bias"]}
-    head = models.get_classifier_head(kind)
+    head = classifiers.get_classifier_head(kind)
     got = head(without_kernel, features @ params["kernel"], embeddings)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=f"{kind}, {bias}")
     np.testing.assert_allclose(apply_fn(params, features, embeddings), want, rtol=1e-5,
                                atol=1e-5, err_msg=f"{kind}, {bias}")
   with pytest.raises(ConfigError, match="classifier kind"):
-    models.get_classifier_head("mlp")
+    classifiers.get_classifier_head("mlp")
 
 
 def test_bad_inputs_raise_one_line_config_errors():
   embeddings, thetas, _, real, fake_labels, noise, _ = _problem("bilinear", "vector", 2)
-  head = models.get_classifier_head("bilinear")
+  head = classifiers.get_classifier_head("bilinear")
   head_loss_fn = lambda theta, h, y: losses.cross_entropy(head(theta, h, embeddings), y)
   real_batch, fake_batch = (real[0][0], real[1][0]), (real[0][1], real[1][1])
   gm = gram_gm.linear_head_gradient_matching
@@ -295,7 +296,7 @@ def test_masked_classes_equal_the_unpadded_classes_and_masked_autodiff(kind, bia
   with _x64():
     embeddings, thetas, generator, real, fake_labels, noise, apply_fn = _problem(
         kind, bias, 3, jnp.float64, seed=3)
-    head = models.get_classifier_head(kind)
+    head = classifiers.get_classifier_head(kind)
 
     def head_loss_fn(theta, projected, labels, mask=None):
       return losses.cross_entropy(head(theta, projected, embeddings), labels, mask)
@@ -340,7 +341,7 @@ def test_masked_classes_equal_the_unpadded_classes_and_masked_autodiff(kind, bia
 
 def test_a_mask_of_the_wrong_shape_raises_a_config_error():
   embeddings, thetas, _, real, _, _, _ = _problem("bilinear", "vector", 2)
-  head = models.get_classifier_head("bilinear")
+  head = classifiers.get_classifier_head("bilinear")
   head_loss_fn = lambda theta, h, y, mask: losses.cross_entropy(
       head(theta, h, embeddings), y, mask)
   batch = (real[0][0], real[1][0])

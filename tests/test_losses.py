@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gmn_jax import classifiers
 from gmn_jax import losses
 from gmn_jax import models
 
@@ -55,7 +56,7 @@ def test_bilinear_cross_entropy_gradient_matches_closed_form(bias):
   w = rng.normal(size=(D, K)).astype(np.float32)
   b = rng.normal(size=(K,) if bias == "vector" else ()).astype(np.float32)
   params = {"kernel": jnp.asarray(w), "bias": jnp.asarray(b)}
-  _, apply_fn = models.get_classifier("bilinear", bilinear_bias=bias)
+  _, apply_fn = classifiers.get_classifier("bilinear", bilinear_bias=bias)
   grads = jax.grad(losses.classifier_loss, argnums=1)(apply_fn, params, x, y, a)
   # d CE / d logits = (P - Y) / B, and logits = (x W + b) A^T (vector bias) or
   # x W A^T + b (scalar bias).
@@ -74,7 +75,7 @@ def test_softmax_cross_entropy_gradient_matches_closed_form():
   rng = np.random.default_rng(4)
   params = {"kernel": jnp.asarray(rng.normal(size=(D, C)), jnp.float32),
             "bias": jnp.asarray(rng.normal(size=(C,)), jnp.float32)}
-  _, apply_fn = models.get_classifier("softmax")
+  _, apply_fn = classifiers.get_classifier("softmax")
   grads = jax.grad(losses.classifier_loss, argnums=1)(apply_fn, params, x, y, a)
   residual = (_np_softmax(x @ np.asarray(params["kernel"]) + np.asarray(params["bias"]))
               - np.eye(C)[y]) / B
@@ -84,7 +85,7 @@ def test_softmax_cross_entropy_gradient_matches_closed_form():
 
 def test_frozen_classifier_loss_trains_only_the_features():
   x, a, y = _data(5)
-  init_fn, apply_fn = models.get_classifier("bilinear")
+  init_fn, apply_fn = classifiers.get_classifier("bilinear")
   params = init_fn(jax.random.key(0), feature_dim=D, embedding_dim=K, num_classes=C)
   value, (g_params, g_x, g_a) = jax.value_and_grad(
       lambda p, f, e: losses.frozen_classifier_loss(apply_fn, p, f, y, e), argnums=(0, 1, 2))(
@@ -232,7 +233,7 @@ def test_masked_mean_weights_rows_and_ignores_padding():
 def test_masked_cross_entropy_and_classifier_losses_equal_the_unpadded_batch():
   x, a, y = _data(11)
   mask = _padded_mask()
-  _, apply_fn = models.get_classifier("bilinear")
+  _, apply_fn = classifiers.get_classifier("bilinear")
   rng = np.random.default_rng(12)
   params = {"kernel": jnp.asarray(rng.normal(size=(D, K)), jnp.float32),
             "bias": jnp.asarray(rng.normal(size=(K,)), jnp.float32)}

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gmn_jax import classifiers
 from gmn_jax import models
 from gmn_jax.errors import ConfigError
 
@@ -116,7 +117,7 @@ CLASSIFIERS = [("bilinear", "vector"), ("bilinear", "scalar"), ("softmax", "vect
 @pytest.mark.parametrize("kind,bias", CLASSIFIERS)
 def test_classifiers_match_numpy_and_heads(kind, bias):
   num_classes = 3
-  init_fn, apply_fn = models.get_classifier(kind, bilinear_bias=bias)
+  init_fn, apply_fn = classifiers.get_classifier(kind, bilinear_bias=bias)
   params = _random_like(init_fn(jax.random.key(0), feature_dim=D, embedding_dim=K,
                                 num_classes=num_classes), 5)
   x, e = _inputs(6, (B, D), (num_classes, K))
@@ -125,7 +126,7 @@ def test_classifiers_match_numpy_and_heads(kind, bias):
   assert got.shape == (B, num_classes) and got.dtype == jnp.float32
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
   # The Gram form of GM calls the head without the kernel.
-  head = models.get_classifier_head(kind)
+  head = classifiers.get_classifier_head(kind)
   projected = jnp.asarray(x) @ params["kernel"]
   np.testing.assert_allclose(head(params, projected, e), got, rtol=1e-6, atol=1e-6)
   np.testing.assert_allclose(head({"bias": params["bias"]}, projected, e), got,
@@ -154,7 +155,7 @@ def test_param_layouts():
   critic = models.init_critic(models.Critic(D, K, (), False), jax.random.key(0))
   assert _shapes(critic) == {"layers": {"layer_0": {"kernel": (D, 1), "bias": (1,)}}}
   for kind, bias in CLASSIFIERS:
-    init_fn, _ = models.get_classifier(kind, bilinear_bias=bias)
+    init_fn, _ = classifiers.get_classifier(kind, bilinear_bias=bias)
     params = init_fn(jax.random.key(0), feature_dim=D, embedding_dim=K, num_classes=3)
     want_bias = (3,) if kind == "softmax" else (K,) if bias == "vector" else ()
     out_dim = 3 if kind == "softmax" else K
@@ -207,9 +208,9 @@ def test_generator_and_critic_init_is_xavier_normal_gain_sqrt2():
   np.testing.assert_array_equal(critic["layers"]["layer_1"]["bias"], 0.0)
 
 
-@pytest.mark.parametrize("kind", models.CLASSIFIER_KINDS)
+@pytest.mark.parametrize("kind", classifiers.CLASSIFIER_KINDS)
 def test_classifier_init_is_normal_002(kind):
-  init_fn, _ = models.get_classifier(kind)
+  init_fn, _ = classifiers.get_classifier(kind)
   params = init_fn(jax.random.key(4), feature_dim=300, embedding_dim=200, num_classes=200)
   _check_normal(params["kernel"], 0.02)
   np.testing.assert_array_equal(params["bias"], 0.0)
@@ -317,20 +318,20 @@ def test_critic_embedding_errors():
 
 
 def test_classifier_functions_are_the_same_objects_on_every_call():
-  for kind in models.CLASSIFIER_KINDS:  # Stable identities keep specs hashable and equal.
-    assert models.get_classifier(kind) == models.get_classifier(kind)
-  assert models.get_classifier("bilinear") != models.get_classifier("bilinear",
+  for kind in classifiers.CLASSIFIER_KINDS:  # Stable identities keep specs hashable and equal.
+    assert classifiers.get_classifier(kind) == classifiers.get_classifier(kind)
+  assert classifiers.get_classifier("bilinear") != classifiers.get_classifier("bilinear",
                                                                     bilinear_bias="scalar")
 
 
 def test_classifier_errors():
   with pytest.raises(ConfigError, match="classifier kind"):
-    models.get_classifier("mlp")
+    classifiers.get_classifier("mlp")
   with pytest.raises(ConfigError, match="classifier kind"):
-    models.get_classifier_head("mlp")
+    classifiers.get_classifier_head("mlp")
   with pytest.raises(ConfigError, match="bilinear bias"):
-    models.get_classifier("bilinear", bilinear_bias="matrix")
-  init_fn, apply_fn = models.get_classifier("softmax")
+    classifiers.get_classifier("bilinear", bilinear_bias="matrix")
+  init_fn, apply_fn = classifiers.get_classifier("softmax")
   params = init_fn(jax.random.key(0), feature_dim=D, num_classes=3)
   with pytest.raises(ConfigError, match="expected 3 rows"):
     apply_fn(params, jnp.zeros((2, D)), jnp.zeros((4, K)))
@@ -365,7 +366,7 @@ def test_modules_are_hashable_static_jit_arguments():
 @pytest.mark.parametrize("kind,bias", CLASSIFIERS)
 def test_classifiers_under_vmap_over_parameter_sets(kind, bias):
   num_samples, num_classes = 4, 3
-  init_fn, apply_fn = models.get_classifier(kind, bilinear_bias=bias)
+  init_fn, apply_fn = classifiers.get_classifier(kind, bilinear_bias=bias)
   keys = jax.random.split(jax.random.key(19), num_samples)
   init = lambda k: init_fn(k, feature_dim=D, embedding_dim=K, num_classes=num_classes)
   thetas = jax.jit(jax.vmap(init))(keys)
@@ -405,8 +406,8 @@ def test_gram_gradient_matching_reads_the_flax_kernel(kind, bias):
   from gmn_jax import gram_gradient_matching  # pylint: disable=g-import-not-at-top
   from gmn_jax import losses  # pylint: disable=g-import-not-at-top
   num_classes = 3
-  init_fn, apply_fn = models.get_classifier(kind, bilinear_bias=bias)
-  head = models.get_classifier_head(kind)
+  init_fn, apply_fn = classifiers.get_classifier(kind, bilinear_bias=bias)
+  head = classifiers.get_classifier_head(kind)
   thetas = jax.vmap(lambda k: init_fn(k, feature_dim=D, embedding_dim=K,
                                       num_classes=num_classes))(
                                           jax.random.split(jax.random.key(23), 4))

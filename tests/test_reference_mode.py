@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gmn_jax import classifiers
 from gmn_jax import config as gmn_config
 from gmn_jax import losses
 from gmn_jax import metric_writers
@@ -270,7 +271,7 @@ def test_a_short_batch_gives_the_loss_of_its_valid_rows(method, overrides):
   padded_scores = spec.critic.apply({"params": state.critic}, padded_fake, padded_embeddings)
   assert abs(float(-np.mean(padded_scores)) - float(terms["adversarial_loss"])) > 1e-4
   if spec.variant.classification_loss:
-    _, apply_fn = models.get_classifier(spec.cls_classifier)
+    _, apply_fn = classifiers.get_classifier(spec.cls_classifier)
     logits = apply_fn(state.cls_classifier, fake, data.seen_embeddings)
     np.testing.assert_allclose(terms["cls_loss"], _log_softmax_ce(logits, labels[:count]),
                                rtol=1e-5)
@@ -286,7 +287,7 @@ def test_a_short_batch_gives_the_loss_of_its_valid_rows(method, overrides):
         spec.generator, state.generator,
         jnp.repeat(data.seen_embeddings[classes], f * R, axis=0),
         batch.gm_noise_key).reshape(n, f * R, spec.feature_dim)
-    _, apply_fn = models.get_classifier(spec.gm_classifier)
+    _, apply_fn = classifiers.get_classifier(spec.gm_classifier)
 
     def loss_fn(theta, b):
       return losses.cross_entropy(apply_fn(theta, b[0], data.seen_embeddings), b[1])

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from gmn_jax import checkpoint
+from gmn_jax import classifiers
 from gmn_jax import evaluate
 from gmn_jax import final_classifier
 from gmn_jax import metric_writers
 from gmn_jax import progress
-from gmn_jax import models
 from gmn_jax import specs
 from gmn_jax import stage1
 from gmn_jax import train
@@ -145,7 +145,7 @@ def test_real_only_trains_no_generator(tmp_path):
   _, classifier_key = jax.random.split(train_state.seed_keys(1).eval)
   features, labels = dataset.train_features, dataset.train_labels
   embeddings = dataset.class_embeddings.astype(np.float64)
-  init_fn, _ = models.get_classifier("bilinear")
+  init_fn, _ = classifiers.get_classifier("bilinear")
   per_seed = results["per_seed"][0]
   want_curves = []
   for index, key in enumerate(jax.random.split(classifier_key, 2)):

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gmn_jax import classifiers
 from gmn_jax import config as gmn_config
 from gmn_jax import losses
 from gmn_jax import models
@@ -138,7 +139,7 @@ def test_generator_gradient_includes_the_gm_term_exactly():
   # The GM loss written out independently: per class, real features of that
   # class vs fake_repeat x as many generated ones, bilinear CE over all seen
   # classes, summed over classes.
-  _, apply_fn = models.get_classifier("bilinear")
+  _, apply_fn = classifiers.get_classifier("bilinear")
   n, r = batch.gm_real_features.shape[:2]
   f = spec.gm_fake_repeat * r
 
@@ -220,7 +221,7 @@ def test_critic_real_batch_is_class_balanced_or_uniform(balanced):
 def test_pretrained_cls_classifier_beats_chance_on_seen_classes():
   config = tiny_config("cwgan_cls", **{"cls.pretrain_epochs": 30, "cls.pretrain_lr": 0.01})
   spec, data, state, _ = _setup(config)
-  _, apply_fn = models.get_classifier("bilinear")
+  _, apply_fn = classifiers.get_classifier("bilinear")
   logits = apply_fn(state.cls_classifier, data.features, data.seen_embeddings)
   accuracy = float(jnp.mean(jnp.argmax(logits, axis=1) == data.labels))
   assert accuracy > 0.6  # 6 classes: chance is 1/6

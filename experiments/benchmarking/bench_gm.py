@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from experiments import cli
+from gmn_jax import classifiers
 from gmn_jax import losses
 from gmn_jax import models
 from gmn_jax.errors import ConfigError
@@ -80,7 +81,7 @@ def build_problem(key, *, classes, real_per_class, fake_repeat, num_thetas):
   """
   keys = jax.random.split(key, 6)
   generator = models.init_generator(GENERATOR, keys[0])
-  init_fn, _ = models.get_classifier("bilinear")
+  init_fn, _ = classifiers.get_classifier("bilinear")
   thetas = jax.vmap(lambda k: init_fn(k, feature_dim=FEATURE_DIM, embedding_dim=EMBEDDING_DIM,
                                       num_classes=SEEN_CLASSES))(
                                           jax.random.split(keys[1], num_thetas))
@@ -110,7 +111,7 @@ def gm_loss(generator, inputs, granularity="row"):
   """
   classes, real_per_class = inputs["real"].shape[:2]
   fake_per_class = inputs["fake_per_class"]
-  _, apply_bilinear = models.get_classifier("bilinear")
+  _, apply_bilinear = classifiers.get_classifier("bilinear")
   fake = models.generate(GENERATOR, generator, _fake_embeddings(inputs), inputs["noise_key"])
   fake = fake.reshape(classes, fake_per_class, FEATURE_DIM)
   labels = lambda n: jnp.broadcast_to(inputs["class_ids"][:, None], (classes, n))

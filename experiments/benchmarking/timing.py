@@ -25,6 +25,7 @@ from gmn_jax import reference_batches
 from gmn_jax import seed_axis
 from gmn_jax import specs
 from gmn_jax import stage1
+from gmn_jax import step_terms
 from gmn_jax import synthesis
 from gmn_jax import train_state
 from gmn_jax import train_step
@@ -216,7 +217,7 @@ def time_components(spec: specs.TrainSpec, dataset: ZSLDataset, hyper, *,
   }
   if spec.variant.gradient_matching:
     parts["gm_only"] = (
-        jax.value_and_grad(lambda g, d, b: train_step.gradient_matching_loss(spec, g, d, b)),
+        jax.value_and_grad(lambda g, d, b: step_terms.gradient_matching_loss(spec, g, d, b)),
         (state.generator, data, batch))
   out = {}
   for name, (fn, args) in parts.items():

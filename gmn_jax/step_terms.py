@@ -1,0 +1,123 @@
+"""The generator step's per-class terms: generated class batches and L_GM.
+
+`per_class_fakes` generates batches of given seen classes (the fakes of
+gradient matching and of the MMD objective); `gradient_matching_loss` is the
+step's L_GM over a `train_step.GeneratorBatch`, by the Gram form
+(`gmn_jax.gram_gradient_matching`) or by autodiff
+(`losses.per_class_gradient_matching`), masked to the valid rows with
+reference sampling. `train_step.generator_loss` adds them to the generator's
+objective.
+"""
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from gmn_jax import classifiers
+from gmn_jax import gram_gradient_matching
+from gmn_jax import losses
+from gmn_jax import models
+from gmn_jax import parallel
+from gmn_jax import reference_batches
+from gmn_jax.specs import TrainSpec
+from gmn_jax.train_state import TrainData
+
+
+def per_class_fakes(spec: TrainSpec, generator, data: TrainData, classes, per_class: int,
+                    key) -> jax.Array:
+  """Generated batches of given seen classes (GM's and the MMD's fakes).
+
+  Args:
+    spec: the run's settings.
+    generator: generator params.
+    data: the training data.
+    classes: (n,) local seen classes.
+    per_class: features per class.
+    key: PRNG key of the noise.
+
+  Returns:
+    (n, per_class, D) generated features, row j of class classes[j].
+  """
+  embeddings = parallel.constrain_batch(
+      jnp.repeat(data.seen_embeddings[classes], per_class, axis=0))
+  fake = models.generate(spec.generator, generator, embeddings, key)
+  return fake.reshape(classes.shape[0], per_class, spec.feature_dim)
+
+
+def gm_classifier_loss_fn(spec: TrainSpec, data: TrainData) -> Callable:
+  """`loss_fn(theta, (features, labels), mask=None)` of GM: CE, logits over all seen classes.
+
+  Args:
+    spec: the run's settings.
+    data: the training data.
+
+  Returns:
+    The loss function `losses.gradient_matching` differentiates.
+  """
+  _, apply_fn = classifiers.get_classifier(spec.gm_classifier)
+
+  def loss_fn(theta, batch, mask=None):
+    features, labels = batch
+    return losses.classifier_loss(apply_fn, theta, features, labels, data.seen_embeddings,
+                                  mask)
+
+  return loss_fn
+
+
+def gm_head_loss_fn(spec: TrainSpec, data: TrainData) -> Callable:
+  """`gm_classifier_loss_fn` written after the classifier's kernel, for the Gram path.
+
+  Args:
+    spec: the run's settings.
+    data: the training data.
+
+  Returns:
+    `head_loss_fn(theta_without_kernel, features @ kernel, labels, mask=None)`,
+    equal to `gm_classifier_loss_fn(spec, data)(theta, (features, labels), mask)`.
+  """
+  head = classifiers.get_classifier_head(spec.gm_classifier)
+
+  def head_loss_fn(theta, projected, labels, mask=None):
+    return losses.cross_entropy(head(theta, projected, data.seen_embeddings), labels, mask)
+
+  return head_loss_fn
+
+
+def gradient_matching_loss(spec: TrainSpec, generator, data: TrainData,
+                           batch) -> jax.Array:
+  """L_GM: per-class gradient matching over this step's classes.
+
+  `spec.gm_implementation` picks how: "gram" (exact, from the batches' Gram
+  matrices, `gram_gradient_matching.per_class_linear_head_gradient_matching`)
+  or "autodiff" (`losses.per_class_gradient_matching` on the classifier
+  loss). Both compute the same loss. With reference sampling the real
+  batches' masks (and the fakes', `gm_fake_repeat` per valid real row) make
+  each class's classifier losses means over its valid rows.
+
+  Args:
+    spec: the run's settings.
+    generator: generator params (the loss is differentiated w.r.t. these).
+    data: the training data.
+    batch: this step's draws (a `train_step.GeneratorBatch`).
+
+  Returns:
+    The scalar GM loss summed over classes (not yet multiplied by β).
+  """
+  fake = per_class_fakes(spec, generator, data, batch.gm_classes,
+                         spec.gm_fake_repeat * spec.gm_real_per_class, batch.gm_noise_key)
+  n, real_count = batch.gm_real_features.shape[:2]
+  real_labels = jnp.broadcast_to(batch.gm_classes[:, None], (n, real_count))
+  fake_labels = jnp.broadcast_to(batch.gm_classes[:, None], (n, fake.shape[1]))
+  real_batches = (batch.gm_real_features, real_labels)
+  fake_batches = (fake, fake_labels)
+  # None (i.i.d.) runs the unmasked losses.
+  masks = dict(real_mask=batch.gm_real_mask,
+               fake_mask=reference_batches.fake_mask(spec, batch.gm_real_mask))
+  if spec.gm_implementation == "gram":
+    return gram_gradient_matching.per_class_linear_head_gradient_matching(
+        gm_head_loss_fn(spec, data), batch.thetas, real_batches, fake_batches,
+        granularity=spec.gm_granularity, **masks)
+  return losses.per_class_gradient_matching(
+      gm_classifier_loss_fn(spec, data), batch.thetas, real_batches, fake_batches,
+      granularity=spec.gm_granularity, **masks)
