@@ -379,15 +379,9 @@ def quiet_checkpoint_logs() -> None:
 
 
 def format_mean_std(entry: Dict[str, Any]) -> str:
-  """'55.31 ± 1.20' from a results.json metric entry.
-
-  Args:
-    entry: {"mean": float, "std": float, ...}.
-
-  Returns:
-    The text.
-  """
-  return f"{entry['mean']:.2f} ± {entry['std']:.2f}"
+  """`results.format_mean_std`, imported when a table is written (not at start-up)."""
+  from gmn_jax import results  # pylint: disable=g-import-not-at-top
+  return results.format_mean_std(entry)
 
 
 def format_results_table(results: Dict[str, Any]) -> str:

@@ -25,6 +25,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import ml_collections
 
 from gmn_jax import config as gmn_config
+from gmn_jax import results as run_results
 from gmn_jax.errors import ConfigError
 
 # The table's metrics, in its column order (results.json metric names).
@@ -279,10 +280,6 @@ def row_config(base, row: Row):
   return config
 
 
-def _mean_std(entry: Mapping[str, Any]) -> str:
-  return f"{entry['mean']:.2f} ± {entry['std']:.2f}"
-
-
 def _value(value: Optional[float]) -> str:
   return MISSING if value is None else f"{value:.1f}"
 
@@ -320,7 +317,7 @@ def format_comparison_table(rows: Sequence[Row], results: Sequence[Mapping[str, 
   for row, result in zip(rows, results):
     cells = [row.name, row.label, str(len(result["seeds"]))]
     for name in METRICS:
-      cells.append(_mean_std(result["metrics"][name]))
+      cells.append(run_results.format_mean_std(result["metrics"][name]))
       if with_paper:
         cells.append(_value((numbers.get(row.name) or {}).get(name)))
     lines.append("| " + " | ".join(cells) + " |")

@@ -230,8 +230,7 @@ def _epoch_of_one_classifier(carry, shuffle_key, features, epoch_index, hyper, l
     if train_columns is not None:
       logits = logits[:, train_columns]
     # The padded slots of the remainder batch are dropped.
-    per_example = jnp.where(mask, per_example_loss(kind, logits, y, hyper), 0.0)
-    return per_example.sum() / jnp.maximum(mask.sum(), 1)
+    return losses.masked_mean(per_example_loss(kind, logits, y, hyper), mask)
 
   def step(carry, batch):
     params, opt_state = carry

@@ -67,6 +67,18 @@ def mean_curves(result: final_classifier.FinalClassifierResult) -> Dict[str, np.
   return {name: np.mean(values, axis=0) for name, values in result.curves.items()}
 
 
+def format_mean_std(entry: Dict[str, Any]) -> str:
+  """'55.31 ± 1.20' from a results.json metric entry.
+
+  Args:
+    entry: {"mean": float, "std": float, ...}.
+
+  Returns:
+    The text.
+  """
+  return f"{entry['mean']:.2f} ± {entry['std']:.2f}"
+
+
 def final_classifier_description(config: ml_collections.ConfigDict) -> Dict[str, Any]:
   """What stage 2 of a validated config trains, as results.json records it.
 

@@ -14,6 +14,7 @@ from gmn_jax import metric_writers
 from gmn_jax import parallel
 from gmn_jax import plotting
 from gmn_jax import provenance
+from gmn_jax import results
 from gmn_jax import sweep_grid
 
 JSON_FILE, MARKDOWN_FILE, PLOT_FILE = "sweep.json", "sweep.md", "sweep.png"
@@ -96,10 +97,6 @@ def _columns(entries: Sequence[Dict[str, Any]]) -> List[str]:
   return [name for name in COLUMNS if all(name in e["metrics"] for e in entries)]
 
 
-def _mean_std(entry: Dict[str, Any]) -> str:
-  return f"{entry['mean']:.2f} ± {entry['std']:.2f}"
-
-
 def _table(entries: Sequence[Dict[str, Any]], fields: Sequence[str], marks: Dict[str, str]
            ) -> List[str]:
   columns = _columns(entries)
@@ -107,7 +104,7 @@ def _table(entries: Sequence[Dict[str, Any]], fields: Sequence[str], marks: Dict
            "|" + "---|" * (len(fields) + len(columns) + 1)]
   for entry in entries:
     cells = ([_format(entry["setting"][f]) for f in fields]
-             + [_mean_std(entry["metrics"][c]) for c in columns])
+             + [results.format_mean_std(entry["metrics"][c]) for c in columns])
     lines.append("| " + " | ".join(cells) + f" | {marks.get(entry['label'], '')} |")
   return lines
 
@@ -141,7 +138,7 @@ def format_markdown(report: Dict[str, Any]) -> str:
   lines += _table(report["validation"], fields, marks)
   ties = [t for t in choice["ties"] if t != choice["label"]]
   lines += ["", f"Chosen: **{choice['label']}**, validation {name} "
-            f"{choice['mean']:.2f} ± {choice['std']:.2f} (the best mean over seeds; the first "
+            f"{results.format_mean_std(choice)} (the best mean over seeds; the first "
             "in grid order among ties)."]
   lines.append("Ties at two decimals: " + ("; ".join(ties) if ties else "none") + ". "
                "Within one std of it: " + ("; ".join(choice["within_one_std"]) or "none") + ".")
@@ -149,7 +146,7 @@ def format_markdown(report: Dict[str, Any]) -> str:
   columns = [c for c in COLUMNS if c in test]
   lines += ["", "## Test split: the chosen setting", "",
             "| " + " | ".join(COLUMNS[c] for c in columns) + " |", "|" + "---|" * len(columns),
-            "| " + " | ".join(_mean_std(test[c]) for c in columns) + " |"]
+            "| " + " | ".join(results.format_mean_std(test[c]) for c in columns) + " |"]
   oracle = report.get("oracle")
   if oracle:
     best = oracle["best"]
@@ -159,8 +156,9 @@ def format_markdown(report: Dict[str, Any]) -> str:
                                                    if choice["label"] != best["label"] else {})})
     cost = best["mean"] - test[metric]["mean"]
     lines += ["", f"Choosing on test would pick **{best['label']}** and report {name} "
-              f"{best['mean']:.2f} ± {best['std']:.2f}; the choice made on validation gives "
-              f"{_mean_std(test[metric])} on test: honesty costs {cost:.2f} points here."]
+              f"{results.format_mean_std(best)}; the choice made on validation gives "
+              f"{results.format_mean_std(test[metric])} on test: honesty costs {cost:.2f} "
+              "points here."]
   lines += ["", "Accuracies in %, per-class mean top-1 at the last epoch of the final "
             "classifier; mean ± std (ddof 0) over generator seeds."]
   if report.get("command"):
