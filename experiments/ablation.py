@@ -2,7 +2,8 @@ r"""Runs a results table of the paper on one configuration: Table 1 or Table 2.
 
   python -m experiments.ablation --config=experiments/configs/digits.py \
       --workdir=/tmp/gmn_ablation [--config.train.num_iterations=...] \
-      [--table=ablation|comparison] [--methods=real_only,cwgan_gm] [--overwrite]
+      [--table=ablation|comparison] [--methods=real_only,cwgan_gm] [--overwrite] \
+      [--concurrent_rows=3]
 
 --table=ablation (the default) runs the six rows of the paper's ablation
 table (Table 1); --table=comparison the rows of its comparison with other
@@ -24,6 +25,7 @@ Bad input prints one line to stderr and exits with status 2; SIGTERM / SIGINT
 stop at the next checkpoint with status 143 / 130 (rerun to resume).
 """
 
+import concurrent.futures
 import os
 import shlex
 import shutil
@@ -40,6 +42,7 @@ from gmn_jax import comparison
 from gmn_jax import config as gmn_config
 from gmn_jax import config_utils
 from gmn_jax import plotting
+from gmn_jax import preemption
 from gmn_jax import train
 from gmn_jax import workdir as workdirs
 from gmn_jax.errors import ConfigError
@@ -49,6 +52,7 @@ _WORKDIR = None
 _TABLE = None
 _METHODS = None
 _OVERWRITE = None
+_CONCURRENT_ROWS = None
 
 
 def define_flags() -> None:
@@ -58,7 +62,7 @@ def define_flags() -> None:
   the tests do, several binaries into one process) defines no absl flags
   and two binaries' flags of the same name never collide.
   """
-  global _CONFIG, _WORKDIR, _TABLE, _METHODS, _OVERWRITE
+  global _CONFIG, _WORKDIR, _TABLE, _METHODS, _OVERWRITE, _CONCURRENT_ROWS
   _CONFIG = config_flags.DEFINE_config_file(
       "config", None, "A config file, e.g. experiments/configs/digits.py; override fields with "
       "--config.<field>=<value> (config.method is set per row).", lock_config=False)
@@ -73,6 +77,9 @@ def define_flags() -> None:
       f"methods, {','.join(gmn_config.ABLATION_METHODS)}; comparison: rows, "
       f"{','.join(row.name for row in comparison.COMPARISON_ROWS)}.")
   _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Start every row afresh.")
+  _CONCURRENT_ROWS = flags.DEFINE_integer(
+      "concurrent_rows", 1, "Rows run at once, in threads of this process (on a GPU, 3 keeps "
+      "the card busy while other rows compile and evaluate; 1 on a CPU).", lower_bound=1)
 
 ABLATION_FILE = "ablation.md"
 COMPARISON_FILE = comparison.COMPARISON_FILE
@@ -149,7 +156,8 @@ def check_table(table: str) -> str:
 
 
 def run_rows(config, workdir: str, rows: Sequence[comparison.Row], *,
-             overwrite: bool = False, dataset=None) -> List[Dict[str, Any]]:
+             overwrite: bool = False, dataset=None,
+             concurrent_rows: int = 1) -> List[Dict[str, Any]]:
   """Trains and evaluates each row on `config` in workdir/<row name>.
 
   Every row's config (`comparison.row_config`) is built and validated
@@ -159,12 +167,21 @@ def run_rows(config, workdir: str, rows: Sequence[comparison.Row], *,
   rows) and has no workdir yet starts from a copy of that row's: its
   generators are restored, not trained again (not with `overwrite`).
 
+  With `concurrent_rows` > 1 that many rows run at once, each in its own
+  thread of this process: on an accelerator one row's compilations, host
+  work and stage 2 then overlap another's device programs (one row alone
+  leaves the card idle while it compiles or evaluates). Each row computes
+  what it computes alone, so the results are the same; a row copying an
+  earlier row's generators starts once that row has finished. A stop signal
+  stops every running row at its next checkpoint.
+
   Args:
     config: the base configuration (its method is replaced per row).
     workdir: the table's directory.
     rows: the rows, in table order.
     overwrite: start every row afresh.
     dataset: an in-memory `ZSLDataset` to use instead of config.data_dir.
+    concurrent_rows: how many rows run at once (1: one after another).
 
   Returns:
     The results.json dicts, in `rows` order.
@@ -185,21 +202,62 @@ def run_rows(config, workdir: str, rows: Sequence[comparison.Row], *,
       overrides = ", ".join(f"{k}={v!r}" for k, v in row_overrides.items())
       raise ConfigError(f"{error} (row {row.name}, which sets {overrides})") from error
     configs.append(row_config)
-  results = []
-  for i, (row, row_config) in enumerate(zip(rows, configs)):
-    row_dir = os.path.join(workdir, row.name)
-    donor = _stage1_donor(rows[:i], configs[:i], row_config)
-    if donor is not None and not overwrite and not os.path.exists(row_dir):
+  donors = [_stage1_donor(rows[:i], configs[:i], c) for i, c in enumerate(configs)]
+
+  def run_row(i: int) -> Dict[str, Any]:
+    row, row_dir = rows[i], os.path.join(workdir, rows[i].name)
+    if donors[i] is not None and not overwrite and not os.path.exists(row_dir):
       # The same generators as an earlier row (e.g. f-CLSWGAN with another
       # final classifier): start from a copy of that row's run, which
       # train_and_evaluate extends by evaluating again from the final
       # checkpoints, as for any change of eval.* fields.
       logging.info("%s: the generators of row %s (it differs only in eval.* fields): "
-                   "copying %s and evaluating again", row.name, donor, donor)
-      shutil.copytree(os.path.join(workdir, donor), row_dir,
+                   "copying %s and evaluating again", row.name, donors[i], donors[i])
+      shutil.copytree(os.path.join(workdir, donors[i]), row_dir,
                       ignore=shutil.ignore_patterns(workdirs.LOCK_FILE, "plots"))
-    results.append(train.train_and_evaluate(row_config, row_dir, overwrite=overwrite,
-                                            dataset=dataset))
+    return train.train_and_evaluate(configs[i], row_dir, overwrite=overwrite, dataset=dataset)
+
+  if concurrent_rows <= 1:
+    return [run_row(i) for i in range(len(rows))]
+  return _run_concurrently(run_row, donors, [row.name for row in rows], concurrent_rows)
+
+
+def _run_concurrently(run_row, donors: Sequence[Optional[str]], names: Sequence[str],
+                      workers: int) -> List[Dict[str, Any]]:
+  """`run_row(i)` for every row, `workers` at a time; a row waits for its donor.
+
+  The main thread holds the stop-signal handlers (`preemption.StopOnSignal`)
+  and waits in short steps, so a signal reaches every row's loop; the first
+  error (or stop) of a row is raised once every running row has ended.
+  """
+  index = {name: i for i, name in enumerate(names)}
+  results: List[Any] = [None] * len(names)
+  errors: List[BaseException] = []
+  with preemption.StopOnSignal(), concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    pending = {}
+    waiting = list(range(len(names)))
+    while waiting or pending:
+      for i in list(waiting):
+        donor = donors[i]
+        if not errors and (donor is None or results[index[donor]] is not None):
+          waiting.remove(i)
+          pending[pool.submit(run_row, i)] = i
+      if errors and not pending:
+        break
+      done, _ = concurrent.futures.wait(list(pending), timeout=0.05,
+                                        return_when=concurrent.futures.FIRST_COMPLETED)
+      for future in done:
+        i = pending.pop(future)
+        try:
+          results[i] = future.result()
+        except BaseException as error:  # pylint: disable=broad-except
+          if not isinstance(error, preemption.Interrupted):
+            # The other rows stop at their next checkpoint (resumable).
+            preemption.request_stop()
+          errors.append(error)
+  if errors:
+    interrupted = [e for e in errors if isinstance(e, preemption.Interrupted)]
+    raise (errors[0] if len(interrupted) < len(errors) else interrupted[0])
   return results
 
 
@@ -213,7 +271,7 @@ def _stage1_donor(rows, configs, config) -> Optional[str]:
 
 
 def run_ablation(config, workdir: str, methods: Sequence[str], *, overwrite: bool = False,
-                 dataset=None) -> list:
+                 dataset=None, concurrent_rows: int = 1) -> list:
   """Trains and evaluates each method on `config` in workdir/<method>.
 
   Args:
@@ -222,6 +280,7 @@ def run_ablation(config, workdir: str, methods: Sequence[str], *, overwrite: boo
     methods: method names, in table order.
     overwrite: start every row afresh.
     dataset: an in-memory `ZSLDataset` to use instead of config.data_dir.
+    concurrent_rows: rows run at once (`run_rows`).
 
   Returns:
     The results.json dicts, in `methods` order.
@@ -234,11 +293,11 @@ def run_ablation(config, workdir: str, methods: Sequence[str], *, overwrite: boo
     raise ConfigError(f"--methods: expected names among {sorted(gmn_config.VARIANTS)}, "
                       f"found {list(methods)}")
   return run_rows(config, workdir, [comparison.ablation_row(m) for m in methods],
-                  overwrite=overwrite, dataset=dataset)
+                  overwrite=overwrite, dataset=dataset, concurrent_rows=concurrent_rows)
 
 
 def run_comparison(config, workdir: str, names: Optional[Sequence[str]], *,
-                   overwrite: bool = False, dataset=None
+                   overwrite: bool = False, dataset=None, concurrent_rows: int = 1
                    ) -> Tuple[List[comparison.Row], List[Dict[str, Any]]]:
   """Trains and evaluates the comparison's (Table 2's) rows in workdir/<row name>.
 
@@ -248,6 +307,7 @@ def run_comparison(config, workdir: str, names: Optional[Sequence[str]], *,
     names: row names of `comparison.COMPARISON_ROWS`, in order; None for all.
     overwrite: start every row afresh.
     dataset: an in-memory `ZSLDataset` to use instead of config.data_dir.
+    concurrent_rows: rows run at once (`run_rows`).
 
   Returns:
     (the rows, their results.json dicts), in the order of `names`.
@@ -257,7 +317,8 @@ def run_comparison(config, workdir: str, names: Optional[Sequence[str]], *,
       before anything runs).
   """
   rows = comparison.select_rows(names)
-  return rows, run_rows(config, workdir, rows, overwrite=overwrite, dataset=dataset)
+  return rows, run_rows(config, workdir, rows, overwrite=overwrite, dataset=dataset,
+                        concurrent_rows=concurrent_rows)
 
 
 def main(argv: Sequence[str]) -> None:
@@ -269,7 +330,8 @@ def main(argv: Sequence[str]) -> None:
   command = command_line(sys.argv)
   if table == "comparison":
     rows, results = cli.run_guarded(lambda: run_comparison(
-        config, workdir, _METHODS.value, overwrite=_OVERWRITE.value))
+        config, workdir, _METHODS.value, overwrite=_OVERWRITE.value,
+        concurrent_rows=_CONCURRENT_ROWS.value))
     text = comparison.format_comparison_table(
         rows, results, config.dataset, title=f"Comparison on {config.dataset} (the paper's "
         "Table 2)", command=command)
@@ -283,7 +345,8 @@ def main(argv: Sequence[str]) -> None:
     methods = (list(gmn_config.ABLATION_METHODS) if _METHODS.value is None
                else _METHODS.value)
     results = cli.run_guarded(lambda: run_ablation(
-        config, workdir, methods, overwrite=_OVERWRITE.value))
+        config, workdir, methods, overwrite=_OVERWRITE.value,
+        concurrent_rows=_CONCURRENT_ROWS.value))
     text = format_ablation_table(results, title=f"Ablation on {config.dataset}",
                                  command=command)
     chart_title = f"Ablation on {config.dataset}: mean ± std over generator seeds"

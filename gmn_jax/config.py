@@ -184,6 +184,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.train.lr_critic = 1e-4
   c.train.adam_b1 = 0.0
   c.train.adam_b2 = 0.999
+  # The dtype Adam's moments are stored in: float32 | bfloat16 (less memory
+  # traffic on a GPU, slightly different numbers; docs/benchmarks.md).
+  c.train.adam_moments_dtype = "float32"
   c.train.class_balanced = True  # critic's real batches weighted 1/n_class
   # iid: fixed-size independent draws | reference: the authors' epoch
   # iterators (short remainder batches, class cycles; reference_batches).
@@ -317,6 +320,7 @@ def config_rules() -> List[config_utils.Rule]:
       unit_interval_open("train.adam_b1"),
       unit_interval_open("train.adam_b2"),
       u.one_of("train.sampling", SAMPLING_MODES),
+      u.one_of("train.adam_moments_dtype", ("float32", "bfloat16")),
       u.positive_int("train.iterations_per_call"),
       u.positive_int("train.log_every"),
       u.positive_int("train.checkpoint_every"),

@@ -119,7 +119,7 @@ def frozen_classifier_loss(apply_fn, classifier_params, features, labels, class_
 # WGAN-GP.
 
 
-def _safe_sqrt(squares):
+def safe_sqrt(squares):
   """sqrt with gradient 0 instead of inf/NaN at 0 (the double-where trick)."""
   positive = squares > 0
   return jnp.where(positive, jnp.sqrt(jnp.where(positive, squares, 1.0)), 0.0)
@@ -127,7 +127,12 @@ def _safe_sqrt(squares):
 
 def _safe_norm(x, axis=None):
   """Euclidean norm whose gradient at the zero vector is 0 instead of NaN."""
-  return _safe_sqrt(jnp.sum(jnp.square(x), axis=axis))
+  return safe_sqrt(jnp.sum(jnp.square(x), axis=axis))
+
+
+def interpolation_weights(key, real) -> jax.Array:
+  """The penalty's (B, 1) interpolation weights e_i ~ U[0, 1], one per row of `real`."""
+  return jax.random.uniform(key, (real.shape[0], 1), real.dtype)
 
 
 def gradient_penalty(critic_fn, critic_params, real, fake, embeddings, key, mask=None):
@@ -154,7 +159,7 @@ def gradient_penalty(critic_fn, critic_params, real, fake, embeddings, key, mask
   Returns:
     The scalar penalty (not yet multiplied by its weight).
   """
-  weights = jax.random.uniform(key, (real.shape[0], 1), real.dtype)
+  weights = interpolation_weights(key, real)
   interpolates = weights * real + (1.0 - weights) * fake
 
   def total_score(features):
@@ -228,8 +233,8 @@ def cosine_from_terms(dot, real_squares, fake_squares, eps):
   Returns:
     The cosine(s), shaped like dot.
   """
-  real_norm = jnp.maximum(_safe_sqrt(real_squares), eps)
-  fake_norm = jnp.maximum(_safe_sqrt(fake_squares), eps)
+  real_norm = jnp.maximum(safe_sqrt(real_squares), eps)
+  fake_norm = jnp.maximum(safe_sqrt(fake_squares), eps)
   return dot / (real_norm * fake_norm)
 
 

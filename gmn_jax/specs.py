@@ -18,7 +18,7 @@ these specs and trusts them:
 """
 
 import dataclasses
-from typing import List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import jax
 import ml_collections
@@ -29,6 +29,7 @@ from gmn_jax import classifier_sampling
 from gmn_jax import classifiers
 from gmn_jax import config as gmn_config
 from gmn_jax import models
+from gmn_jax import optimizers
 from gmn_jax import vae
 from gmn_jax.data.dataset import ZSLDataset
 from gmn_jax.errors import ConfigError, DataError
@@ -84,6 +85,12 @@ class TrainSpec:
     sampling: "iid" | "reference" (`config.SAMPLING_MODES`): fixed-size
       independent draws, or the reference code's epoch iterators with padded
       short batches and masked losses (`gmn_jax.reference_batches`).
+    adam_first_moment: False when `train.adam_b1` is 0 (the reference's
+      setting): Adam's first moment is then the gradient, and
+      `optimizers.adam` leaves its buffer unread (the same numbers, less
+      memory traffic).
+    adam_moment_dtype: "float32" | "bfloat16" (`train.adam_moments_dtype`),
+      the dtype Adam's moments are stored in.
   """
 
   variant: gmn_config.Variant
@@ -121,6 +128,13 @@ class TrainSpec:
   precision: str = "float32"
   gm_implementation: str = "gram"
   sampling: str = "iid"
+  adam_first_moment: bool = True
+  adam_moment_dtype: str = "float32"
+
+  @property
+  def adam_options(self) -> Dict[str, Any]:
+    """The keyword arguments of `optimizers.adam` for both networks."""
+    return dict(first_moment=self.adam_first_moment, moment_dtype=self.adam_moment_dtype)
 
   @property
   def generator(self) -> models.Generator:
@@ -201,13 +215,20 @@ class Hyperparameters(NamedTuple):
   trajectory_momentum: jax.Array
   trajectory_weight_decay: jax.Array
 
-  def generator_optimizer(self) -> optax.GradientTransformation:
-    """Adam for the generator (its state does not depend on the settings)."""
-    return optax.adam(self.lr_generator, b1=self.adam_b1, b2=self.adam_b2)
+  def generator_optimizer(self, **options) -> optax.GradientTransformation:
+    """Adam for the generator (its state does not depend on the settings).
 
-  def critic_optimizer(self) -> optax.GradientTransformation:
-    """Adam for the critic."""
-    return optax.adam(self.lr_critic, b1=self.adam_b1, b2=self.adam_b2)
+    Args:
+      **options: `TrainSpec.adam_options`.
+
+    Returns:
+      `optimizers.adam` with this learning rate and these β.
+    """
+    return optimizers.adam(self.lr_generator, self.adam_b1, self.adam_b2, **options)
+
+  def critic_optimizer(self, **options) -> optax.GradientTransformation:
+    """Adam for the critic (`generator_optimizer`'s options)."""
+    return optimizers.adam(self.lr_critic, self.adam_b1, self.adam_b2, **options)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -456,4 +477,6 @@ def train_spec(config: ml_collections.ConfigDict, dataset: ZSLDataset) -> TrainS
       precision=config.precision,
       gm_implementation=gm.implementation,
       sampling=train.sampling,
+      adam_first_moment=float(train.adam_b1) != 0.0,
+      adam_moment_dtype=train.adam_moments_dtype,
   )

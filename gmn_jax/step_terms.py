@@ -9,10 +9,11 @@ reference sampling. `train_step.generator_loss` adds them to the generator's
 objective.
 """
 
-from typing import Callable
+from typing import Any, Callable, Dict, Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gmn_jax import classifiers
 from gmn_jax import gram_gradient_matching
@@ -22,6 +23,51 @@ from gmn_jax import parallel
 from gmn_jax import reference_batches
 from gmn_jax.specs import TrainSpec
 from gmn_jax.train_state import TrainData
+
+
+def class_batch_embeddings(data: TrainData, classes, per_class: int) -> jax.Array:
+  """The embeddings of per-class batches: (n · per_class, K), row j of class j // per_class.
+
+  Args:
+    data: the training data.
+    classes: (n,) local seen classes.
+    per_class: rows per class.
+
+  Returns:
+    The repeated seen-class embeddings.
+  """
+  return jnp.repeat(data.seen_embeddings[classes], per_class, axis=0)
+
+
+def generate_together(spec: TrainSpec, generator, segments: Dict[str, Tuple[jax.Array, Any]]
+                      ) -> Dict[str, jax.Array]:
+  """Several generated batches from ONE generator pass (same values as one pass each).
+
+  Each segment's noise is drawn from its own key at its own size, exactly as
+  `models.generate` draws it, so every row equals its separate generation.
+  One pass over the concatenated rows makes each layer one product forward
+  and one weight-gradient product backward; separate passes would each
+  write a gradient that the optimizer then sums (memory traffic on a GPU,
+  docs/benchmarks.md).
+
+  Args:
+    spec: the run's settings.
+    generator: generator params.
+    segments: {name: ((rows, K) embeddings, PRNG key of their noise)}.
+
+  Returns:
+    {name: (rows, D) features}.
+  """
+  names = list(segments)
+  embeddings = [segments[name][0] for name in names]
+  noise = [models.generator_noise(spec.generator, segments[name][0].shape[0], segments[name][1])
+           for name in names]
+  fake = spec.generator.apply({"params": generator},
+                              parallel.constrain_batch(jnp.concatenate(embeddings)),
+                              parallel.constrain_batch(jnp.concatenate(noise)))
+  ends = np.cumsum([e.shape[0] for e in embeddings])
+  return {name: parallel.constrain_batch(fake[end - e.shape[0]:end])
+          for name, e, end in zip(names, embeddings, ends)}
 
 
 def per_class_fakes(spec: TrainSpec, generator, data: TrainData, classes, per_class: int,
@@ -39,8 +85,7 @@ def per_class_fakes(spec: TrainSpec, generator, data: TrainData, classes, per_cl
   Returns:
     (n, per_class, D) generated features, row j of class classes[j].
   """
-  embeddings = parallel.constrain_batch(
-      jnp.repeat(data.seen_embeddings[classes], per_class, axis=0))
+  embeddings = parallel.constrain_batch(class_batch_embeddings(data, classes, per_class))
   fake = models.generate(spec.generator, generator, embeddings, key)
   return fake.reshape(classes.shape[0], per_class, spec.feature_dim)
 
@@ -85,7 +130,7 @@ def gm_head_loss_fn(spec: TrainSpec, data: TrainData) -> Callable:
 
 
 def gradient_matching_loss(spec: TrainSpec, generator, data: TrainData,
-                           batch) -> jax.Array:
+                           batch, fake=None) -> jax.Array:
   """L_GM: per-class gradient matching over this step's classes.
 
   `spec.gm_implementation` picks how: "gram" (exact, from the batches' Gram
@@ -100,12 +145,18 @@ def gradient_matching_loss(spec: TrainSpec, generator, data: TrainData,
     generator: generator params (the loss is differentiated w.r.t. these).
     data: the training data.
     batch: this step's draws (a `train_step.GeneratorBatch`).
+    fake: the (n · f · r, D) fakes of `batch.gm_classes` already generated
+      (`generate_together`, as `per_class_fakes` would), or None to generate
+      them here.
 
   Returns:
     The scalar GM loss summed over classes (not yet multiplied by β).
   """
-  fake = per_class_fakes(spec, generator, data, batch.gm_classes,
-                         spec.gm_fake_repeat * spec.gm_real_per_class, batch.gm_noise_key)
+  per_class = spec.gm_fake_repeat * spec.gm_real_per_class
+  if fake is None:
+    fake = per_class_fakes(spec, generator, data, batch.gm_classes, per_class,
+                           batch.gm_noise_key)
+  fake = fake.reshape(batch.gm_classes.shape[0], per_class, spec.feature_dim)
   n, real_count = batch.gm_real_features.shape[:2]
   real_labels = jnp.broadcast_to(batch.gm_classes[:, None], (n, real_count))
   fake_labels = jnp.broadcast_to(batch.gm_classes[:, None], (n, fake.shape[1]))

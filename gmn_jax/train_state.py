@@ -25,6 +25,7 @@ import optax
 from gmn_jax import classifiers
 from gmn_jax import losses
 from gmn_jax import models
+from gmn_jax import optimizers
 from gmn_jax import reference_batches
 from gmn_jax import regressor
 from gmn_jax import vae
@@ -226,8 +227,8 @@ def _init_networks(spec: TrainSpec, key):
   theta_state = spec.theta_sampler().init(theta_key) if spec.variant.gradient_matching else {}
   # Adam's state does not depend on its settings, which come later as
   # (traced) `Hyperparameters`.
-  adam = optax.adam(1.0)
-  return generator, critic, adam.init(generator), adam.init(critic), theta_state
+  return (generator, critic, optimizers.init_state(generator, spec.adam_moment_dtype),
+          optimizers.init_state(critic, spec.adam_moment_dtype), theta_state)
 
 
 def init_train_state(key, spec: TrainSpec, data: TrainData) -> TrainState:

@@ -6,14 +6,18 @@ resumed run repeats an uninterrupted one bit for bit):
 1. `n_critic` critic steps: a real batch (class-balanced or uniform; in the
    transductive variant seen and unlabelled unseen features in the
    proportion S:U), fakes from the generator on the real batch's class
-   embeddings, WGAN-GP loss, Adam.
+   embeddings, WGAN-GP loss, Adam. Every step's batch is drawn first and
+   their fakes come from one generator pass (`critic_updates`); the loss
+   and its gradient are `gmn_jax.wgan_gp`'s closed form of autodiff's.
 2. One generator step on
    `-mean D(G(a_y)) + R·L_REG + β·L_GM + c·L_CLS`, labels y uniform over the
    generated classes (seen, or seen ∪ unseen when transductive); L_GM over
    `gm_num_classes` distinct seen classes, each with a real batch of that
    class and `gm_fake_repeat`× as many fakes, summed over classes, θ from the
    θ sampler, logits over all seen classes; L_CLS and L_REG from the frozen
-   seen-class classifier and regressor on the adversarial fakes. Adam.
+   seen-class classifier and regressor on the adversarial fakes; all of
+   the step's fakes from one generator pass (`step_terms.generate_together`).
+   Adam (`gmn_jax.optimizers`: without its unused first moment when β1 = 0).
 3. The θ sampler advances (the trajectory takes its SGD step).
 
 Methods without a critic (`Variant.objective`) skip step 1 and replace the
@@ -46,8 +50,7 @@ constraints are no-ops. The networks are `spec.generator` and `spec.critic`
 their matrix products; their outputs, and so every loss, are float32.
 """
 
-import functools
-from typing import Any, Callable, Dict, NamedTuple, Tuple
+from typing import Any, Dict, NamedTuple, Tuple
 
 import jax
 from jax import lax
@@ -55,9 +58,9 @@ import jax.numpy as jnp
 import optax
 
 from gmn_jax import classifiers
+from gmn_jax import critic_updates
 from gmn_jax import losses
 from gmn_jax import mmd
-from gmn_jax import models
 from gmn_jax import parallel
 from gmn_jax import reference_batches
 from gmn_jax import regressor
@@ -68,24 +71,6 @@ from gmn_jax.specs import Hyperparameters, TrainSpec
 from gmn_jax.train_state import TrainData, TrainState
 
 Metrics = Dict[str, jax.Array]
-
-
-def _global_norm(tree) -> jax.Array:
-  """The L2 norm of all leaves together."""
-  return jnp.sqrt(sum(jnp.sum(jnp.square(leaf)) for leaf in jax.tree_util.tree_leaves(tree)))
-
-
-def critic_fn(spec: TrainSpec) -> Callable:
-  """`critic_fn(params, features, embeddings) -> scores` of the run's critic.
-
-  Args:
-    spec: the run's settings.
-
-  Returns:
-    The critic's apply as the function `losses`' WGAN-GP terms take.
-  """
-  return lambda params, features, embeddings: spec.critic.apply({"params": params}, features,
-                                                                 embeddings)
 
 
 def generated_class_embeddings(spec: TrainSpec, data: TrainData) -> jax.Array:
@@ -101,84 +86,6 @@ def generated_class_embeddings(spec: TrainSpec, data: TrainData) -> jax.Array:
   if spec.variant.transductive:
     return jnp.concatenate([data.seen_embeddings, data.unseen_embeddings], axis=0)
   return data.seen_embeddings
-
-
-def _real_seen_indices(spec: TrainSpec, data: TrainData, key, count: int) -> jax.Array:
-  if spec.class_balanced:
-    return samplers.class_balanced_indices(key, data.class_index, count)
-  return samplers.uniform_indices(key, data.features.shape[0], count)
-
-
-def critic_batch(spec: TrainSpec, data: TrainData, key) -> Tuple[jax.Array, jax.Array]:
-  """Draws one critic step's real features and the embeddings for its fakes.
-
-  Args:
-    spec: the run's settings.
-    data: the training data.
-    key: PRNG key.
-
-  Returns:
-    (real (B, D), embeddings (B, K)). The fakes are generated on
-    `embeddings`; for a conditional critic they are also the condition of both
-    batches. In the transductive variant the first `transductive_seen_count`
-    rows are labelled seen examples (and their classes), the rest unlabelled
-    unseen examples (and unseen classes drawn uniformly).
-  """
-  seen_key, unseen_key, class_key = jax.random.split(key, 3)
-  if not spec.variant.transductive:
-    indices = _real_seen_indices(spec, data, seen_key, spec.batch_size)
-    return (parallel.constrain_batch(data.features[indices]),
-            parallel.constrain_batch(data.seen_embeddings[data.labels[indices]]))
-  n_seen = spec.transductive_seen_count
-  n_unseen = spec.batch_size - n_seen
-  seen_indices = _real_seen_indices(spec, data, seen_key, n_seen)
-  unseen_indices = samplers.uniform_indices(unseen_key, data.unlabelled_features.shape[0],
-                                            n_unseen)
-  unseen_classes = jax.random.randint(class_key, (n_unseen,), 0, spec.num_unseen)
-  real = jnp.concatenate([data.features[seen_indices],
-                          data.unlabelled_features[unseen_indices]], axis=0)
-  embeddings = jnp.concatenate([data.seen_embeddings[data.labels[seen_indices]],
-                                data.unseen_embeddings[unseen_classes]], axis=0)
-  return parallel.constrain_batch(real), parallel.constrain_batch(embeddings)
-
-
-def critic_step(spec: TrainSpec, hyper: Hyperparameters, critic, critic_opt, generator,
-                data: TrainData, key, batch=None):
-  """One WGAN-GP critic update.
-
-  Args:
-    spec: the run's settings.
-    hyper: the numeric settings.
-    critic: critic params.
-    critic_opt: the critic's Adam state.
-    generator: generator params (held fixed).
-    data: the training data.
-    key: PRNG key.
-    batch: (real (B, D), embeddings (B, K), mask (B,)) drawn by the caller
-      (reference sampling, `reference_batches.critic_batch`), every mean of
-      the loss over the mask's rows; None draws an i.i.d. batch
-      (`critic_batch`).
-
-  Returns:
-    (critic, critic_opt, metrics) with metrics "critic_loss", "wasserstein",
-    "gradient_penalty", "critic_grad_norm".
-  """
-  batch_key, noise_key, penalty_key = jax.random.split(key, 3)
-  mask = None
-  if batch is None:
-    real, embeddings = critic_batch(spec, data, batch_key)
-  else:
-    real, embeddings, mask = batch
-  fake = lax.stop_gradient(models.generate(spec.generator, generator, embeddings, noise_key))
-  condition = embeddings if spec.variant.conditional_critic else None
-  loss_fn = functools.partial(losses.critic_loss, critic_fn(spec))
-  (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      critic, real, fake, condition, penalty_key, gp_weight=hyper.gp_weight, mask=mask)
-  updates, critic_opt = hyper.critic_optimizer().update(grads, critic_opt, critic)
-  metrics = {"critic_loss": loss, "wasserstein": aux["wasserstein"],
-             "gradient_penalty": aux["gradient_penalty"],
-             "critic_grad_norm": _global_norm(grads)}
-  return optax.apply_updates(critic, updates), critic_opt, metrics
 
 
 class GeneratorBatch(NamedTuple):
@@ -254,7 +161,7 @@ def draw_generator_batch(spec: TrainSpec, data: TrainData, key, thetas) -> Gener
   vae_batch = (jnp.zeros((0, spec.feature_dim), jnp.float32),
                jnp.zeros((0, spec.embedding_dim), jnp.float32))
   if spec.variant.objective == "cvae":
-    vae_batch = critic_batch(spec, data, real_key)
+    vae_batch = critic_updates.critic_batch(spec, data, real_key)
   return GeneratorBatch(labels, noise_key, *gm, gm_noise_key, thetas, *mmd, *vae_batch)
 
 
@@ -312,16 +219,29 @@ def generator_loss(generator, spec: TrainSpec, hyper: Hyperparameters, critic,
     "regression_loss", "gm_loss" and "cls_loss".
   """
   embeddings = parallel.constrain_batch(generated_class_embeddings(spec, data)[batch.labels])
-  fake = models.generate(spec.generator, generator, embeddings, batch.noise_key)
+  # Every fake batch of the step from one generator pass (`generate_together`).
+  segments = {}
+  if (spec.variant.objective == "wgan" or spec.variant.regression_loss
+      or spec.variant.classification_loss):
+    segments["adversarial"] = (embeddings, batch.noise_key)
+  if spec.variant.gradient_matching:
+    segments["gm"] = (step_terms.class_batch_embeddings(
+        data, batch.gm_classes, spec.gm_fake_repeat * spec.gm_real_per_class),
+                      batch.gm_noise_key)
+  if spec.variant.objective == "mmd":
+    segments["mmd"] = (step_terms.class_batch_embeddings(
+        data, batch.mmd_classes, spec.mmd_fake_per_class), batch.gm_noise_key)
+  fakes = step_terms.generate_together(spec, generator, segments) if segments else {}
+  fake = fakes.get("adversarial")
   loss, metrics = jnp.float32(0.0), {}
   if spec.variant.objective == "wgan":
     condition = embeddings if spec.variant.conditional_critic else None
-    adversarial = losses.generator_adversarial_loss(critic_fn(spec), critic, fake, condition,
-                                                    mask=batch.label_mask)
+    adversarial = losses.generator_adversarial_loss(
+        critic_updates.critic_fn(spec), critic, fake, condition, mask=batch.label_mask)
     loss, metrics["adversarial_loss"] = adversarial, adversarial
   elif spec.variant.objective == "mmd":
-    mmd_fake = step_terms.per_class_fakes(spec, generator, data, batch.mmd_classes,
-                               spec.mmd_fake_per_class, batch.gm_noise_key)
+    mmd_fake = fakes["mmd"].reshape(batch.mmd_classes.shape[0], spec.mmd_fake_per_class,
+                                    spec.feature_dim)
     discrepancy = mmd.per_class_mmd(batch.mmd_real_features, mmd_fake, spec.mmd_bandwidths)
     loss, metrics["mmd_loss"] = discrepancy, discrepancy
   elif spec.variant.objective == "cvae":
@@ -335,7 +255,7 @@ def generator_loss(generator, spec: TrainSpec, hyper: Hyperparameters, critic,
                                            mask=batch.label_mask)
     loss, metrics["regression_loss"] = loss + hyper.regression_weight * regression, regression
   if spec.variant.gradient_matching:
-    gm = step_terms.gradient_matching_loss(spec, generator, data, batch)
+    gm = step_terms.gradient_matching_loss(spec, generator, data, batch, fakes["gm"])
     loss, metrics["gm_loss"] = loss + hyper.gm_weight * gm, gm
   if spec.variant.classification_loss:
     _, apply_fn = classifiers.get_classifier(spec.cls_classifier)
@@ -344,6 +264,27 @@ def generator_loss(generator, spec: TrainSpec, hyper: Hyperparameters, critic,
                                         data.seen_embeddings, mask=batch.label_mask)
     loss, metrics["cls_loss"] = loss + hyper.cls_weight * cls, cls
   return loss, metrics
+
+
+# Whether the critic scan is unrolled; None: by the default backend
+# (`unroll_critic_steps`). Compiling for a GPU from a CPU host
+# (`experiments.benchmarking.gpu_aot`) sets True.
+UNROLL_CRITIC_STEPS = None
+
+
+def unroll_critic_steps() -> bool:
+  """Whether the critic scan is unrolled: on accelerators, not on a CPU.
+
+  Unrolled, a GPU runs the whole iteration as one command buffer (CUDA
+  graph) and XLA updates each step's buffers in place; on a CPU it only
+  lengthens compilation. The numbers are the same either way.
+
+  Returns:
+    `UNROLL_CRITIC_STEPS` when set, else whether the backend is not a CPU.
+  """
+  if UNROLL_CRITIC_STEPS is not None:
+    return UNROLL_CRITIC_STEPS
+  return jax.default_backend() != "cpu"
 
 
 def train_iteration(spec: TrainSpec, state: TrainState, data: TrainData, hyper: Hyperparameters,
@@ -374,23 +315,19 @@ def train_iteration(spec: TrainSpec, state: TrainState, data: TrainData, hyper: 
   reference = spec.sampling == "reference"
   sampler = state.batch_sampler
 
-  def one_critic_step(carry, step_key):
-    critic, critic_opt, iterator = carry
-    batch = None
-    if reference:
-      # The critic iterator advances inside the scan, one batch per step.
-      draw_key, step_key = jax.random.split(step_key)
-      iterator, batch = reference_batches.critic_batch(spec, data, iterator, draw_key)
-    critic, critic_opt, metrics = critic_step(spec, hyper, critic, critic_opt, state.generator,
-                                              data, step_key, batch)
-    return (critic, critic_opt, iterator), metrics
-
   critic, critic_opt, metrics = state.critic, state.critic_opt, {}
   if spec.variant.has_critic:
-    # An empty carry slot ({}) in i.i.d. mode: the same program as without it.
-    (critic, critic_opt, critic_iterator), critic_metrics = lax.scan(
-        one_critic_step, (state.critic, state.critic_opt, sampler.critic if reference else {}),
-        jax.random.split(critic_key, spec.n_critic))
+    batches, critic_iterator = critic_updates.critic_batches(
+        spec, data, state.generator, jax.random.split(critic_key, spec.n_critic),
+        sampler.critic if reference else None)
+
+    def one_critic_step(carry, batch):
+      critic, critic_opt, metrics = critic_updates.update_critic(spec, hyper, *carry, batch)
+      return (critic, critic_opt), metrics
+
+    (critic, critic_opt), critic_metrics = lax.scan(
+        one_critic_step, (state.critic, state.critic_opt), batches,
+        unroll=unroll_critic_steps())
     metrics = {name: jnp.mean(values) for name, values in critic_metrics.items()}
     if reference:
       sampler = sampler._replace(critic=critic_iterator)
@@ -403,7 +340,7 @@ def train_iteration(spec: TrainSpec, state: TrainState, data: TrainData, hyper: 
     batch, sampler = draw_reference_generator_batch(spec, data, generator_key, thetas, sampler)
   else:
     batch = draw_generator_batch(spec, data, generator_key, thetas)
-  optimizer = hyper.generator_optimizer()
+  optimizer = hyper.generator_optimizer(**spec.adam_options)
   if spec.variant.objective == "cvae":
     # The encoder (in the critic's place) trains with the decoder, one loss.
     (loss, generator_metrics), (grads, encoder_grads) = jax.value_and_grad(
@@ -418,7 +355,7 @@ def train_iteration(spec: TrainSpec, state: TrainState, data: TrainData, hyper: 
   generator = optax.apply_updates(state.generator, updates)
   metrics.update(generator_metrics)
   metrics["generator_loss"] = loss
-  metrics["generator_grad_norm"] = _global_norm(grads)
+  metrics["generator_grad_norm"] = optax.global_norm(grads)
 
   if spec.variant.gradient_matching and theta_sampler.needs_real_batches:
     # i.i.d. in both sampling modes (`reference_batches` says why).

@@ -172,3 +172,35 @@ def test_binary_without_table_or_methods_runs_the_six_ablation_rows(tmp_path):
   assert [l.split(" | ")[0][2:] for l in body] == list(gmn_config.ABLATION_METHODS)
   assert sorted(os.listdir(workdir)) == ["ablation.md", "plots"]
   assert os.listdir(workdir / "plots") == ["ablation.png"]
+
+
+def test_concurrent_rows_give_the_results_of_rows_one_after_another(tmp_path):
+  # Each row computes what it computes alone; threads only overlap them.
+  config = tiny_config(seeds=(1,))
+  methods = ["cwgan", "real_only", "wgan_gm"]
+  alone = ablation.run_ablation(config, str(tmp_path / "alone"), methods, dataset=tiny_dataset())
+  together = ablation.run_ablation(config, str(tmp_path / "together"), methods,
+                                   dataset=tiny_dataset(), concurrent_rows=3)
+  assert [r["method"] for r in together] == methods
+  for a, b in zip(alone, together):
+    assert a["metrics"] and a["metrics"] == b["metrics"], a["method"]
+
+
+def test_a_failing_concurrent_row_stops_the_others_and_raises_its_error(tmp_path, monkeypatch):
+  # pylint: disable=g-import-not-at-top
+  from gmn_jax import preemption
+  from gmn_jax import train
+  # pylint: enable=g-import-not-at-top
+  real = train.train_and_evaluate
+
+  def flaky(config, workdir, **kwargs):
+    if config.method == "cwgan":
+      raise ValueError("row cwgan broke")
+    return real(config, workdir, **kwargs)
+
+  monkeypatch.setattr(train, "train_and_evaluate", flaky)
+  with pytest.raises(ValueError, match="row cwgan broke"):
+    ablation.run_ablation(tiny_config(seeds=(1,)), str(tmp_path), ["cwgan", "real_only"],
+                          dataset=tiny_dataset(), concurrent_rows=2)
+  # No stop request outlives the call.
+  assert preemption.requested_signal() is None

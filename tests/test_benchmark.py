@@ -67,14 +67,19 @@ def _spec(n_critic, **overrides):
 def test_xla_count_adds_the_critic_steps_that_the_loop_body_hides():
   key = benchmark.jax.random.key(1)
   counts = {n: flop_counts.xla_iteration_flops(*_spec(n), key) for n in (1, 3)}
-  # XLA counts the scanned critic step once, whatever n_critic is (up to the
-  # few FLOPs of averaging the critic's metrics over its steps) ...
-  assert counts[1]["train_iteration"] == pytest.approx(counts[3]["train_iteration"], rel=1e-5)
-  # ... so the iteration adds the other n_critic - 1 steps.
+  # XLA counts the scanned critic update once, whatever n_critic is; only
+  # the draws and the fakes of the steps, made before the scan, grow with it
+  # (one step's worth: a critic step less its update) ...
+  generation = counts[1]["critic_step"] - counts[1]["critic_update"]
+  assert generation > 0
+  # (One pass over the stacked batches: a few element-wise FLOPs differ.)
+  assert counts[3]["train_iteration"] - counts[1]["train_iteration"] == pytest.approx(
+      2 * generation, rel=1e-2)
+  # ... so the iteration adds the other n_critic - 1 updates.
   assert counts[3]["per_iteration"] == pytest.approx(
-      counts[3]["train_iteration"] + 2 * counts[3]["critic_step"])
+      counts[3]["train_iteration"] + 2 * counts[3]["critic_update"])
   assert counts[3]["per_iteration"] - counts[1]["per_iteration"] == pytest.approx(
-      2 * counts[1]["critic_step"], rel=1e-4)
+      2 * counts[1]["critic_step"], rel=1e-2)
 
 
 @pytest.mark.parametrize("implementation, classifier", [
@@ -152,9 +157,9 @@ def test_iteration_count_comes_from_the_cpu_lowering_when_the_device_has_none(
   assert expected["source"] == "xla"
   asked = _cost_analysis_missing_on_the_device(monkeypatch, missing)
   counts = flop_counts.xla_iteration_flops(spec, state, data, hyper, key)
-  assert asked == ["device", "cpu", "device", "cpu"]
+  assert asked == ["device", "cpu"] * 3
   assert counts["source"] == "xla_cpu_lowering"
-  for name in ("train_iteration", "critic_step", "per_iteration"):
+  for name in ("train_iteration", "critic_step", "critic_update", "per_iteration"):
     # (A FLOP or two may differ: the CPU lowering sees committed arguments.)
     assert counts[name] == pytest.approx(expected[name], rel=1e-4)
   flop, source = flop_counts.iteration_flop_count(

@@ -155,6 +155,22 @@ def test_wrapped_thunks_take_their_wrappers_instruction_and_updates_are_in_place
   assert _kernel(dump, "lt").runs_per_iteration == pytest.approx(11 / 10)
 
 
+def test_an_update_of_a_bitcast_parameter_is_in_place_too(tmp_path):
+  # XLA updates a bitcast view of its buffer in place (the buffer assignment
+  # of such fusions gives the result the operand's offset), so only the row
+  # counts, as for a plain parameter.
+  hlo = _HLO.replace(
+      "%update (buffer: f32[100,64], row", "%update (buffer: f32[100,1,64], row").replace(
+          "  %buffer = f32[100,64]{1,0} parameter(0)\n",
+          "  %flat = f32[100,1,64]{2,1,0} parameter(0)\n"
+          "  %buffer = f32[100,64]{1,0} bitcast(%flat)\n")
+  assert "bitcast(%flat)" in hlo
+  (tmp_path / "module_0001.jit_x.sm_9.0a_gpu_after_optimizations.txt").write_text(hlo)
+  (tmp_path / "module_0001.jit_x.thunk_sequence.txt").write_text(_THUNKS)
+  (tmp_path / "module_0001.jit_x.thunk_metadata.txt").write_text(_METADATA)
+  assert _kernel(gpu_dump.analyse_dump(str(tmp_path)), "written").bytes == 4 * 64 * 2 + 4
+
+
 # --------------------------------------------------------------------------
 # Whole dumps against the program's known products and loops.
 

@@ -126,8 +126,8 @@ def test_training_on_four_devices_equals_one_device(tmp_path):
   # pylint: disable=g-import-not-at-top
   from gmn_jax import specs
   from gmn_jax import stage1
+  from gmn_jax import critic_updates
   from gmn_jax import train_state
-  from gmn_jax import train_step
   from reference_training import assert_trees_close, plain_stage1
   from test_train_support import tiny_config, tiny_dataset
   # pylint: enable=g-import-not-at-top
@@ -149,7 +149,7 @@ def test_training_on_four_devices_equals_one_device(tmp_path):
                          init.generator["layers"]["layer_0"]["kernel"])
   # The step really splits its batches: XLA sums partial gradients (checked
   # on a critic step, a smaller program to compile than the whole chunk).
-  critic_step = jax.jit(functools.partial(train_step.critic_step, spec))
+  critic_step = jax.jit(functools.partial(critic_updates.critic_step, spec))
   with parallel.data_parallel(mesh):
     hlo = critic_step.lower(*parallel.replicate(
         (hyper, init.critic, init.critic_opt, init.generator, jax.device_get(data),

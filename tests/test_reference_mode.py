@@ -33,6 +33,7 @@ from gmn_jax import specs
 from gmn_jax import stage1
 from gmn_jax import train_chunk
 from gmn_jax import train_state
+from gmn_jax import critic_updates
 from gmn_jax import train_step
 from gmn_jax.errors import ConfigError
 from reference_training import assert_trees_close
@@ -317,7 +318,7 @@ def test_a_short_critic_batch_gives_the_loss_of_its_valid_rows():
   count = _prefix_count(mask)
   assert count == 2
   key = jax.random.key(9)
-  _, _, metrics = jax.jit(functools.partial(train_step.critic_step, spec))(
+  _, _, metrics = jax.jit(functools.partial(critic_updates.critic_step, spec))(
       hyper, state.critic, state.critic_opt, state.generator, data, key, batch)
   # Independently: critic_step's keys, the fakes and interpolation weights
   # drawn at the padded size, every mean over the 2 valid rows.

@@ -17,6 +17,7 @@ from gmn_jax import seed_axis
 from gmn_jax import specs
 from gmn_jax import train_chunk
 from gmn_jax import train_state
+from gmn_jax import critic_updates
 from gmn_jax import train_step
 from gmn_jax.errors import ConfigError
 from test_train_support import tiny_config, tiny_dataset
@@ -181,7 +182,7 @@ def test_generator_gradient_includes_the_gm_term_exactly():
 def test_transductive_critic_batch_mixes_seen_and_unlabelled_unseen():
   dataset = tiny_dataset()
   spec, data, _, _ = _setup(tiny_config("wgan_su_gm", **{"train.batch_size": 9}), dataset)
-  real, embeddings = jax.jit(train_step.critic_batch, static_argnums=0)(
+  real, embeddings = jax.jit(critic_updates.critic_batch, static_argnums=0)(
       spec, data, jax.random.key(0))
   real, embeddings = np.asarray(real), np.asarray(embeddings)
   seen_rows = {tuple(x) for x in dataset.train_features}
@@ -210,7 +211,7 @@ def test_critic_real_batch_is_class_balanced_or_uniform(balanced):
                                    np.full(36, base.seen_classes[0], np.int32)]))
   spec, data, _, _ = _setup(tiny_config("cwgan", **{"train.batch_size": 6000,
                                                  "train.class_balanced": balanced}), dataset)
-  _, embeddings = jax.jit(train_step.critic_batch, static_argnums=0)(
+  _, embeddings = jax.jit(critic_updates.critic_batch, static_argnums=0)(
       spec, data, jax.random.key(0))
   first_class = np.asarray(data.seen_embeddings[0])
   share = np.mean(np.all(np.asarray(embeddings) == first_class, axis=1))

@@ -12,6 +12,7 @@ import jax
 import numpy as np
 
 from gmn_jax import specs
+from gmn_jax import critic_updates
 from gmn_jax import train_step
 
 FLOP_SOURCES = ("xla", "xla_cpu_lowering", "analytic")
@@ -92,23 +93,34 @@ def xla_iteration_flops(spec: specs.TrainSpec, state, data, hyper, key) -> Dict[
 
   Returns:
     {"train_iteration": the count of `train_step.train_iteration`, whose
-    critic scan body XLA counts once; "critic_step": one critic step;
-    "per_iteration": train_iteration + (n_critic - 1) critic_step; "source":
+    critic scan body XLA counts once (unless the scan is unrolled,
+    `train_step.unroll_critic_steps`); "critic_step": one critic step with
+    its draws and fakes (`critic_updates.critic_step`); "critic_update": the
+    scan's body (`critic_updates.update_critic`: the iteration generates
+    every step's fakes before the scan); "per_iteration": train_iteration +
+    (n_critic - 1) critic_update, or train_iteration when unrolled; "source":
     "xla" or "xla_cpu_lowering" (see `xla_flops`)}. Where no analysis gives
     a count, the counts and the source are None.
   """
   iteration = jax.jit(functools.partial(train_step.train_iteration, spec))
   whole, whole_source = xla_flops(iteration, state, data, hyper, key)
-  critic = jax.jit(functools.partial(train_step.critic_step, spec))
+  critic = jax.jit(functools.partial(critic_updates.critic_step, spec))
   one_critic, critic_source = xla_flops(critic, hyper, state.critic, state.critic_opt,
                                         state.generator, data, key)
-  if whole is None or one_critic is None:
-    return {"train_iteration": whole, "critic_step": one_critic, "per_iteration": None,
-            "source": None}
-  # The weaker of the two sources, should the backend count one and not the other.
-  source = max(whole_source, critic_source, key=FLOP_SOURCES.index)
-  return {"train_iteration": whole, "critic_step": one_critic,
-          "per_iteration": whole + (spec.n_critic - 1) * one_critic, "source": source}
+  iterator = state.batch_sampler.critic if spec.sampling == "reference" else None
+  # Its shapes: the count needs no values.
+  one_batch = jax.eval_shape(lambda d, g, k, i: jax.tree_util.tree_map(
+      lambda x: x[0], critic_updates.critic_batches(spec, d, g, k, i)[0]),
+                             data, state.generator, key[None], iterator)
+  update = jax.jit(functools.partial(critic_updates.update_critic, spec))
+  one_update, update_source = xla_flops(update, hyper, state.critic, state.critic_opt, one_batch)
+  counts = {"train_iteration": whole, "critic_step": one_critic, "critic_update": one_update}
+  if whole is None or one_critic is None or one_update is None:
+    return {**counts, "per_iteration": None, "source": None}
+  # The weakest of the sources, should the backend count one and not another.
+  source = max(whole_source, critic_source, update_source, key=FLOP_SOURCES.index)
+  hidden = 0 if train_step.unroll_critic_steps() else (spec.n_critic - 1) * one_update
+  return {**counts, "per_iteration": whole + hidden, "source": source}
 
 
 def iteration_flop_count(counts: Dict[str, Dict[str, Any]]) -> Tuple[float, str]:
@@ -157,11 +169,14 @@ def analytic_iteration_flops(spec: specs.TrainSpec) -> Dict[str, float]:
   (LeakyReLU, ReLU) have piecewise-constant derivatives, so a second-order
   pass only goes back through the products of the first-order one.
 
-  Per critic step: the generator forward on B rows (no gradient); the critic
-  on the real and the fake batch, forward and weight gradient (2 × 2 ×
-  forward); the gradient penalty: forward (1 ×), input gradient (the
-  feature part of the first layer and the inner layers, call it I) and the
-  weight gradient of that input-gradient pass (I again). The generator
+  Per critic step (`wgan_gp`'s closed form): the generator forward on B rows
+  (no gradient); the critic's first-layer feature block on the stacked real,
+  fake and interpolated rows (3B) and its embedding block once (B rows: the
+  three share their condition), the upper layers on 3B rows; their backward
+  pass on 3B rows; the input gradient (B rows through the feature block);
+  the penalty's second-order pass (B rows through the feature block and the
+  hidden-to-hidden layers); the weight gradients, one product per kernel on
+  3B rows (the embedding block's on B). The generator
   step: the generator forward and backward on B rows (3 ×), the critic
   forward and input gradient (1 × + I); GM: the generator forward and
   backward on the n·f·r fakes (3 ×), and then, as `spec.gm_implementation`
@@ -197,7 +212,14 @@ def analytic_iteration_flops(spec: specs.TrainSpec) -> Dict[str, float]:
   critic = _mlp_macs((critic_in,) + critic_widths)
   critic_input_grad = d * critic_widths[0] + _mlp_macs(critic_widths)
   b = spec.batch_size
-  critic_step = 2 * b * (generator + 2 * 2 * critic + critic + 2 * critic_input_grad)
+  features = d * critic_widths[0]
+  embedding = (k if spec.variant.conditional_critic else 0) * critic_widths[0]
+  upper = _mlp_macs(critic_widths)
+  # forward 3·features + embedding + 3·upper; backward 3·upper; input
+  # gradient and second order features + (features + inner); weight
+  # gradients 3·features + embedding + 3·upper.
+  critic_step = 2 * b * (generator + 8 * features + 2 * embedding + 9 * upper
+                         + _mlp_macs(spec.critic_hidden))
   generator_step = 2 * b * (3 * generator + critic + critic_input_grad)
   gm = 0.0
   if spec.variant.gradient_matching:

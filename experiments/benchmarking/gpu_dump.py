@@ -321,6 +321,13 @@ def in_place_updates(computation: Mapping[str, Instruction]) -> List[Instruction
   return returned
 
 
+def _through_bitcasts(name: str, computation: Mapping[str, Instruction]) -> str:
+  """The instruction a chain of bitcasts starting at `name` reads."""
+  while name in computation and computation[name].opcode == "bitcast":
+    name = computation[name].operands[0].partition("#")[0]
+  return name
+
+
 def fusion_input_bytes(computation: Mapping[str, Instruction],
                        skip: Sequence[str] = ()) -> int:
   """Bytes a fused computation reads through its parameters.
@@ -368,8 +375,9 @@ def _launch_cost(instruction: Instruction, computations) -> Tuple[Tuple[Product,
     products = tuple(products_in(called.group(1), computations))
     updates = in_place_updates(fused)
     if updates:
-      # Only the updates are written; the buffers they go into are not read.
-      buffers = [u.operands[0].partition("#")[0] for u in updates]
+      # Only the updates are written; the buffers they go into are not read
+      # (XLA also updates a bitcast of its parameter in place).
+      buffers = [_through_bitcasts(u.operands[0].partition("#")[0], fused) for u in updates]
       written = sum(_arrays_bytes(operand_arrays(u.operands[1], fused)) for u in updates)
       return products, written + fusion_input_bytes(
           fused, skip=[b for b in buffers if b in fused and fused[b].opcode == "parameter"])

@@ -28,6 +28,7 @@ from gmn_jax import stage1
 from gmn_jax import step_terms
 from gmn_jax import synthesis
 from gmn_jax import train_state
+from gmn_jax import critic_updates
 from gmn_jax import train_step
 from gmn_jax.data.dataset import ZSLDataset
 
@@ -210,7 +211,7 @@ def time_components(spec: specs.TrainSpec, dataset: ZSLDataset, hyper, *,
                      "generator_step": analytic["generator_step"] + analytic["gm"],
                      "gm_only": analytic["gm"]}
   parts = {
-      "critic_step": (functools.partial(train_step.critic_step, spec), critic_args),
+      "critic_step": (functools.partial(critic_updates.critic_step, spec), critic_args),
       "generator_step": (jax.value_and_grad(train_step.generator_loss, has_aux=True),
                          (state.generator, spec, hyper, state.critic, state,
                           data, batch)),
