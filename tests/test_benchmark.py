@@ -569,3 +569,49 @@ def test_probe_script_runs_on_the_cpu_with_tiny_settings(tmp_path):
   assert "no_command_buffers: not run" in text
   assert len(_summary_lines(text, "seeds_2")) == 4  # default, profiled, HLO, trace.
   assert "main       jit_chunk:" in text
+
+
+@pytest.mark.slow
+def test_the_gpu_table1_script_runs_every_step_with_tiny_settings(tmp_path):
+  # The mechanics of experiments/benchmarking/gpu_table1.sh on a CPU
+  # (SMALL=1: tiny networks, 2 iterations, 1 epoch; about 2 minutes).
+  # pylint: disable=g-import-not-at-top
+  import subprocess
+  import sys
+  # pylint: enable=g-import-not-at-top
+  pytest.importorskip("torch")
+  out = tmp_path / "out"
+  env = dict(os.environ, OUT=str(out), SMALL="1", DEADLINE="500", PYTHON=sys.executable,
+             T1_DATASETS="cub")
+  subprocess.run(["bash", "experiments/benchmarking/gpu_table1.sh"], cwd=REPO, env=env,
+                 check=True, timeout=600, capture_output=True)
+  for name in ("bench_cub.json", "torch_cub.json", "table1_cub.json", "summary.txt"):
+    assert (out / name).exists(), name
+  summary = (out / "summary.txt").read_text()
+  for needle in ("4 seeds / 1 seed", "PyTorch / JAX, stage1", "Table 1 on CUB"):
+    assert needle in summary, summary
+
+
+def test_table1_summary_reads_the_targets_off_the_results(tmp_path):
+  # pylint: disable=g-import-not-at-top
+  import json
+  from experiments.benchmarking import table1_summary
+  # pylint: enable=g-import-not-at-top
+  (tmp_path / "bench_cub.json").write_text(json.dumps({
+      "machine": {"device_kind": "H100"}, "ms_per_iteration": 2.0, "num_iterations": 1000,
+      "scaling": [{"row": "seeds", "value": 1, "ms_per_iteration": 2.0},
+                  {"row": "seeds", "value": 4, "ms_per_iteration": 3.0}]}))
+  (tmp_path / "torch_cub.json").write_text(json.dumps({"ratios": {"stage1": 12.5}}))
+  for dataset, seconds in (("cub", 600), ("sun", 300), ("awa1", 1200)):
+    (tmp_path / f"table1_{dataset}.json").write_text(json.dumps({
+        "dataset": dataset.upper(), "measured_s": 60, "iterations": 300,
+        "reference_iterations": 100000, "projected_s": seconds, "rows": [{}] * 6,
+        "seeds": [1, 2, 3], "concurrent_rows": 3}))
+  text = table1_summary.summarize(str(tmp_path))
+  assert "1000 iterations: 0.0 min" in text  # 2 ms x 1000 = 2 s.
+  assert "4 seeds / 1 seed: 1.50x (target <= 2.0): met" in text
+  assert "PyTorch / JAX, stage1: 12.5x (target >= 10.0): met" in text
+  # 10 + 5 + 20 minutes: over the 30-minute target.
+  assert "Table 1, cub+sun+awa1: 35.0 min projected (target <= 30 min for the three): NOT met" \
+      in text
+  assert "torch_cub" not in text and "missing" not in text

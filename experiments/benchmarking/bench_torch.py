@@ -54,7 +54,6 @@ from experiments.benchmarking import shapes
 from experiments.benchmarking import timing
 from gmn_jax import config as gmn_config
 from gmn_jax import specs
-from gmn_jax import synthesis
 from gmn_jax import train_state
 from gmn_jax.data.dataset import ZSLDataset
 from gmn_jax.errors import ConfigError
@@ -170,30 +169,6 @@ def torch_stage1_settings(torch_reference, spec: specs.TrainSpec,
       gm_fake_repeat=spec.gm_fake_repeat, gm_weight=value(hyper.gm_weight))
 
 
-def final_classifier_set(config: ml_collections.ConfigDict,
-                         dataset: ZSLDataset) -> Tuple[np.ndarray, np.ndarray]:
-  """The pooled training set `timing.time_final_classifier` builds (the same seed).
-
-  Real seen training features, then eval.n_synth_unseen random non-negative
-  rows per unseen class (and seen classes topped up to eval.n_synth_seen).
-
-  Args:
-    config: the configuration.
-    dataset: the dataset.
-
-  Returns:
-    (features (N, D) float32, labels (N,) int32 global ids).
-  """
-  counts = synthesis.synthetic_class_counts(dataset, config.eval.n_synth_unseen,
-                                            config.eval.n_synth_seen)
-  labels = np.concatenate([dataset.train_labels] + [np.full(n, c, np.int32)
-                                                     for c, n in counts.items()])
-  rng = np.random.default_rng(0)
-  synthetic = np.abs(rng.standard_normal((labels.size - dataset.train_labels.size,
-                                          dataset.feature_dim), np.float32))
-  return np.concatenate([dataset.train_features, synthetic]), labels
-
-
 def eval_arrays(dataset: ZSLDataset) -> Dict[str, np.ndarray]:
   """The dataset's test sets as `torch_final_classifier.EvalSets.from_arrays` takes them.
 
@@ -299,7 +274,7 @@ def run_comparison(config: ml_collections.ConfigDict, *, iterations: int, chunks
     jax_final = timing.time_final_classifier(config, dataset, epochs=epochs)
     results["jax"]["final_classifier"] = jax_final
     log(f"JAX final classifier: {jax_final['seconds']:.2f} s for {epochs} epoch(s)")
-    features, labels = final_classifier_set(config, dataset)
+    features, labels = timing.final_classifier_set(config, dataset)
     final_settings = torch_final.FinalClassifierSettings(
         epochs=epochs, batch_size=config.eval.batch_size, lr=config.eval.lr,
         lr_decay=config.eval.lr_decay, weight_decay=config.eval.weight_decay,

@@ -104,7 +104,8 @@ step bench_cub 200 "$PYTHON" -m experiments.benchmark --config=experiments/confi
   --classifier_epochs=200 --dump_hlo_dir="$WORK/hlo" --json_out="$OUT/bench_cub.json" \
   "${BENCH_SMALL[@]}"
 
-if [[ -d "$WORK/hlo" && -f "$OUT/bench_cub.json" ]]; then
+# The traffic model reads XLA:GPU dumps only (a CPU run has none).
+if compgen -G "$WORK/hlo/main/*gpu_after_optimizations.txt" >/dev/null; then
   step kernel_model 60 "$PYTHON" -m experiments.benchmarking.gpu_aot --analyse_dir="$WORK/hlo" \
     --measured_json="$OUT/bench_cub.json" --json_out="$OUT/kernel_model.json" \
     && cp "$OUT/kernel_model.log" "$OUT/kernel_model.txt"

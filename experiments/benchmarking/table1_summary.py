@@ -54,8 +54,9 @@ def summarize(folder: str) -> str:
   if bench:
     device = bench.get("machine", {}).get("device_kind", "?")
     lines.append(f"device: {device}")
+    iterations = bench.get("num_iterations", 100_000)
     lines.append(f"CUB iteration, one seed: {bench['ms_per_iteration']:.3f} ms "
-                 f"(100k iterations: {bench['ms_per_iteration'] * 1e5 / 6e7:.1f} min)")
+                 f"({iterations} iterations: {bench['ms_per_iteration'] * iterations / 6e4:.1f} min)")
     ratio = seeds_ratio(bench)
     if ratio is not None:
       lines.append(f"4 seeds / 1 seed: {ratio:.2f}x (target <= {FOUR_SEEDS_RATIO}): "

@@ -10,7 +10,7 @@ import functools
 import statistics
 import sys
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -243,6 +243,30 @@ def time_components(spec: specs.TrainSpec, dataset: ZSLDataset, hyper, *,
   return out
 
 
+def final_classifier_set(config: ml_collections.ConfigDict,
+                         dataset: ZSLDataset) -> Tuple[np.ndarray, np.ndarray]:
+  """The pooled training set the final-classifier timings train on (fixed seed).
+
+  Real seen training features, then eval.n_synth_unseen random non-negative
+  rows per unseen class (and seen classes topped up to eval.n_synth_seen).
+
+  Args:
+    config: the configuration.
+    dataset: the dataset.
+
+  Returns:
+    (features (N, D) float32, labels (N,) int32 global ids).
+  """
+  counts = synthesis.synthetic_class_counts(dataset, config.eval.n_synth_unseen,
+                                            config.eval.n_synth_seen)
+  labels = np.concatenate([dataset.train_labels] + [np.full(n, c, np.int32)
+                                                     for c, n in counts.items()])
+  rng = np.random.default_rng(0)
+  synthetic = np.abs(rng.standard_normal((labels.size - dataset.train_labels.size,
+                                          dataset.feature_dim), np.float32))
+  return np.concatenate([dataset.train_features, synthetic]), labels
+
+
 def time_final_classifier(config: ml_collections.ConfigDict, dataset: ZSLDataset, *,
                           epochs: int) -> Dict[str, Any]:
   """Times the final classifier stage (all classifier seeds at once).
@@ -262,14 +286,7 @@ def time_final_classifier(config: ml_collections.ConfigDict, dataset: ZSLDataset
     "projected_s" (for config.eval.epochs), "num_classifier_seeds",
     "num_train_rows"}.
   """
-  counts = synthesis.synthetic_class_counts(dataset, config.eval.n_synth_unseen,
-                                            config.eval.n_synth_seen)
-  labels = np.concatenate([dataset.train_labels] + [np.full(n, c, np.int32)
-                                                     for c, n in counts.items()])
-  rng = np.random.default_rng(0)
-  synthetic_rows = np.abs(rng.standard_normal((labels.size - dataset.train_labels.size,
-                                               dataset.feature_dim), np.float32))
-  features = np.concatenate([dataset.train_features, synthetic_rows])
+  features, labels = final_classifier_set(config, dataset)
   spec = dataclasses.replace(specs.eval_spec(config), epochs=epochs)
 
   def run():
