@@ -79,7 +79,8 @@ def define_flags() -> None:
   _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Start every row afresh.")
   _CONCURRENT_ROWS = flags.DEFINE_integer(
       "concurrent_rows", 1, "Rows run at once, in threads of this process (experimental: on a "
-      "GPU, 3 keeps the card busy while other rows compile and evaluate; 1 on a CPU).", lower_bound=1)
+      "GPU, 3 keeps the card busy while other rows compile and evaluate; 1 on a CPU).",
+      lower_bound=1)
 
 ABLATION_FILE = "ablation.md"
 COMPARISON_FILE = comparison.COMPARISON_FILE

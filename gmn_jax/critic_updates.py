@@ -160,7 +160,7 @@ def update_critic(spec: TrainSpec, hyper: Hyperparameters, critic, critic_opt,
                   batch: CriticBatch):
   """One WGAN-GP critic update on a drawn batch.
 
-  The loss and its gradient come from `wgan_gp.critic_value_and_grad`, the
+  The loss and its gradient come from `wgan_gp.critic_loss_and_grads`, the
   closed form of `jax.value_and_grad(losses.critic_loss)` (the same numbers
   to float rounding, in fewer and larger products).
 
@@ -178,7 +178,8 @@ def update_critic(spec: TrainSpec, hyper: Hyperparameters, critic, critic_opt,
   condition = batch.embeddings if spec.variant.conditional_critic else None
   loss, aux, grads = wgan_gp.critic_loss_and_grads(
       spec.critic, critic, batch.inputs, condition, gp_weight=hyper.gp_weight, mask=batch.mask)
-  updates, critic_opt = hyper.critic_optimizer(**spec.adam_options).update(grads, critic_opt, critic)
+  optimizer = hyper.critic_optimizer(**spec.adam_options)
+  updates, critic_opt = optimizer.update(grads, critic_opt, critic)
   metrics = {"critic_loss": loss, "wasserstein": aux["wasserstein"],
              "gradient_penalty": aux["gradient_penalty"],
              "critic_grad_norm": optax.global_norm(grads)}

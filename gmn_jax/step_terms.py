@@ -1,7 +1,8 @@
 """The generator step's per-class terms: generated class batches and L_GM.
 
-`per_class_fakes` generates batches of given seen classes (the fakes of
-gradient matching and of the MMD objective); `gradient_matching_loss` is the
+`generate_together` generates several batches in one generator pass (the
+step's adversarial fakes and the per-class fakes of gradient matching or of
+the MMD objective, on `class_batch_embeddings`); `gradient_matching_loss` is the
 step's L_GM over a `train_step.GeneratorBatch`, by the Gram form
 (`gmn_jax.gram_gradient_matching`) or by autodiff
 (`losses.per_class_gradient_matching`), masked to the valid rows with
@@ -70,26 +71,6 @@ def generate_together(spec: TrainSpec, generator, segments: Dict[str, Tuple[jax.
           for name, e, end in zip(names, embeddings, ends)}
 
 
-def per_class_fakes(spec: TrainSpec, generator, data: TrainData, classes, per_class: int,
-                    key) -> jax.Array:
-  """Generated batches of given seen classes (GM's and the MMD's fakes).
-
-  Args:
-    spec: the run's settings.
-    generator: generator params.
-    data: the training data.
-    classes: (n,) local seen classes.
-    per_class: features per class.
-    key: PRNG key of the noise.
-
-  Returns:
-    (n, per_class, D) generated features, row j of class classes[j].
-  """
-  embeddings = parallel.constrain_batch(class_batch_embeddings(data, classes, per_class))
-  fake = models.generate(spec.generator, generator, embeddings, key)
-  return fake.reshape(classes.shape[0], per_class, spec.feature_dim)
-
-
 def gm_classifier_loss_fn(spec: TrainSpec, data: TrainData) -> Callable:
   """`loss_fn(theta, (features, labels), mask=None)` of GM: CE, logits over all seen classes.
 
@@ -146,16 +127,15 @@ def gradient_matching_loss(spec: TrainSpec, generator, data: TrainData,
     data: the training data.
     batch: this step's draws (a `train_step.GeneratorBatch`).
     fake: the (n · f · r, D) fakes of `batch.gm_classes` already generated
-      (`generate_together`, as `per_class_fakes` would), or None to generate
-      them here.
+      (by the step's `generate_together`), or None to generate them here.
 
   Returns:
     The scalar GM loss summed over classes (not yet multiplied by β).
   """
   per_class = spec.gm_fake_repeat * spec.gm_real_per_class
   if fake is None:
-    fake = per_class_fakes(spec, generator, data, batch.gm_classes, per_class,
-                           batch.gm_noise_key)
+    fake = generate_together(spec, generator, {"gm": (class_batch_embeddings(
+        data, batch.gm_classes, per_class), batch.gm_noise_key)})["gm"]
   fake = fake.reshape(batch.gm_classes.shape[0], per_class, spec.feature_dim)
   n, real_count = batch.gm_real_features.shape[:2]
   real_labels = jnp.broadcast_to(batch.gm_classes[:, None], (n, real_count))

@@ -102,7 +102,7 @@ class GeneratorBatch(NamedTuple):
     gm_noise_key: PRNG key of the GM fakes' noise: the fakes are
       `models.generate(spec.generator, params, repeat(seen_embeddings[
       gm_classes], f·r), gm_noise_key)` reshaped to (n, f·r, D) (see
-      `step_terms.per_class_fakes`).
+      `step_terms.class_batch_embeddings`).
     thetas: the sampled classifier parameters, leading axis M.
     mmd_classes: (n,) distinct local seen classes of the MMD objective.
     mmd_real_features: (n, r, D) their real features (the MMD's fakes are

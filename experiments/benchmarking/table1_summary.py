@@ -55,8 +55,9 @@ def summarize(folder: str) -> str:
     device = bench.get("machine", {}).get("device_kind", "?")
     lines.append(f"device: {device}")
     iterations = bench.get("num_iterations", 100_000)
+    minutes = bench["ms_per_iteration"] * iterations / 6e4
     lines.append(f"CUB iteration, one seed: {bench['ms_per_iteration']:.3f} ms "
-                 f"({iterations} iterations: {bench['ms_per_iteration'] * iterations / 6e4:.1f} min)")
+                 f"({iterations} iterations: {minutes:.1f} min)")
     ratio = seeds_ratio(bench)
     if ratio is not None:
       lines.append(f"4 seeds / 1 seed: {ratio:.2f}x (target <= {FOUR_SEEDS_RATIO}): "
